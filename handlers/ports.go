@@ -1,0 +1,245 @@
+package handlers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/pathling-sync/pathling-sync/messages"
+)
+
+// This file holds the ports of the sync handler: the types and the small
+// interfaces it needs from the outside world. Clients implement them
+// (clients/redisstore, clients/natsbus, clients/pathling); cmd wires them.
+
+// ImportParams are the kick-off parameters of a run, resolved once when the
+// run is created (since "auto" already replaced by the watermark) and stored
+// in the run record, so that an adopting driver re-kicks with exactly the same
+// parameters.
+type ImportParams struct {
+	ExportURL             string     `json:"exportUrl"`
+	SaveMode              string     `json:"saveMode"`
+	Types                 []string   `json:"types,omitempty"`
+	Elements              []string   `json:"elements,omitempty"`
+	TypeFilters           []string   `json:"typeFilters,omitempty"`
+	IncludeAssociatedData []string   `json:"includeAssociatedData,omitempty"`
+	Since                 *time.Time `json:"since,omitempty"`
+	Until                 *time.Time `json:"until,omitempty"`
+}
+
+// JobState is what a poll of a Pathling job said.
+type JobState int
+
+const (
+	JobRunning JobState = iota
+	JobDone
+	JobFailed
+	JobLost // 404: unknown job, deleted, or Pathling restarted
+)
+
+// JobStatus is one poll's answer.
+type JobStatus struct {
+	State      JobState
+	Progress   string        // X-Progress as sent ("42%"), empty when absent
+	RetryAfter time.Duration // 0 when absent
+	// Done:
+	TransactionTime string // as Pathling reported it
+	Outputs         int
+	// Failed:
+	Failure *PathlingError
+}
+
+// PathlingError is a failure reported by or while talking to Pathling,
+// already classified: the decision (retryable or not, which reason) travels
+// with the error.
+type PathlingError struct {
+	Reason           messages.Reason // import_failed, rejected, unauthorized, unavailable, job_lost
+	Empty            bool            // "No files with extension ... were downloaded"
+	Retryable        bool
+	HTTPStatus       int
+	Message          string          // human readable, no secrets
+	OperationOutcome json.RawMessage // as Pathling sent it, when it did
+	RetryAfter       time.Duration
+}
+
+func (e *PathlingError) Error() string {
+	if e.HTTPStatus != 0 {
+		return fmt.Sprintf("pathling: %s (HTTP %d): %s", e.Reason, e.HTTPStatus, e.Message)
+	}
+	return fmt.Sprintf("pathling: %s: %s", e.Reason, e.Message)
+}
+
+// Pathling is what a run needs of one Pathling server. Errors returned are
+// *PathlingError (or a context error); job outcomes come in JobStatus.
+type Pathling interface {
+	KickOff(ctx context.Context, p ImportParams) (statusURL string, err error)
+	Status(ctx context.Context, statusURL string) (JobStatus, error)
+	Delete(ctx context.Context, statusURL string) error
+}
+
+// RunState is the state of a run record.
+type RunState string
+
+const (
+	RunStarting  RunState = "starting"    // record created, no kick-off sent yet
+	RunKicking   RunState = "kicking_off" // kick-off sent, status URL not yet known
+	RunPolling   RunState = "polling"     // status URL known
+	RunCompleted RunState = "completed"   // terminal
+	RunFailed    RunState = "failed"      // terminal
+)
+
+// Terminal reports whether no more work will be done for the run.
+func (s RunState) Terminal() bool { return s == RunCompleted || s == RunFailed }
+
+// Run is the record of one request's sync, kept in the store under the
+// target's lock. Every write is fenced by the lease token.
+type Run struct {
+	RunID        string                 `json:"runId"`
+	RequestID    string                 `json:"requestId"`
+	Target       string                 `json:"target"`
+	State        RunState               `json:"state"`
+	Token        int64                  `json:"token"` // fencing token of the last writer
+	Driver       string                 `json:"driver,omitempty"`
+	Request      messages.SyncRequested `json:"request"`
+	Params       ImportParams           `json:"params"`
+	WatermarkKey string                 `json:"watermarkKey"`
+	StatusURL    string                 `json:"statusUrl,omitempty"`
+	Progress     string                 `json:"progress,omitempty"`
+	Attempts     int                    `json:"attempts"` // kick-offs sent
+	Polls        int                    `json:"polls"`
+	Losses       int                    `json:"losses"` // 404s of a job we started
+	StartedAt    time.Time              `json:"startedAt"`
+	FirstKickOff time.Time              `json:"firstKickOff,omitzero"` // watermark base
+	UpdatedAt    time.Time              `json:"updatedAt"`
+	Deadline     time.Time              `json:"deadline"`
+	FinishedAt   time.Time              `json:"finishedAt,omitzero"`
+	Outcome      *Event                 `json:"outcome,omitempty"` // set when terminal; re-published on redelivery
+}
+
+// Lease is a held target lock. Token is the fencing token every write carries.
+type Lease struct {
+	Target    string
+	RequestID string
+	Token     int64
+}
+
+// AcquireRequest asks for a target's lock on behalf of a request.
+type AcquireRequest struct {
+	Target    string
+	RequestID string
+	TTL       time.Duration
+	// Queue, when set, makes the request wait its turn: requests are served
+	// in ascending Queue.Seq (stream sequence = arrival order).
+	Queue *QueueTicket
+}
+
+// QueueTicket is a queued request's place in its target's queue.
+type QueueTicket struct {
+	Seq      uint64
+	Deadline time.Time // after it the ticket is dropped by anyone who sees it
+}
+
+// Errors of the store. LockHeldError carries the holder's request id.
+var (
+	ErrRunNotFound = errors.New("run not found")
+	ErrLockLost    = errors.New("lock lost: another driver holds the run")
+	ErrNotYourTurn = errors.New("an earlier queued request goes first")
+)
+
+// LockHeldError says the target's lock is held by another request.
+type LockHeldError struct{ RequestID string }
+
+func (e *LockHeldError) Error() string {
+	return fmt.Sprintf("target locked by request %q", e.RequestID)
+}
+
+// Locker serialises runs per target with fenced leases.
+type Locker interface {
+	// Acquire takes the target's lock for req.RequestID with a new fencing
+	// token. If the lock is held by the same request (a redelivery), it is
+	// taken over with a new token. Errors: *LockHeldError, ErrNotYourTurn.
+	Acquire(ctx context.Context, req AcquireRequest) (Lease, error)
+	// Renew extends the lease by ttl. ErrLockLost when the token no longer holds it.
+	Renew(ctx context.Context, l Lease, ttl time.Duration) error
+	// Release frees the lock if the lease still holds it (else nil) and
+	// drops the request's queue ticket.
+	Release(ctx context.Context, l Lease) error
+	// ReleaseFinished frees the lock if it is held by requestID, whose run is
+	// terminal (a driver died between recording the outcome and releasing),
+	// and drops its queue ticket.
+	ReleaseFinished(ctx context.Context, target, requestID string) error
+}
+
+// Runs stores run records and watermarks; writes are compare-and-set on the
+// lease's fencing token and fail with ErrLockLost when the lease is stale.
+type Runs interface {
+	// LoadRun returns the record or ErrRunNotFound.
+	LoadRun(ctx context.Context, target, requestID string) (*Run, error)
+	// SaveRun writes the record (Token set from the lease). Terminal records
+	// get the retention TTL.
+	SaveRun(ctx context.Context, l Lease, r *Run) error
+	// Watermark returns the stored watermark for key, ok=false when none.
+	Watermark(ctx context.Context, target, key string) (t time.Time, ok bool, err error)
+	// CommitWatermark sets the watermark to max(stored, t).
+	CommitWatermark(ctx context.Context, l Lease, key string, t time.Time) error
+}
+
+// Event is an outgoing CloudEvent: subject, envelope (headers) and JSON body.
+type Event struct {
+	Subject  string            `json:"subject"`
+	Envelope messages.Envelope `json:"envelope"`
+	Body     json.RawMessage   `json:"body"`
+}
+
+// Publisher publishes an event and returns once the stream acknowledged it.
+// Publishing the same event id twice is harmless (deduplicated by id).
+type Publisher interface {
+	Publish(ctx context.Context, e Event) error
+}
+
+// Delivery is one SyncRequested message as the consumer received it.
+type Delivery struct {
+	Subject      string
+	Header       map[string][]string // NATS headers, case-sensitive keys
+	Data         []byte
+	Stream       string
+	StreamSeq    uint64
+	NumDelivered uint64
+	Published    time.Time
+}
+
+// Action is what the consumer adapter does with a delivery once handled.
+type Action int
+
+const (
+	Ack   Action = iota // outcome published (or nothing left to do)
+	Term                // bad input: never redeliver
+	Nak                 // redeliver after Disposition.Delay
+	Leave               // do nothing: the lock was lost or we are shutting down; redelivery decides
+)
+
+func (a Action) String() string {
+	switch a {
+	case Ack:
+		return "ack"
+	case Term:
+		return "term"
+	case Nak:
+		return "nak"
+	case Leave:
+		return "leave"
+	}
+	return fmt.Sprintf("action(%d)", int(a))
+}
+
+// Disposition is the handler's verdict on a delivery.
+type Disposition struct {
+	Action Action
+	Delay  time.Duration // for Nak
+}
+
+// HandlerFunc handles one delivery. It runs as long as the sync does (hours);
+// the adapter keeps the message alive meanwhile.
+type HandlerFunc func(ctx context.Context, d Delivery) Disposition
