@@ -1,0 +1,170 @@
+package redisstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/pathling-sync/pathling-sync/handlers"
+)
+
+// Read-only views for the status command. None of them writes, so they are
+// safe to call from anywhere, at any time.
+
+// LockInfo describes a held target lock.
+type LockInfo struct {
+	RequestID string
+	Token     int64
+	TTL       time.Duration // remaining; -1 if the key has no expiry (should not happen)
+}
+
+// Lock returns the holder of target's lock; ok is false when it is free.
+// Errors: ErrInvalidArgument or a wrapped Redis error.
+func (s *Store) Lock(ctx context.Context, target string) (LockInfo, bool, error) {
+	if err := checkTarget(target); err != nil {
+		return LockInfo{}, false, fmt.Errorf("redisstore: lock: %w", err)
+	}
+	key := s.keys(target).lock()
+	var fields *redis.SliceCmd
+	var pttl *redis.DurationCmd
+	_, err := s.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		fields = p.HMGet(ctx, key, "request", "token")
+		pttl = p.PTTL(ctx, key)
+		return nil
+	})
+	if err != nil {
+		return LockInfo{}, false, fmt.Errorf("redisstore: lock: %w", err)
+	}
+	vals := fields.Val()
+	req, _ := vals[0].(string)
+	tok, _ := vals[1].(string)
+	if req == "" {
+		return LockInfo{}, false, nil
+	}
+	token, err := strconv.ParseInt(tok, 10, 64)
+	if err != nil {
+		return LockInfo{}, false, fmt.Errorf("redisstore: lock: bad token: %w", err)
+	}
+	ttl := pttl.Val()
+	if ttl < 0 {
+		ttl = -1
+	}
+	return LockInfo{RequestID: req, Token: token, TTL: ttl}, true, nil
+}
+
+// ListRuns returns the run records of target still within their retention,
+// terminal ones included, ordered by start time. Errors: ErrInvalidArgument
+// or a wrapped Redis or decoding error.
+func (s *Store) ListRuns(ctx context.Context, target string) ([]*handlers.Run, error) {
+	if err := checkTarget(target); err != nil {
+		return nil, fmt.Errorf("redisstore: list runs: %w", err)
+	}
+	k := s.keys(target)
+	ids, err := s.client.ZRange(ctx, k.runs(), 0, -1).Result()
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: list runs: %w", err)
+	}
+	runs := make([]*handlers.Run, 0, len(ids))
+	const batch = 256
+	for start := 0; start < len(ids); start += batch {
+		chunk := ids[start:min(start+batch, len(ids))]
+		cmds := make([]*redis.StringCmd, len(chunk))
+		_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, id := range chunk {
+				cmds[i] = p.HGet(ctx, k.run(id), "run")
+			}
+			return nil
+		})
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return nil, fmt.Errorf("redisstore: list runs: %w", err)
+		}
+		for i, c := range cmds {
+			data, err := c.Bytes()
+			if errors.Is(err, redis.Nil) {
+				continue // expired since it was indexed
+			}
+			if err != nil {
+				return nil, fmt.Errorf("redisstore: list runs: %w", err)
+			}
+			var r handlers.Run
+			if err := json.Unmarshal(data, &r); err != nil {
+				return nil, fmt.Errorf("redisstore: list runs: run %q: %w", chunk[i], err)
+			}
+			runs = append(runs, &r)
+		}
+	}
+	slices.SortFunc(runs, func(a, b *handlers.Run) int {
+		if c := a.StartedAt.Compare(b.StartedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(a.RequestID, b.RequestID)
+	})
+	return runs, nil
+}
+
+// Watermarks returns every watermark of target by key. Errors:
+// ErrInvalidArgument or a wrapped Redis error.
+func (s *Store) Watermarks(ctx context.Context, target string) (map[string]time.Time, error) {
+	if err := checkTarget(target); err != nil {
+		return nil, fmt.Errorf("redisstore: watermarks: %w", err)
+	}
+	all, err := s.client.HGetAll(ctx, s.keys(target).watermarks()).Result()
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: watermarks: %w", err)
+	}
+	out := make(map[string]time.Time, len(all))
+	for key, v := range all {
+		ms, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("redisstore: watermarks: %q: %w", key, err)
+		}
+		out[key] = time.UnixMilli(ms).UTC()
+	}
+	return out, nil
+}
+
+// QueuedRequest is one ticket in a target's queue.
+type QueuedRequest struct {
+	RequestID string
+	Seq       uint64
+	Deadline  time.Time // zero when none
+}
+
+// Queue returns target's queued requests in serving order. Tickets past
+// their deadline are included until an Acquire drops them.
+// Errors: ErrInvalidArgument or a wrapped Redis error.
+func (s *Store) Queue(ctx context.Context, target string) ([]QueuedRequest, error) {
+	if err := checkTarget(target); err != nil {
+		return nil, fmt.Errorf("redisstore: queue: %w", err)
+	}
+	k := s.keys(target)
+	var members *redis.ZSliceCmd
+	var deadlines *redis.MapStringStringCmd
+	_, err := s.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		members = p.ZRangeWithScores(ctx, k.queue(), 0, -1)
+		deadlines = p.HGetAll(ctx, k.queueDeadlines())
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: queue: %w", err)
+	}
+	dl := deadlines.Val()
+	out := make([]QueuedRequest, 0, len(members.Val()))
+	for _, z := range members.Val() {
+		id, _ := z.Member.(string)
+		q := QueuedRequest{RequestID: id, Seq: uint64(math.Max(z.Score, 0))}
+		if ms, err := strconv.ParseInt(dl[id], 10, 64); err == nil && ms != 0 {
+			q.Deadline = time.UnixMilli(ms).UTC()
+		}
+		out = append(out, q)
+	}
+	return out, nil
+}

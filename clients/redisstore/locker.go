@@ -1,0 +1,129 @@
+package redisstore
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/pathling-sync/pathling-sync/handlers"
+)
+
+// Acquire takes the target's lock for req.RequestID with a new fencing token
+// (strictly greater than every token granted before on the target). A lock
+// held by the same request is taken over with a new token, which makes the
+// old lease stale.
+//
+// With req.Queue set, the request first gets a ticket in the target's queue
+// (kept across calls: a redelivery keeps its place); expired tickets at the
+// head of the queue are dropped; the lock is granted only to the head ticket,
+// whose ticket is then removed. A request without a ticket (concurrency
+// forbid) takes a free lock regardless of the queue.
+//
+// Errors: *handlers.LockHeldError when another request holds the lock (a
+// queued ticket stays), handlers.ErrNotYourTurn when the lock is free but an
+// earlier queued request goes first, ErrInvalidArgument, or a wrapped Redis
+// error.
+func (s *Store) Acquire(ctx context.Context, req handlers.AcquireRequest) (handlers.Lease, error) {
+	if err := checkTarget(req.Target); err != nil {
+		return handlers.Lease{}, fmt.Errorf("redisstore: acquire: %w", err)
+	}
+	if req.RequestID == "" {
+		return handlers.Lease{}, fmt.Errorf("redisstore: acquire: %w: empty request id", ErrInvalidArgument)
+	}
+	ttl, err := ttlMillis(req.TTL)
+	if err != nil {
+		return handlers.Lease{}, fmt.Errorf("redisstore: acquire: %w", err)
+	}
+	queued, seq, deadline := "0", "0", "0"
+	if q := req.Queue; q != nil {
+		queued = "1"
+		seq = strconv.FormatUint(q.Seq, 10)
+		if !q.Deadline.IsZero() {
+			deadline = strconv.FormatInt(max(q.Deadline.UnixMilli(), 1), 10)
+		}
+	}
+	k := s.keys(req.Target)
+	v, err := scriptAcquire.Run(ctx, s.client,
+		[]string{k.lock(), k.fence(), k.queue(), k.queueDeadlines()},
+		req.RequestID, ttl, queued, seq, deadline, s.now().UnixMilli()).Result()
+	if err != nil {
+		return handlers.Lease{}, fmt.Errorf("redisstore: acquire: %w", err)
+	}
+	code, val, err := scriptReply(v)
+	if err != nil {
+		return handlers.Lease{}, fmt.Errorf("redisstore: acquire: %w", err)
+	}
+	switch code {
+	case 1:
+		token, ok := val.(int64)
+		if !ok {
+			return handlers.Lease{}, fmt.Errorf("redisstore: acquire: unexpected token %T", val)
+		}
+		return handlers.Lease{Target: req.Target, RequestID: req.RequestID, Token: token}, nil
+	case 0:
+		holder, _ := val.(string)
+		return handlers.Lease{}, &handlers.LockHeldError{RequestID: holder}
+	case 2:
+		return handlers.Lease{}, handlers.ErrNotYourTurn
+	}
+	return handlers.Lease{}, fmt.Errorf("redisstore: acquire: unexpected script reply code %d", code)
+}
+
+// Renew extends the lease by ttl. Errors: handlers.ErrLockLost when the
+// lease's token no longer holds the lock (expired, taken over or released),
+// ErrInvalidArgument, or a wrapped Redis error.
+func (s *Store) Renew(ctx context.Context, l handlers.Lease, ttl time.Duration) error {
+	if err := checkLease(l); err != nil {
+		return fmt.Errorf("redisstore: renew: %w", err)
+	}
+	ms, err := ttlMillis(ttl)
+	if err != nil {
+		return fmt.Errorf("redisstore: renew: %w", err)
+	}
+	n, err := scriptRenew.Run(ctx, s.client, []string{s.keys(l.Target).lock()},
+		l.RequestID, l.Token, ms).Int64()
+	if err != nil {
+		return fmt.Errorf("redisstore: renew: %w", err)
+	}
+	if n != 1 {
+		return handlers.ErrLockLost
+	}
+	return nil
+}
+
+// Release frees the lock if the lease still holds it (else there is nothing
+// to release and it returns nil) and drops the request's queue ticket.
+// Errors: ErrInvalidArgument or a wrapped Redis error.
+func (s *Store) Release(ctx context.Context, l handlers.Lease) error {
+	if err := checkLease(l); err != nil {
+		return fmt.Errorf("redisstore: release: %w", err)
+	}
+	k := s.keys(l.Target)
+	err := scriptRelease.Run(ctx, s.client, []string{k.lock(), k.queue(), k.queueDeadlines()},
+		l.RequestID, l.Token).Err()
+	if err != nil {
+		return fmt.Errorf("redisstore: release: %w", err)
+	}
+	return nil
+}
+
+// ReleaseFinished frees the lock if requestID holds it, whatever the token,
+// and drops its queue ticket. Call it only for a request whose run is
+// terminal (its driver died between recording the outcome and releasing).
+// Errors: ErrInvalidArgument or a wrapped Redis error.
+func (s *Store) ReleaseFinished(ctx context.Context, target, requestID string) error {
+	if err := checkTarget(target); err != nil {
+		return fmt.Errorf("redisstore: release finished: %w", err)
+	}
+	if requestID == "" {
+		return fmt.Errorf("redisstore: release finished: %w: empty request id", ErrInvalidArgument)
+	}
+	k := s.keys(target)
+	err := scriptReleaseFinished.Run(ctx, s.client, []string{k.lock(), k.queue(), k.queueDeadlines()},
+		requestID).Err()
+	if err != nil {
+		return fmt.Errorf("redisstore: release finished: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,44 @@
+-- Acquire a target's lock with a new fencing token.
+-- KEYS[1] lock (hash: request, token)   KEYS[2] fence (INCR counter)
+-- KEYS[3] queue (zset: request -> seq)  KEYS[4] queue deadlines (hash: request -> unix ms, 0 = none)
+-- ARGV[1] request id  ARGV[2] ttl ms  ARGV[3] "1" when queued  ARGV[4] seq
+-- ARGV[5] ticket deadline unix ms (0 = none)  ARGV[6] now unix ms
+-- Returns {1, token} granted | {0, holder} held by another request | {2, head} not your turn.
+local req = ARGV[1]
+local queued = ARGV[3] == "1"
+
+if queued then
+  -- NX: a redelivery keeps its original place.
+  redis.call("ZADD", KEYS[3], "NX", ARGV[4], req)
+  redis.call("HSET", KEYS[4], req, ARGV[5])
+  -- Drop expired tickets at the head (never the caller's own: it decides on its timeout).
+  local now = tonumber(ARGV[6])
+  while true do
+    local head = redis.call("ZRANGE", KEYS[3], 0, 0)[1]
+    if not head or head == req then break end
+    local dl = tonumber(redis.call("HGET", KEYS[4], head) or "-1") -- no deadline entry: orphan, drop
+    if dl == 0 or dl > now then break end
+    redis.call("ZREM", KEYS[3], head)
+    redis.call("HDEL", KEYS[4], head)
+  end
+end
+
+local holder = redis.call("HGET", KEYS[1], "request")
+if holder and holder ~= req then
+  return {0, holder}
+end
+if queued and not holder then
+  local head = redis.call("ZRANGE", KEYS[3], 0, 0)[1]
+  if head and head ~= req then
+    return {2, head}
+  end
+end
+
+-- Granted (fresh, or a takeover by the same request): the fence only moves on a grant.
+local token = redis.call("INCR", KEYS[2])
+redis.call("DEL", KEYS[1])
+redis.call("HSET", KEYS[1], "request", req, "token", string.format("%d", token))
+redis.call("PEXPIRE", KEYS[1], ARGV[2])
+redis.call("ZREM", KEYS[3], req)
+redis.call("HDEL", KEYS[4], req)
+return {1, token}

@@ -1,0 +1,24 @@
+-- Write a run record, fenced by the lease token.
+-- KEYS[1] lock  KEYS[2] run (hash: token, run)  KEYS[3] runs index (zset: request -> expiry unix ms)
+-- ARGV[1] request id  ARGV[2] token  ARGV[3] record JSON  ARGV[4] retention ms (0 = keep forever)
+-- ARGV[5] index score (expiry unix ms or "+inf")  ARGV[6] now unix ms
+-- Returns 1 written | 0 lock lost (lease stale, or a later token already wrote the record).
+local token = tonumber(ARGV[2])
+local v = redis.call("HMGET", KEYS[1], "request", "token")
+if v[1] ~= ARGV[1] or tonumber(v[2]) ~= token then
+  return 0
+end
+local stored = tonumber(redis.call("HGET", KEYS[2], "token") or "0")
+if stored > token then
+  return 0
+end
+redis.call("HSET", KEYS[2], "token", ARGV[2], "run", ARGV[3])
+if tonumber(ARGV[4]) > 0 then
+  redis.call("PEXPIRE", KEYS[2], ARGV[4])
+else
+  redis.call("PERSIST", KEYS[2])
+end
+redis.call("ZADD", KEYS[3], ARGV[5], ARGV[1])
+-- Forget index entries whose records have expired by now.
+redis.call("ZREMRANGEBYSCORE", KEYS[3], "-inf", "(" .. ARGV[6])
+return 1

@@ -1,0 +1,180 @@
+// Package redisstore keeps run records, per-target locks with fencing tokens,
+// per-target request queues and watermarks in Redis (service contract §3, §5).
+//
+// Every write that must not come from a stale driver (run records,
+// watermarks, lock renewal and release) is one Lua script that compares the
+// lease's fencing token with the lock's, so a process that wakes after its lock
+// expired cannot overwrite the work of the new holder (Kleppmann, 2016).
+//
+// Keys, all under the prefix (default "pathling-sync:") and the target's hash
+// tag, so that every script touches a single Redis Cluster slot:
+//
+//	<prefix>{<target>}:lock            hash  request, token; PX = lease TTL
+//	<prefix>{<target>}:fence           int   INCR counter of fencing tokens, never expires
+//	<prefix>{<target>}:run:<request>   hash  token, run (the Run as JSON); PX = retention
+//	<prefix>{<target>}:runs            zset  request ids with records, scored by expiry (unix ms)
+//	<prefix>{<target>}:wm              hash  watermark key -> unix ms
+//	<prefix>{<target>}:queue           zset  queued request ids, scored by Queue.Seq
+//	<prefix>{<target>}:queue:deadline  hash  queued request id -> ticket deadline (unix ms, 0 = none)
+//
+// Redis must run with maxmemory-policy noeviction and persistence: an evicted
+// lock or fence counter breaks the guarantees above.
+package redisstore
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/pathling-sync/pathling-sync/handlers"
+)
+
+// Defaults of the options.
+const (
+	DefaultPrefix    = "pathling-sync:"
+	DefaultRetention = 7 * 24 * time.Hour
+)
+
+// ErrInvalidArgument is wrapped by errors about arguments the store cannot
+// use (an empty target or request id, a TTL under a millisecond, a record
+// that does not belong to the lease).
+var ErrInvalidArgument = errors.New("redisstore: invalid argument")
+
+// RedisClient is the part of a go-redis client the store uses. A
+// redis.UniversalClient (single node, Sentinel or Cluster) satisfies it.
+type RedisClient interface {
+	redis.Scripter
+	HGet(ctx context.Context, key, field string) *redis.StringCmd
+	HGetAll(ctx context.Context, key string) *redis.MapStringStringCmd
+	ZRange(ctx context.Context, key string, start, stop int64) *redis.StringSliceCmd
+	Pipelined(ctx context.Context, fn func(redis.Pipeliner) error) ([]redis.Cmder, error)
+	TxPipelined(ctx context.Context, fn func(redis.Pipeliner) error) ([]redis.Cmder, error)
+}
+
+var _ RedisClient = (redis.UniversalClient)(nil)
+
+var (
+	//go:embed lua/acquire.lua
+	acquireLua string
+	//go:embed lua/renew.lua
+	renewLua string
+	//go:embed lua/release.lua
+	releaseLua string
+	//go:embed lua/release_finished.lua
+	releaseFinishedLua string
+	//go:embed lua/save_run.lua
+	saveRunLua string
+	//go:embed lua/commit_watermark.lua
+	commitWatermarkLua string
+
+	scriptAcquire         = redis.NewScript(acquireLua)
+	scriptRenew           = redis.NewScript(renewLua)
+	scriptRelease         = redis.NewScript(releaseLua)
+	scriptReleaseFinished = redis.NewScript(releaseFinishedLua)
+	scriptSaveRun         = redis.NewScript(saveRunLua)
+	scriptCommitWatermark = redis.NewScript(commitWatermarkLua)
+)
+
+// Store implements handlers.Locker and handlers.Runs on Redis. It is safe
+// for concurrent use.
+type Store struct {
+	client    RedisClient
+	prefix    string
+	retention time.Duration
+	now       func() time.Time
+}
+
+var (
+	_ handlers.Locker = (*Store)(nil)
+	_ handlers.Runs   = (*Store)(nil)
+)
+
+// Option configures a Store.
+type Option func(*Store)
+
+// WithPrefix sets the prefix of every key (default "pathling-sync:"). It must
+// not contain '{' or '}': the target's hash tag follows it.
+func WithPrefix(p string) Option { return func(s *Store) { s.prefix = p } }
+
+// WithRetention sets how long run records live after their last write
+// (default 7 days). Zero or less keeps them forever.
+func WithRetention(d time.Duration) Option { return func(s *Store) { s.retention = d } }
+
+// WithClock sets the clock used for queue-ticket deadlines and the expiry
+// scores of the runs index (default time.Now). Lock TTLs run on Redis' clock.
+func WithClock(now func() time.Time) Option { return func(s *Store) { s.now = now } }
+
+// New returns a Store on c.
+func New(c RedisClient, opts ...Option) *Store {
+	s := &Store{client: c, prefix: DefaultPrefix, retention: DefaultRetention, now: time.Now}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+// keys of one target; every one carries the {target} hash tag.
+type targetKeys struct {
+	base string // <prefix>{<target>}:
+}
+
+func (s *Store) keys(target string) targetKeys {
+	return targetKeys{base: s.prefix + "{" + target + "}:"}
+}
+
+func (k targetKeys) lock() string              { return k.base + "lock" }
+func (k targetKeys) fence() string             { return k.base + "fence" }
+func (k targetKeys) run(request string) string { return k.base + "run:" + request }
+func (k targetKeys) runs() string              { return k.base + "runs" }
+func (k targetKeys) watermarks() string        { return k.base + "wm" }
+func (k targetKeys) queue() string             { return k.base + "queue" }
+func (k targetKeys) queueDeadlines() string    { return k.base + "queue:deadline" }
+
+// checkTarget refuses targets that would break the hash tag. Configured
+// target names match [A-Za-z0-9_-]{1,64}; this only guards the key layout.
+func checkTarget(target string) error {
+	if target == "" {
+		return fmt.Errorf("%w: empty target", ErrInvalidArgument)
+	}
+	if strings.ContainsAny(target, "{}") {
+		return fmt.Errorf("%w: target %q contains a brace", ErrInvalidArgument, target)
+	}
+	return nil
+}
+
+func checkLease(l handlers.Lease) error {
+	if err := checkTarget(l.Target); err != nil {
+		return err
+	}
+	if l.RequestID == "" {
+		return fmt.Errorf("%w: lease without request id", ErrInvalidArgument)
+	}
+	return nil
+}
+
+// ttlMillis converts a lease TTL; Redis counts in whole milliseconds.
+func ttlMillis(ttl time.Duration) (int64, error) {
+	ms := ttl.Milliseconds()
+	if ms < 1 {
+		return 0, fmt.Errorf("%w: ttl %s under 1ms", ErrInvalidArgument, ttl)
+	}
+	return ms, nil
+}
+
+// scriptReply splits a script's {code, value} array reply.
+func scriptReply(v any) (int64, any, error) {
+	arr, ok := v.([]any)
+	if !ok || len(arr) != 2 {
+		return 0, nil, fmt.Errorf("unexpected script reply %T %v", v, v)
+	}
+	code, ok := arr[0].(int64)
+	if !ok {
+		return 0, nil, fmt.Errorf("unexpected script reply code %T", arr[0])
+	}
+	return code, arr[1], nil
+}
