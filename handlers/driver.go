@@ -25,6 +25,7 @@ type driver struct {
 	failures  int           // consecutive retryable failures (retry index)
 	pause     time.Duration // wait before the next step instead of the cadence (Retry-After, retry backoff)
 	lastErr   string        // last retryable failure, for the timeout message
+	deleted   bool          // the current job was deleted already
 }
 
 // errTimeout ends a wait that reached the run's deadline.
@@ -98,6 +99,7 @@ func (dr *driver) kickOff(ctx context.Context) error {
 	}
 	dr.failures = 0
 	dr.polls = 0
+	dr.deleted = false
 	r.StatusURL = url
 	r.State = RunPolling
 	r.Progress = ""
@@ -157,10 +159,12 @@ func (dr *driver) poll(ctx context.Context) error {
 		if f.Empty && r.Params.Since != nil {
 			return dr.complete(ctx, st, true)
 		}
-		dr.deleteJob(ctx)
 		if f.Retryable {
+			// Even with KeepJobs: the identical re-kick would get the cached failure.
+			dr.cancelJob(ctx)
 			return dr.retryAfterFailure(ctx, f)
 		}
+		dr.deleteJob(ctx)
 		return dr.fail(ctx, messages.ReasonImportFailed, false, f.Message, f)
 	}
 	return fmt.Errorf("unknown job state %d", st.State)
@@ -256,9 +260,19 @@ func (dr *driver) wait(ctx context.Context, d time.Duration) error {
 }
 
 func (dr *driver) deleteJob(ctx context.Context) {
-	if dr.t.KeepJobs || dr.run.StatusURL == "" {
+	if dr.t.KeepJobs {
 		return
 	}
+	dr.cancelJob(ctx)
+}
+
+// cancelJob DELETEs the current job once: Pathling's cancel, and how it
+// frees a finished job's memory.
+func (dr *driver) cancelJob(ctx context.Context) {
+	if dr.deleted || dr.run.StatusURL == "" {
+		return
+	}
+	dr.deleted = true
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	if err := dr.t.Pathling.Delete(dctx, dr.run.StatusURL); err != nil {
@@ -269,13 +283,7 @@ func (dr *driver) deleteJob(ctx context.Context) {
 func (dr *driver) timeout(ctx context.Context) Disposition {
 	r := dr.run
 	// Cancel best-effort: Pathling stops at the import phase at the latest.
-	if r.StatusURL != "" {
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		if err := dr.t.Pathling.Delete(dctx, r.StatusURL); err != nil {
-			dr.log.Warn("delete timed-out Pathling job", "error", err)
-		}
-		cancel()
-	}
+	dr.cancelJob(ctx)
 	msg := fmt.Sprintf("sync did not finish within %s (%d polls, %d attempts)", r.Deadline.Sub(r.StartedAt), r.Polls, r.Attempts)
 	if dr.lastErr != "" {
 		msg += "; last error: " + dr.lastErr

@@ -139,6 +139,10 @@ type AcquireRequest struct {
 type QueueTicket struct {
 	Seq      uint64
 	Deadline time.Time // after it the ticket is dropped by anyone who sees it
+	// Settle makes a new ticket only take its place (ErrNotYourTurn), so that
+	// requests delivered in the same batch, racing each other, all hold
+	// their places before the earliest is served.
+	Settle bool
 }
 
 // Errors of the store. LockHeldError carries the holder's request id.

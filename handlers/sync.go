@@ -190,11 +190,11 @@ func (s *Syncer) Handle(ctx context.Context, d Delivery) Disposition {
 
 	acq := AcquireRequest{Target: t.Name, RequestID: in.requestID, TTL: s.lockTTL}
 	if in.req.Concurrency == "queue" {
-		acq.Queue = &QueueTicket{Seq: d.StreamSeq, Deadline: in.requestedAt.Add(in.timeout)}
+		acq.Queue = &QueueTicket{Seq: d.StreamSeq, Deadline: in.requestedAt.Add(in.timeout), Settle: d.NumDelivered == 1}
 	}
 	lease, err := s.locker.Acquire(ctx, acq)
 	if err != nil {
-		return s.notAcquired(ctx, log, in, err)
+		return s.notAcquired(ctx, log, d, in, err)
 	}
 	log = log.With("token", lease.Token)
 
@@ -215,6 +215,7 @@ func (s *Syncer) Handle(ctx context.Context, d Delivery) Disposition {
 		}
 	default:
 		log.Error("load run", "error", err)
+		_ = s.locker.Release(ctx, lease)
 		return s.retryLater(ctx)
 	}
 	run.Driver = s.driver
@@ -396,7 +397,11 @@ func WatermarkKey(exportURL string, types, typeFilters []string) string {
 	return exportURL + "|types=" + strings.Join(t, ",") + "|filters=" + strings.Join(f, "&")
 }
 
-func (s *Syncer) notAcquired(ctx context.Context, log *slog.Logger, in intake, err error) Disposition {
+// settleDelay is how long a newly queued request waits before it asks for
+// the lock: long enough for requests fetched in the same batch to queue up.
+const settleDelay = 250 * time.Millisecond
+
+func (s *Syncer) notAcquired(ctx context.Context, log *slog.Logger, d Delivery, in intake, err error) Disposition {
 	var held *LockHeldError
 	waiting := errors.As(err, &held) || errors.Is(err, ErrNotYourTurn)
 	if !waiting {
@@ -406,6 +411,10 @@ func (s *Syncer) notAcquired(ctx context.Context, log *slog.Logger, in intake, e
 	s.observe(ctx, RunEvent{Kind: "lock_conflict", Target: in.target, RequestID: in.requestID})
 	if in.req.Concurrency == "queue" {
 		if s.now().Before(in.requestedAt.Add(in.timeout)) {
+			if held == nil && d.NumDelivered == 1 {
+				// Just took its place in the queue: look again soon.
+				return Disposition{Action: Nak, Delay: min(s.queueRetry, settleDelay)}
+			}
 			return Disposition{Action: Nak, Delay: s.queueRetry}
 		}
 		msg := fmt.Sprintf("gave up waiting in the queue of target %q after %s", in.target, in.timeout)

@@ -27,7 +27,7 @@ type Target struct {
 	// includeAssociatedData, concurrency, timeout).
 	Defaults     messages.SyncRequested
 	Timeout      time.Duration // whole sync; default 2h
-	Overlap      time.Duration // watermark = first kick-off − overlap; default 2m
+	Overlap      time.Duration // watermark = first kick-off − overlap (config's default: 2m)
 	Poll         Backoff       // status poll cadence; default 5s ×1.5 ≤ 60s, 10% jitter
 	Retry        Backoff       // after a retryable failure; default 30s ×2 ≤ 5m
 	MaxJobLosses int           // 404s of our job before job_lost; default 3
@@ -63,8 +63,6 @@ func (t *Target) setDefaults() {
 	}
 	if t.Overlap < 0 {
 		t.Overlap = 0
-	} else if t.Overlap == 0 {
-		t.Overlap = 2 * time.Minute
 	}
 	if t.Poll.Initial <= 0 {
 		t.Poll = Backoff{Initial: 5 * time.Second, Factor: 1.5, Max: time.Minute, Jitter: 0.1}

@@ -35,9 +35,12 @@ func (s *Store) Acquire(ctx context.Context, req handlers.AcquireRequest) (handl
 	if err != nil {
 		return handlers.Lease{}, fmt.Errorf("redisstore: acquire: %w", err)
 	}
-	queued, seq, deadline := "0", "0", "0"
+	queued, seq, deadline, settle := "0", "0", "0", "0"
 	if q := req.Queue; q != nil {
 		queued = "1"
+		if q.Settle {
+			settle = "1"
+		}
 		seq = strconv.FormatUint(q.Seq, 10)
 		if !q.Deadline.IsZero() {
 			deadline = strconv.FormatInt(max(q.Deadline.UnixMilli(), 1), 10)
@@ -46,7 +49,7 @@ func (s *Store) Acquire(ctx context.Context, req handlers.AcquireRequest) (handl
 	k := s.keys(req.Target)
 	v, err := scriptAcquire.Run(ctx, s.client,
 		[]string{k.lock(), k.fence(), k.queue(), k.queueDeadlines()},
-		req.RequestID, ttl, queued, seq, deadline, s.now().UnixMilli()).Result()
+		req.RequestID, ttl, queued, seq, deadline, s.now().UnixMilli(), settle).Result()
 	if err != nil {
 		return handlers.Lease{}, fmt.Errorf("redisstore: acquire: %w", err)
 	}

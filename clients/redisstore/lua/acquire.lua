@@ -3,14 +3,19 @@
 -- KEYS[3] queue (zset: request -> seq)  KEYS[4] queue deadlines (hash: request -> unix ms, 0 = none)
 -- ARGV[1] request id  ARGV[2] ttl ms  ARGV[3] "1" when queued  ARGV[4] seq
 -- ARGV[5] ticket deadline unix ms (0 = none)  ARGV[6] now unix ms
+-- ARGV[7] "1": settle: a NEW ticket only takes its place (reply "not your turn"), so that
+--         requests delivered together all hold their places before the head is served
 -- Returns {1, token} granted | {0, holder} held by another request | {2, head} not your turn.
 local req = ARGV[1]
 local queued = ARGV[3] == "1"
 
 if queued then
   -- NX: a redelivery keeps its original place.
-  redis.call("ZADD", KEYS[3], "NX", ARGV[4], req)
+  local added = redis.call("ZADD", KEYS[3], "NX", ARGV[4], req)
   redis.call("HSET", KEYS[4], req, ARGV[5])
+  if added == 1 and ARGV[7] == "1" then
+    return {2, req}
+  end
   -- Drop expired tickets at the head (never the caller's own: it decides on its timeout).
   local now = tonumber(ARGV[6])
   while true do
