@@ -1,0 +1,457 @@
+package natsbus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/pathling-sync/pathling-sync/handlers"
+)
+
+const (
+	// maxFetchBatch caps one pull request, so that an idle replica with thousands of free
+	// workers does not allocate thousand-slot buffers on every fetch. A burst is taken in
+	// several back-to-back fetches, each returning as soon as it is full.
+	maxFetchBatch = 256
+	// settleTimeout bounds a DoubleAck round trip.
+	settleTimeout = 5 * time.Second
+	// termReasonHandler and termReasonPanic are the reasons JetStream's MSG_TERMINATED advisory
+	// carries.
+	termReasonHandler = "rejected by handler"
+	termReasonPanic   = "handler panicked"
+	// Backoff between failed fetches (connection lost, consumer deleted, JetStream down).
+	minRetryWait = 250 * time.Millisecond
+	maxRetryWait = 10 * time.Second
+)
+
+// ConsumerConfig configures the durable pull consumer of SyncRequested messages. Zero fields take
+// the defaults.
+type ConsumerConfig struct {
+	// Stream is the stream's name (default PATHLING_SYNC). It must exist: see EnsureStream.
+	Stream string
+	// Durable is the consumer's name, shared by all replicas (default pathling-sync).
+	Durable string
+	// FilterSubject selects the SyncRequested subjects (default pathling.sync.requested.>).
+	FilterSubject string
+	// AckWait is how long the server waits for an ack or an InProgress before redelivering
+	// (default 60 s). InProgress is sent every AckWait/3 while a handler runs.
+	AckWait time.Duration
+	// MaxDeliver bounds deliveries per message (default -1: unlimited).
+	MaxDeliver int
+	// MaxAckPending bounds unacked messages across all replicas together (default -1:
+	// unlimited; each replica is bounded by MaxWorkers anyway). The server's own default of
+	// 1000 would silently cap the number of syncs running at once.
+	MaxAckPending int
+	// MaxWorkers is how many handlers this replica runs at once (default 256).
+	MaxWorkers int
+	// FetchWait is how long one pull request waits for messages (default 5 s). A worker freed
+	// during a pull request is used by the next one, so this is also the longest delay before a
+	// freed worker takes a waiting message.
+	FetchWait time.Duration
+	// ShutdownGrace is how long Run waits for handlers after its context is cancelled
+	// (default 5 s).
+	ShutdownGrace time.Duration
+	// Logger receives the consumer's logs (default: discarded).
+	Logger *slog.Logger
+}
+
+func (c *ConsumerConfig) setDefaults() {
+	if c.Stream == "" {
+		c.Stream = DefaultStreamName
+	}
+	if c.Durable == "" {
+		c.Durable = DefaultDurable
+	}
+	if c.FilterSubject == "" {
+		c.FilterSubject = DefaultFilterSubject
+	}
+	if c.AckWait == 0 {
+		c.AckWait = DefaultAckWait
+	}
+	if c.MaxDeliver == 0 {
+		c.MaxDeliver = -1
+	}
+	if c.MaxAckPending == 0 {
+		c.MaxAckPending = -1
+	}
+	if c.MaxWorkers == 0 {
+		c.MaxWorkers = DefaultMaxWorkers
+	}
+	if c.FetchWait == 0 {
+		c.FetchWait = DefaultFetchWait
+	}
+	if c.ShutdownGrace == 0 {
+		c.ShutdownGrace = DefaultShutdownGrace
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+func (c *ConsumerConfig) validate() error {
+	switch {
+	case c.AckWait < 300*time.Millisecond:
+		// InProgress goes out every AckWait/3: below this, heartbeats would flood the server.
+		return fmt.Errorf("%w: ack wait %s is below 300ms", ErrInvalidConfig, c.AckWait)
+	case c.MaxDeliver < -1:
+		return fmt.Errorf("%w: max deliver %d", ErrInvalidConfig, c.MaxDeliver)
+	case c.MaxAckPending < -1:
+		return fmt.Errorf("%w: max ack pending %d", ErrInvalidConfig, c.MaxAckPending)
+	case c.MaxWorkers < 1:
+		return fmt.Errorf("%w: max workers %d", ErrInvalidConfig, c.MaxWorkers)
+	case c.MaxAckPending > 0 && c.MaxAckPending < c.MaxWorkers:
+		return fmt.Errorf("%w: max ack pending %d is below max workers %d", ErrInvalidConfig, c.MaxAckPending, c.MaxWorkers)
+	case c.FetchWait < 10*time.Millisecond:
+		return fmt.Errorf("%w: fetch wait %s is below 10ms", ErrInvalidConfig, c.FetchWait)
+	case c.ShutdownGrace < 0:
+		return fmt.Errorf("%w: negative shutdown grace", ErrInvalidConfig)
+	}
+	return nil
+}
+
+// Consumer runs a handler for each SyncRequested message of a durable pull consumer, at most
+// MaxWorkers at once, keeping every message alive with InProgress() until its handler returns and
+// then applying the handler's Disposition.
+type Consumer struct {
+	js     jetstream.JetStream
+	cfg    ConsumerConfig
+	handle handlers.HandlerFunc
+	log    *slog.Logger
+
+	running  atomic.Bool
+	bound    atomic.Bool
+	inFlight atomic.Int64
+	// freed gets a token (never blocking) each time a handler finishes, so that a fetch loop
+	// with all workers busy sleeps until one is free instead of spinning.
+	freed chan struct{}
+}
+
+// NewConsumer checks cfg and returns a consumer that calls h for each message. It does not talk
+// to the server: Run binds the consumer. Errors: ErrInvalidConfig.
+func NewConsumer(js jetstream.JetStream, cfg ConsumerConfig, h handlers.HandlerFunc) (*Consumer, error) {
+	if js == nil || h == nil {
+		return nil, fmt.Errorf("%w: nil JetStream or handler", ErrInvalidConfig)
+	}
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &Consumer{
+		js:     js,
+		cfg:    cfg,
+		handle: h,
+		log:    cfg.Logger.With("stream", cfg.Stream, "consumer", cfg.Durable),
+		freed:  make(chan struct{}, 1),
+	}, nil
+}
+
+// Bound reports whether the consumer exists on the server, the fetch loop is running and its last
+// pull request did not fail, and the NATS connection is up. It backs /readyz.
+func (c *Consumer) Bound() bool {
+	if !c.bound.Load() {
+		return false
+	}
+	nc := c.js.Conn()
+	return nc != nil && nc.IsConnected()
+}
+
+// InFlight is the number of handlers running now.
+func (c *Consumer) InFlight() int { return int(c.inFlight.Load()) }
+
+// Run binds the durable consumer (creating it at DeliverPolicy New the first time, otherwise
+// updating its ack wait, max deliver, max ack pending and filter) and handles messages until ctx
+// is done. Then it stops fetching and heartbeats at once, waits up to ShutdownGrace for the
+// handlers (whose context is ctx, so they see the cancellation), and returns nil. Messages whose
+// handlers have not settled them are redelivered by the server after AckWait.
+//
+// Errors: the binding error when the consumer cannot be created or updated at start
+// (jetstream.ErrStreamNotFound when the stream is missing; ErrInvalidConfig when an existing
+// consumer of that name is not a pull consumer with explicit acks). Later failures (lost
+// connection, deleted consumer) are logged and retried with backoff while Bound reports false.
+// Run may be called once at a time.
+func (c *Consumer) Run(ctx context.Context) error {
+	if !c.running.CompareAndSwap(false, true) {
+		return errors.New("natsbus: consumer is already running")
+	}
+	defer c.running.Store(false)
+
+	cons, err := c.bind(ctx)
+	if err != nil {
+		return err
+	}
+	c.bound.Store(true)
+	var handlersDone sync.WaitGroup
+	c.fetchLoop(ctx, cons, &handlersDone)
+	c.bound.Store(false)
+	c.waitForHandlers(&handlersDone)
+	return nil
+}
+
+// waitForHandlers waits for the running handlers, at most ShutdownGrace.
+func (c *Consumer) waitForHandlers(wg *sync.WaitGroup) {
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	grace := time.NewTimer(c.cfg.ShutdownGrace)
+	defer grace.Stop()
+	select {
+	case <-done:
+	case <-grace.C:
+		c.log.Warn("shutdown grace passed with handlers still running; their messages will be redelivered",
+			"in_flight", c.InFlight(), "grace", c.cfg.ShutdownGrace)
+	}
+}
+
+// bind creates the durable consumer at DeliverPolicy New, or updates the mutable settings of the
+// existing one, keeping its position.
+func (c *Consumer) bind(ctx context.Context) (jetstream.Consumer, error) {
+	cons, err := c.js.Consumer(ctx, c.cfg.Stream, c.cfg.Durable)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		cons, err = c.js.CreateConsumer(ctx, c.cfg.Stream, c.applyMutable(jetstream.ConsumerConfig{
+			Durable:       c.cfg.Durable,
+			DeliverPolicy: jetstream.DeliverNewPolicy,
+			AckPolicy:     jetstream.AckExplicitPolicy,
+		}))
+		if err == nil {
+			c.log.Info("created consumer at new messages", "filter", c.cfg.FilterSubject)
+			return cons, nil
+		}
+		if !errors.Is(err, jetstream.ErrConsumerExists) {
+			return nil, fmt.Errorf("natsbus: create consumer %s/%s: %w", c.cfg.Stream, c.cfg.Durable, err)
+		}
+		// Another replica created it meanwhile, with other settings: update it below.
+		cons, err = c.js.Consumer(ctx, c.cfg.Stream, c.cfg.Durable)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("natsbus: look up consumer %s/%s: %w", c.cfg.Stream, c.cfg.Durable, err)
+	}
+	info := cons.CachedInfo()
+	if info.Config.DeliverSubject != "" || info.Config.AckPolicy != jetstream.AckExplicitPolicy {
+		return nil, fmt.Errorf("%w: existing consumer %s/%s is not a pull consumer with explicit acks",
+			ErrInvalidConfig, c.cfg.Stream, c.cfg.Durable)
+	}
+	want := c.applyMutable(info.Config)
+	if mutableEqual(want, info.Config) {
+		return cons, nil
+	}
+	cons, err = c.js.UpdateConsumer(ctx, c.cfg.Stream, want)
+	if err != nil {
+		return nil, fmt.Errorf("natsbus: update consumer %s/%s: %w", c.cfg.Stream, c.cfg.Durable, err)
+	}
+	c.log.Info("updated consumer settings", "filter", c.cfg.FilterSubject, "ack_wait", c.cfg.AckWait)
+	return cons, nil
+}
+
+// applyMutable sets the settings this package owns and an existing consumer may change.
+func (c *Consumer) applyMutable(cfg jetstream.ConsumerConfig) jetstream.ConsumerConfig {
+	cfg.FilterSubject = c.cfg.FilterSubject
+	cfg.FilterSubjects = nil
+	cfg.AckWait = c.cfg.AckWait
+	cfg.MaxDeliver = c.cfg.MaxDeliver
+	cfg.MaxAckPending = c.cfg.MaxAckPending
+	cfg.BackOff = nil // BackOff would override AckWait for redeliveries
+	return cfg
+}
+
+func mutableEqual(a, b jetstream.ConsumerConfig) bool {
+	return a.FilterSubject == b.FilterSubject && len(b.FilterSubjects) == 0 &&
+		a.AckWait == b.AckWait && a.MaxDeliver == b.MaxDeliver &&
+		a.MaxAckPending == b.MaxAckPending && len(b.BackOff) == 0
+}
+
+// fetchLoop pulls messages while ctx lives, never asking for more than there are free workers.
+func (c *Consumer) fetchLoop(ctx context.Context, cons jetstream.Consumer, wg *sync.WaitGroup) {
+	retryWait := minRetryWait
+	for ctx.Err() == nil {
+		free := c.cfg.MaxWorkers - c.InFlight()
+		if free <= 0 {
+			select {
+			case <-c.freed:
+			case <-ctx.Done():
+			}
+			continue
+		}
+		err := c.fetch(ctx, cons, min(free, maxFetchBatch), wg)
+		if err == nil {
+			c.bound.Store(true)
+			retryWait = minRetryWait
+			continue
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		c.bound.Store(false)
+		c.log.Warn("fetch failed; retrying", "error", err, "retry_in", retryWait)
+		if !sleepCtx(ctx, retryWait) {
+			return
+		}
+		retryWait = min(2*retryWait, maxRetryWait)
+		// The consumer may have been deleted (or JetStream restarted without it): bind again.
+		if rebound, err := c.bind(ctx); err != nil {
+			c.log.Warn("rebinding consumer failed", "error", err)
+		} else {
+			cons = rebound
+			c.bound.Store(true)
+		}
+	}
+}
+
+// fetch sends one pull request for up to n messages and starts a handler for each message as it
+// arrives. It returns nil when the request expired normally.
+func (c *Consumer) fetch(ctx context.Context, cons jetstream.Consumer, n int, wg *sync.WaitGroup) error {
+	// FetchContext (rather than FetchMaxWait) makes shutdown stop the pull at once; the server
+	// expires the request slightly before this deadline.
+	fetchCtx, cancel := context.WithTimeout(ctx, c.cfg.FetchWait)
+	defer cancel()
+	batch, err := cons.Fetch(n, jetstream.FetchContext(fetchCtx))
+	if err != nil {
+		return err
+	}
+	for msg := range batch.Messages() {
+		c.start(ctx, msg, wg)
+	}
+	err = batch.Error()
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		return nil // our own fetch wait ran out before the server's timeout reply arrived
+	}
+	return err
+}
+
+// start runs the handler for msg in its own goroutine.
+func (c *Consumer) start(ctx context.Context, msg jetstream.Msg, wg *sync.WaitGroup) {
+	md, err := msg.Metadata()
+	if err != nil {
+		// Not a JetStream delivery (no ack subject): nothing can be acked either.
+		c.log.Error("dropping message without JetStream metadata", "subject", msg.Subject(), "error", err)
+		return
+	}
+	c.inFlight.Add(1)
+	wg.Add(1)
+	go func() {
+		defer func() {
+			c.inFlight.Add(-1)
+			wg.Done()
+			select {
+			case c.freed <- struct{}{}:
+			default:
+			}
+		}()
+		c.work(ctx, msg, md)
+	}()
+}
+
+// work handles one message: heartbeat while the handler runs, then settle.
+func (c *Consumer) work(ctx context.Context, msg jetstream.Msg, md *jetstream.MsgMetadata) {
+	d := handlers.Delivery{
+		Subject:      msg.Subject(),
+		Header:       msg.Headers(),
+		Data:         msg.Data(),
+		Stream:       md.Stream,
+		StreamSeq:    md.Sequence.Stream,
+		NumDelivered: md.NumDelivered,
+		Published:    md.Timestamp,
+	}
+	hb := startHeartbeat(ctx, msg, c.cfg.AckWait/3, c.log)
+	disp, termReason := c.call(ctx, d)
+	hb.stop()
+	c.settle(ctx, msg, d, disp, termReason)
+}
+
+// call runs the handler. A panic is a bug that would repeat on every redelivery and every
+// replica, so it terminates the message instead of crashing the process or looping.
+func (c *Consumer) call(ctx context.Context, d handlers.Delivery) (disp handlers.Disposition, termReason string) {
+	defer func() {
+		if r := recover(); r != nil {
+			c.log.Error("handler panicked; terminating message", "subject", d.Subject,
+				"stream_seq", d.StreamSeq, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			disp, termReason = handlers.Disposition{Action: handlers.Term}, termReasonPanic
+		}
+	}()
+	return c.handle(ctx, d), termReasonHandler
+}
+
+// settle applies the handler's disposition. Settling does not use ctx's cancellation: a handler
+// that finished its work during shutdown still gets its message acked.
+func (c *Consumer) settle(ctx context.Context, msg jetstream.Msg, d handlers.Delivery, disp handlers.Disposition, termReason string) {
+	var err error
+	switch disp.Action {
+	case handlers.Ack:
+		// DoubleAck waits for the server's confirmation: the caller has published the outcome
+		// and only a confirmed ack prevents a redelivery.
+		ackCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+		err = msg.DoubleAck(ackCtx)
+		cancel()
+	case handlers.Term:
+		err = msg.TermWithReason(termReason)
+	case handlers.Nak:
+		err = msg.NakWithDelay(disp.Delay)
+	case handlers.Leave:
+		return
+	default:
+		c.log.Error("unknown disposition; leaving message for redelivery", "action", disp.Action.String(),
+			"subject", d.Subject, "stream_seq", d.StreamSeq)
+		return
+	}
+	if err != nil {
+		c.log.Warn("settling message failed; the server will redeliver it", "action", disp.Action.String(),
+			"subject", d.Subject, "stream_seq", d.StreamSeq, "error", err)
+	}
+}
+
+// heartbeat sends InProgress for one message every interval until stopped or until the
+// consumer's context is done. It is one timer whose callback re-arms it: no goroutine waits
+// between beats.
+type heartbeat struct {
+	mu      sync.Mutex
+	stopped bool
+	timer   *time.Timer
+}
+
+func startHeartbeat(ctx context.Context, msg jetstream.Msg, interval time.Duration, log *slog.Logger) *heartbeat {
+	hb := &heartbeat{}
+	hb.mu.Lock() // the callback must not see hb.timer unset
+	defer hb.mu.Unlock()
+	hb.timer = time.AfterFunc(interval, func() {
+		hb.mu.Lock()
+		defer hb.mu.Unlock()
+		// On shutdown the beats stop: the handler is being cancelled, and if it outlives the
+		// grace period its message must fall back to the server for redelivery.
+		if hb.stopped || ctx.Err() != nil {
+			return
+		}
+		if err := msg.InProgress(); err != nil {
+			log.Warn("in-progress heartbeat failed", "subject", msg.Subject(), "error", err)
+		}
+		hb.timer.Reset(interval)
+	})
+	return hb
+}
+
+// stop ends the heartbeat; no InProgress is sent after it returns.
+func (hb *heartbeat) stop() {
+	hb.mu.Lock()
+	defer hb.mu.Unlock()
+	hb.stopped = true
+	hb.timer.Stop()
+}
+
+// sleepCtx waits d or until ctx is done; it reports whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
