@@ -1,0 +1,316 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/pathling-sync/pathling-sync/clients/auth"
+	"github.com/pathling-sync/pathling-sync/clients/natsbus"
+	"github.com/pathling-sync/pathling-sync/clients/pathling"
+	"github.com/pathling-sync/pathling-sync/clients/redisstore"
+	"github.com/pathling-sync/pathling-sync/config"
+	"github.com/pathling-sync/pathling-sync/handlers"
+	"github.com/pathling-sync/pathling-sync/messages"
+)
+
+// errInfra marks failures to reach NATS or Redis (exit code 3).
+var errInfra = errors.New("infrastructure unreachable")
+
+// Service is the running sync service: it wires the configuration to NATS,
+// Redis, Pathling and the handler, and serves the admin endpoints.
+type Service struct {
+	cfg      *config.Config
+	log      *slog.Logger
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	rdb      redis.UniversalClient
+	store    *redisstore.Store
+	consumer *natsbus.Consumer
+	syncer   *handlers.Syncer
+	admin    *http.Server
+	adminLn  net.Listener
+	stopping atomic.Bool
+}
+
+// NewService connects to NATS and Redis, ensures the stream and builds the
+// consumer. It does not start consuming: Run does.
+func NewService(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Service, error) {
+	s := &Service{cfg: cfg, log: log}
+	ok := false
+	defer func() {
+		if !ok {
+			s.Close()
+		}
+	}()
+
+	var err error
+	s.nc, err = connectNATS(cfg.NATS, "pathling-sync "+cfg.Service.InstanceID, log)
+	if err != nil {
+		return nil, err
+	}
+	s.js, err = jetstream.New(s.nc)
+	if err != nil {
+		return nil, fmt.Errorf("%w: jetstream: %v", errInfra, err)
+	}
+	subjects := messages.Subjects{Prefix: cfg.NATS.Stream.SubjectPrefix}
+	sctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if _, err := natsbus.EnsureStream(sctx, s.js, natsbus.StreamConfig{
+		Name:       cfg.NATS.Stream.Name,
+		Subjects:   []string{subjects.All()},
+		MaxAge:     cfg.NATS.Stream.MaxAge,
+		Storage:    jetstream.FileStorage,
+		Replicas:   cfg.NATS.Stream.Replicas,
+		Duplicates: cfg.NATS.Stream.Duplicates,
+		MaxBytes:   cfg.NATS.Stream.MaxBytes,
+	}); err != nil {
+		return nil, fmt.Errorf("%w: stream %s: %v", errInfra, cfg.NATS.Stream.Name, err)
+	}
+
+	s.rdb, err = connectRedis(sctx, cfg.Redis)
+	if err != nil {
+		return nil, err
+	}
+	s.store = redisstore.New(s.rdb, redisstore.WithPrefix(cfg.Redis.KeyPrefix), redisstore.WithRetention(cfg.Redis.Retention))
+
+	pub, err := natsbus.NewPublisher(s.nc, natsbus.WithPublisherLogger(log))
+	if err != nil {
+		return nil, err
+	}
+	targets, err := buildTargets(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	s.syncer, err = handlers.New(handlers.Config{
+		Targets:    targets,
+		Subjects:   subjects,
+		Source:     cfg.Service.Source,
+		LockTTL:    cfg.Redis.LockTTL,
+		QueueRetry: cfg.Service.QueueRetry,
+		Driver:     cfg.Service.InstanceID,
+		Logger:     log,
+	}, s.store, s.store, pub)
+	if err != nil {
+		return nil, err
+	}
+	s.consumer, err = natsbus.NewConsumer(s.js, natsbus.ConsumerConfig{
+		Stream:        cfg.NATS.Stream.Name,
+		Durable:       cfg.NATS.Consumer.Durable,
+		FilterSubject: subjects.RequestedFilter(),
+		AckWait:       cfg.NATS.Consumer.AckWait,
+		MaxDeliver:    cfg.NATS.Consumer.MaxDeliver,
+		MaxAckPending: cfg.NATS.Consumer.MaxAckPending,
+		MaxWorkers:    cfg.NATS.Consumer.MaxWorkers,
+		ShutdownGrace: cfg.Service.ShutdownGrace,
+		Logger:        log,
+	}, s.syncer.Handle)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Admin.Addr != "" {
+		s.adminLn, err = net.Listen("tcp", cfg.Admin.Addr)
+		if err != nil {
+			return nil, fmt.Errorf("admin listener %s: %w", cfg.Admin.Addr, err)
+		}
+		s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
+	}
+	ok = true
+	return s, nil
+}
+
+// AdminAddr is the admin listener's address ("" when disabled).
+func (s *Service) AdminAddr() string {
+	if s.adminLn == nil {
+		return ""
+	}
+	return s.adminLn.Addr().String()
+}
+
+// Run consumes until ctx ends, then shuts down: stop fetching, cancel the
+// runs (their state stays in Redis for the next driver), close connections.
+func (s *Service) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	if s.admin != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.admin.Serve(s.adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.log.Error("admin server", "error", err)
+			}
+		}()
+	}
+	s.log.Info("pathling-sync serving", "targets", s.syncer.Targets(), "instance", s.cfg.Service.InstanceID,
+		"stream", s.cfg.NATS.Stream.Name, "consumer", s.cfg.NATS.Consumer.Durable, "admin", s.AdminAddr())
+	err := s.consumer.Run(ctx)
+	s.stopping.Store(true)
+	if s.admin != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = s.admin.Shutdown(sctx)
+		cancel()
+	}
+	wg.Wait()
+	s.Close()
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+// Close releases the connections. Safe to call more than once.
+func (s *Service) Close() {
+	if s.nc != nil {
+		_ = s.nc.Drain()
+		s.nc.Close()
+	}
+	if s.rdb != nil {
+		_ = s.rdb.Close()
+	}
+}
+
+func (s *Service) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, r *http.Request) {
+		// The process answers: that is all liveness means (no dependency checks).
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if msg := s.notReady(r.Context()); msg != "" {
+			http.Error(w, msg, http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n"))
+	})
+	return mux
+}
+
+func (s *Service) notReady(ctx context.Context) string {
+	switch {
+	case s.stopping.Load():
+		return "shutting down"
+	case !s.consumer.Bound():
+		return "NATS consumer not bound"
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := s.rdb.Ping(ctx).Err(); err != nil {
+		return "Redis unreachable"
+	}
+	return ""
+}
+
+func connectNATS(c config.NATSConfig, name string, log *slog.Logger) (*nats.Conn, error) {
+	opts, err := c.Options()
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts,
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("NATS disconnected", "error", err)
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("NATS reconnected", "server", nc.ConnectedUrlRedacted()) }),
+	)
+	nc, err := nats.Connect(c.URL.Reveal(), opts...)
+	if err != nil {
+		return nil, fmt.Errorf("%w: NATS %s: %v", errInfra, c.URL, err)
+	}
+	return nc, nil
+}
+
+func connectRedis(ctx context.Context, c config.RedisConfig) (redis.UniversalClient, error) {
+	uo, err := c.UniversalOptions()
+	if err != nil {
+		return nil, err
+	}
+	rdb := redis.NewUniversalClient(uo)
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		_ = rdb.Close()
+		return nil, fmt.Errorf("%w: Redis %s: %v", errInfra, c.URL, err)
+	}
+	return rdb, nil
+}
+
+// buildTargets turns the configured targets into the handler's, each with
+// its own Pathling client (sharing one HTTP transport).
+func buildTargets(cfg *config.Config, log *slog.Logger) ([]handlers.Target, error) {
+	httpClient := sharedHTTPClient()
+	var out []handlers.Target
+	for _, name := range cfg.TargetNames() {
+		tc, _ := cfg.Target(name)
+		ts, err := tokenSource(tc, httpClient)
+		if err != nil {
+			return nil, fmt.Errorf("target %s: auth: %w", name, err)
+		}
+		opts := []pathling.Option{pathling.WithHTTPClient(httpClient), pathling.WithRequestTimeout(tc.Pathling.RequestTimeout)}
+		if ts != nil {
+			opts = append(opts, pathling.WithTokenSource(ts))
+		}
+		client, err := pathling.New(tc.Pathling.URL, opts...)
+		if err != nil {
+			return nil, fmt.Errorf("target %s: %w", name, err)
+		}
+		out = append(out, tc.HandlerTarget(pathling.NewPort(client)))
+		log.Debug("target configured", "target", name, "pathling", tc.Pathling.URL, "auth", tc.Pathling.Auth.Type)
+	}
+	return out, nil
+}
+
+func sharedHTTPClient() *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = 64
+	tr.IdleConnTimeout = 90 * time.Second
+	// No overall Timeout here: every request carries its own deadline.
+	return &http.Client{Transport: tr}
+}
+
+func tokenSource(tc config.TargetConfig, hc *http.Client) (auth.TokenSource, error) {
+	a := tc.Pathling.Auth
+	switch a.Type {
+	case "", config.AuthNone:
+		return nil, nil
+	case config.AuthBearer:
+		tok := a.Token.Reveal()
+		if a.TokenFile != "" {
+			b, err := os.ReadFile(a.TokenFile)
+			if err != nil {
+				return nil, fmt.Errorf("token file: %w", err)
+			}
+			tok = strings.TrimSpace(string(b))
+		}
+		return auth.Static(tok), nil
+	case config.AuthClientCredentials:
+		return auth.NewClientCredentials(auth.ClientCredentialsConfig{
+			TokenURL: a.TokenURL, ClientID: a.ClientID, ClientSecret: a.ClientSecret.Reveal(), Scope: a.Scope,
+		}, auth.WithHTTPClient(hc))
+	case config.AuthSMARTBackend:
+		key := []byte(a.PrivateKey.Reveal())
+		if a.PrivateKeyFile != "" {
+			b, err := os.ReadFile(a.PrivateKeyFile)
+			if err != nil {
+				return nil, fmt.Errorf("private key file: %w", err)
+			}
+			key = b
+		}
+		return auth.NewSMARTBackend(auth.SMARTBackendConfig{
+			ClientID: a.ClientID, Scope: a.Scope, TokenURL: a.TokenURL, FHIRBaseURL: tc.Pathling.URL,
+			PrivateJWK: key, Alg: a.Alg, KeyID: a.KID,
+		}, auth.WithHTTPClient(hc))
+	}
+	return nil, fmt.Errorf("unknown auth type %q", a.Type)
+}

@@ -1,0 +1,239 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	pathlingemu "github.com/pathling-sync/pathling-sync/emulators/pathling"
+	"github.com/pathling-sync/pathling-sync/internal/devenv"
+	"github.com/pathling-sync/pathling-sync/internal/testenv"
+)
+
+// syncBuffer is a goroutine-safe output sink.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func envFrom(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+// The README walk-through: dev on embedded defaults, then request --wait
+// (full, then since auto) from "another terminal".
+func TestDevThenRequestWait(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv(devenv.DataDirEnv, dir)
+	ctx, cancel := context.WithCancel(context.Background())
+	devOut, devErr := &syncBuffer{}, &syncBuffer{}
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"dev", "--data-dir", dir, "--patients", "5"}, devOut, devErr, envFrom(nil))
+	}()
+	defer func() {
+		cancel()
+		select {
+		case code := <-done:
+			if code != 0 {
+				t.Errorf("dev exited %d: %s", code, devErr.String())
+			}
+		case <-time.After(15 * time.Second):
+			t.Error("dev did not stop within 15 s")
+		}
+	}()
+	testenv.Eventually(t, 30*time.Second, func() bool {
+		a, err := devenv.ReadAddrs(dir)
+		return err == nil && a.NATSURL != ""
+	}, "dev to write its addresses (stderr: %s)", devErr.String())
+	if !strings.Contains(devOut.String(), "request --wait") {
+		t.Fatalf("dev banner does not say how to request a sync:\n%s", devOut.String())
+	}
+
+	var out, errOut syncBuffer
+	if code := run(context.Background(), []string{"request", "--wait"}, &out, &errOut, envFrom(nil)); code != 0 {
+		t.Fatalf("request --wait exited %d\nstdout: %s\nstderr: %s\ndev: %s", code, out.String(), errOut.String(), devErr.String())
+	}
+	if !strings.Contains(out.String(), "SyncCompleted") {
+		t.Fatalf("no SyncCompleted in:\n%s", out.String())
+	}
+	out = syncBuffer{}
+	if code := run(context.Background(), []string{"request", "--wait", "--since", "auto"}, &out, &errOut, envFrom(nil)); code != 0 {
+		t.Fatalf("incremental request exited %d: %s %s", code, out.String(), errOut.String())
+	}
+	if !strings.Contains(out.String(), `"since"`) {
+		t.Fatalf("incremental sync did not use the watermark:\n%s", out.String())
+	}
+
+	// A sync that fails exits 1: an export URL the target does not allow.
+	out = syncBuffer{}
+	code := run(context.Background(), []string{"request", "--wait", "--export-url", "https://elsewhere.example/fhir"}, &out, &errOut, envFrom(nil))
+	if code != exitSyncFailed || !strings.Contains(out.String(), "export_url_not_allowed") {
+		t.Fatalf("want exit 1 with export_url_not_allowed, got %d:\n%s", code, out.String())
+	}
+
+	a, _ := devenv.ReadAddrs(dir)
+	resp, err := http.Get("http://" + a.AdminAddr + "/readyz")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("readyz: %v %v", resp, err)
+	}
+	resp.Body.Close()
+}
+
+func TestExitCodes(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), []string{"request", "--save-mode", "merj"}, &out, &errOut, envFrom(nil)); code != exitUsage {
+		t.Fatalf("bad save mode: exit %d, want 2 (%s)", code, errOut.String())
+	}
+	if !strings.Contains(errOut.String(), "saveMode") {
+		t.Fatalf("message does not name the field: %s", errOut.String())
+	}
+	if code := run(context.Background(), []string{"request", "--no-such-flag"}, &out, &errOut, envFrom(nil)); code != exitUsage {
+		t.Fatalf("unknown flag: exit %d, want 2", code)
+	}
+	errOut.Reset()
+	env := envFrom(map[string]string{"NATS_URL": "nats://127.0.0.1:1"})
+	if code := run(context.Background(), []string{"request"}, &out, &errOut, env); code != exitInfra {
+		t.Fatalf("unreachable NATS: exit %d, want 3 (%s)", code, errOut.String())
+	}
+	// The seed's TIMEOUT is seconds.
+	env = envFrom(map[string]string{"NATS_URL": "nats://127.0.0.1:1", "TIMEOUT": "soon"})
+	if code := run(context.Background(), []string{"request"}, &out, &errOut, env); code != exitUsage {
+		t.Fatalf("bad TIMEOUT: exit %d, want 2", code)
+	}
+}
+
+// serve with a YAML config; SIGTERM (context cancel) mid-sync stops it
+// within 10 s and leaves the run for another instance, which adopts it.
+func TestServeShutdownLeavesRunForAdoption(t *testing.T) {
+	ns := testenv.NATS(t)
+	redisURL := testenv.Redis(t)
+	emu, err := pathlingemu.New(pathlingemu.Config{
+		AllowableExportURLs: []string{"http://source.test/fhir"}, AllowInsecureURLs: true, AllowInternalURLs: true,
+		Mode: pathlingemu.ModeScripted,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer emu.Close()
+	if err := emu.SetDefaultScript(pathlingemu.Script{Polls: 25}); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(emu)
+	defer srv.Close()
+	cfgPath := filepath.Join(t.TempDir(), "config.yaml")
+	yaml := fmt.Sprintf(`
+nats:
+  url: %s
+  consumer:
+    ackWait: 1s
+redis:
+  url: %s
+  lockTTL: 3s
+admin:
+  addr: 127.0.0.1:0
+log:
+  level: debug
+targets:
+  main:
+    pathling:
+      url: %s/fhir
+    defaults:
+      exportUrl: http://source.test/fhir
+    poll:
+      initial: 20ms
+      max: 100ms
+`, ns.ClientURL(), redisURL, srv.URL)
+	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	serve := func() (context.CancelFunc, chan int, *syncBuffer) {
+		ctx, cancel := context.WithCancel(context.Background())
+		logs := &syncBuffer{}
+		done := make(chan int, 1)
+		go func() { done <- run(ctx, []string{"serve", "--config", cfgPath}, logs, logs, envFrom(nil)) }()
+		return cancel, done, logs
+	}
+	stop1, done1, logs1 := serve()
+	testenv.Eventually(t, 20*time.Second, func() bool { return strings.Contains(logs1.String(), "pathling-sync serving") }, "first instance up: %s", logs1.String())
+
+	reqOut := &syncBuffer{}
+	reqDone := make(chan int, 1)
+	go func() {
+		reqDone <- run(context.Background(), []string{"request", "--config", cfgPath, "--target", "main", "--wait", "--id", "shutdown-1"}, reqOut, reqOut, envFrom(nil))
+	}()
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		for _, j := range emu.Counters().Jobs {
+			if j.Polls >= 2 {
+				return true
+			}
+		}
+		return false
+	}, "first instance polling")
+	start := time.Now()
+	stop1()
+	select {
+	case code := <-done1:
+		if code != 0 {
+			t.Fatalf("serve exited %d: %s", code, logs1.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve did not stop within 10 s of SIGTERM")
+	}
+	t.Logf("stopped in %s", time.Since(start))
+
+	stop2, done2, logs2 := serve()
+	defer func() {
+		stop2()
+		<-done2
+	}()
+	select {
+	case code := <-reqDone:
+		if code != 0 {
+			t.Fatalf("request exited %d: %s\n%s", code, reqOut.String(), logs2.String())
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("no outcome after the restart: %s", logs2.String())
+	}
+	if c := emu.Counters(); c.Accepted != 1 {
+		t.Fatalf("Pathling saw %d kick-offs, want 1 (adopted, not re-kicked)", c.Accepted)
+	}
+	if !strings.Contains(logs2.String(), "adopting run") {
+		t.Fatalf("second instance did not adopt:\n%s", logs2.String())
+	}
+}
+
+func TestEnvTableInREADME(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	writeEnvTable(&b)
+	for _, line := range strings.Split(strings.TrimSpace(b.String()), "\n") {
+		if !strings.Contains(string(readme), line) {
+			t.Errorf("README lacks the env reference line (regenerate with `go run ./cmd/pathling-sync env`):\n%s", line)
+			return
+		}
+	}
+}

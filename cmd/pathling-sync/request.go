@@ -1,0 +1,276 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+
+	"github.com/pathling-sync/pathling-sync/clients/natsbus"
+	"github.com/pathling-sync/pathling-sync/config"
+	"github.com/pathling-sync/pathling-sync/internal/devenv"
+	"github.com/pathling-sync/pathling-sync/messages"
+)
+
+type requestOptions struct {
+	target, id                          string
+	exportURL, saveMode, since, until   string
+	types, typeFilters, elements, assoc []string
+	concurrency, timeout                string
+	correlationID, requestedBy          string
+	wait                                bool
+	waitTimeout                         time.Duration
+	jsonOut                             bool
+}
+
+func newRequestCmd(g *globals) *cobra.Command {
+	o := &requestOptions{}
+	cmd := &cobra.Command{
+		Use:   "request",
+		Short: "Publish a SyncRequested; with --wait, follow it to its outcome (exit 0 completed, 1 failed)",
+		Long: `request publishes a SyncRequested event for a target. Flags left unset fall back to
+the seed script's variables: SOURCE_EXPORT_URL, SAVE_MODE, RESOURCE_TYPES, SINCE and
+TIMEOUT (seconds), so that a crontab line written for sync.sh works with
+"pathling-sync request --wait" in its place. Fields still empty take the target's
+defaults in the service.
+
+NATS is found through NATS_URL, else --config, else the addresses a running
+"pathling-sync dev" wrote, else nats://127.0.0.1:4222.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runRequest(cmd.Context(), g, o) },
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.target, "target", "default", "target (a configured Pathling)")
+	f.StringVar(&o.id, "id", "", "request id (default: a new UUID); the same id is deduplicated")
+	f.StringVar(&o.exportURL, "export-url", "", "source FHIR base or $export URL (env SOURCE_EXPORT_URL)")
+	f.StringVar(&o.saveMode, "save-mode", "", "merge|overwrite|append|ignore|error (env SAVE_MODE)")
+	f.StringSliceVar(&o.types, "types", nil, "resource types, comma-separated (env RESOURCE_TYPES)")
+	f.StringVar(&o.since, "since", "", `an instant, or "auto" for the stored watermark (env SINCE)`)
+	f.StringVar(&o.until, "until", "", "an instant")
+	f.StringArrayVar(&o.typeFilters, "type-filter", nil, "a _typeFilter value (repeatable)")
+	f.StringArrayVar(&o.elements, "element", nil, "an _elements value (repeatable)")
+	f.StringArrayVar(&o.assoc, "include-associated-data", nil, "an includeAssociatedData code (repeatable)")
+	f.StringVar(&o.concurrency, "concurrency", "", "forbid|queue, when the target is busy")
+	f.StringVar(&o.timeout, "timeout", "", "timeout of the whole sync, e.g. 2h (env TIMEOUT in seconds)")
+	f.StringVar(&o.correlationID, "correlation-id", "", "echoed in the outcome")
+	f.StringVar(&o.requestedBy, "requested-by", "", "who asks (echoed in the outcome)")
+	f.BoolVar(&o.wait, "wait", false, "wait for the outcome; exit 0 on SyncCompleted, 1 on SyncFailed")
+	f.DurationVar(&o.waitTimeout, "wait-timeout", 0, "give up waiting after this long (default: the sync's timeout + 5m, or 2h5m)")
+	f.BoolVar(&o.jsonOut, "json", false, "print the outcome event body as JSON only")
+	return cmd
+}
+
+// body builds the SyncRequested from flags, then the seed's variables.
+func (o *requestOptions) body(env func(string) string) (messages.SyncRequested, error) {
+	pick := func(flag, envName string) string {
+		if flag != "" {
+			return flag
+		}
+		return strings.TrimSpace(env(envName))
+	}
+	r := messages.SyncRequested{
+		ExportURL:             pick(o.exportURL, "SOURCE_EXPORT_URL"),
+		SaveMode:              pick(o.saveMode, "SAVE_MODE"),
+		Since:                 pick(o.since, "SINCE"),
+		Until:                 o.until,
+		Types:                 o.types,
+		TypeFilters:           o.typeFilters,
+		Elements:              o.elements,
+		IncludeAssociatedData: o.assoc,
+		Concurrency:           o.concurrency,
+		Timeout:               o.timeout,
+		CorrelationID:         o.correlationID,
+		RequestedBy:           o.requestedBy,
+	}
+	if len(r.Types) == 0 {
+		if v := strings.TrimSpace(env("RESOURCE_TYPES")); v != "" {
+			for _, t := range strings.Split(v, ",") {
+				if t = strings.TrimSpace(t); t != "" {
+					r.Types = append(r.Types, t)
+				}
+			}
+		}
+	}
+	if r.Timeout == "" {
+		if v := strings.TrimSpace(env("TIMEOUT")); v != "" {
+			secs, err := strconv.Atoi(v)
+			if err != nil || secs <= 0 {
+				return r, fmt.Errorf("TIMEOUT: %q is not a positive number of seconds", v)
+			}
+			r.Timeout = (time.Duration(secs) * time.Second).String()
+		}
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		return r, err
+	}
+	// Validate here with the service's own rules: a typo fails now, not in a SyncFailed.
+	if _, err := messages.DecodeRequested(b); err != nil {
+		return r, err
+	}
+	return r, nil
+}
+
+// natsSettings finds the NATS connection and stream for client commands.
+func (g *globals) natsSettings() (*config.Config, error) {
+	cfg, err := g.loadConfig()
+	if err != nil {
+		return nil, err
+	}
+	if g.env("NATS_URL") == "" && g.configPath == "" {
+		if a, err := devenv.ReadAddrs(devenv.DefaultDir()); err == nil && a.NATSURL != "" {
+			cfg.NATS.URL = config.SecretURL(a.NATSURL)
+		}
+	}
+	return cfg, nil
+}
+
+func runRequest(ctx context.Context, g *globals, o *requestOptions) error {
+	if !messages.ValidTarget(o.target) {
+		return usageError{fmt.Errorf("--target %q: must match [A-Za-z0-9_-]{1,64}", o.target)}
+	}
+	req, err := o.body(g.env)
+	if err != nil {
+		return usageError{err}
+	}
+	cfg, err := g.natsSettings()
+	if err != nil {
+		return err
+	}
+	nc, err := connectNATS(cfg.NATS, "pathling-sync request", newLogger(g.stderr, config.LogConfig{Level: "error"}))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errInfra, err)
+	}
+	id := o.id
+	if id == "" {
+		id = uuid.NewString()
+	}
+	subjects := messages.Subjects{Prefix: cfg.NATS.Stream.SubjectPrefix}
+
+	var outcomes jetstream.ConsumeContext
+	results := make(chan jetstream.Msg, 4)
+	if o.wait {
+		// Listen before publishing, so that even a fast outcome is seen.
+		cons, err := js.OrderedConsumer(ctx, cfg.NATS.Stream.Name, jetstream.OrderedConsumerConfig{
+			FilterSubjects: []string{subjects.Completed(o.target), subjects.Failed(o.target)},
+			DeliverPolicy:  jetstream.DeliverNewPolicy,
+		})
+		if err != nil {
+			return fmt.Errorf("%w: follow outcomes on stream %s: %v", errInfra, cfg.NATS.Stream.Name, err)
+		}
+		outcomes, err = cons.Consume(func(m jetstream.Msg) {
+			if m.Headers().Get(messages.HeaderID) == messages.CompletedID(id) || m.Headers().Get(messages.HeaderID) == messages.FailedID(id) {
+				select {
+				case results <- m:
+				default:
+				}
+			}
+		})
+		if err != nil {
+			return fmt.Errorf("%w: follow outcomes: %v", errInfra, err)
+		}
+		defer outcomes.Stop()
+	}
+
+	body, _ := json.Marshal(req)
+	env := messages.Envelope{
+		ID: id, Source: "pathling-sync-cli", Type: messages.TypeRequested, Subject: o.target,
+		ContentType: messages.ContentTypeJSON, Time: time.Now().UTC(),
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	ack, err := natsbus.PublishRequest(pctx, js, subjects.Requested(o.target), env, body)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("%w: publish SyncRequested: %v", errInfra, err)
+	}
+	if !o.jsonOut {
+		dup := ""
+		if ack.Duplicate {
+			dup = " (duplicate id: already published)"
+		}
+		fmt.Fprintf(g.stdout, "requested sync %s of target %q (stream %s, seq %d)%s\n", id, o.target, ack.Stream, ack.Sequence, dup)
+	}
+	if !o.wait {
+		if o.jsonOut {
+			fmt.Fprintf(g.stdout, "{\"requestId\":%q,\"stream\":%q,\"seq\":%d}\n", id, ack.Stream, ack.Sequence)
+		}
+		return nil
+	}
+	return waitOutcome(ctx, g, o, req, results)
+}
+
+func waitOutcome(ctx context.Context, g *globals, o *requestOptions, req messages.SyncRequested, results <-chan jetstream.Msg) error {
+	limit := o.waitTimeout
+	if limit <= 0 {
+		limit = 2*time.Hour + 5*time.Minute
+		if d, ok := req.TimeoutDuration(); ok {
+			limit = d + 5*time.Minute
+		}
+	}
+	start := time.Now()
+	deadline := time.NewTimer(limit)
+	defer deadline.Stop()
+	tick := time.NewTicker(15 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return usageError{errors.New("interrupted while waiting; the sync goes on in the service")}
+		case <-deadline.C:
+			return fmt.Errorf("%w: no outcome within %s", errInfra, limit)
+		case <-tick.C:
+			if !o.jsonOut {
+				fmt.Fprintf(g.stdout, "waiting... (%s elapsed)\n", time.Since(start).Round(time.Second))
+			}
+		case m := <-results:
+			return printOutcome(g, o, m)
+		}
+	}
+}
+
+func printOutcome(g *globals, o *requestOptions, m jetstream.Msg) error {
+	failed := m.Headers().Get(messages.HeaderType) == messages.TypeFailed
+	if o.jsonOut {
+		fmt.Fprintln(g.stdout, string(m.Data()))
+	} else if failed {
+		var f messages.SyncFailed
+		_ = json.Unmarshal(m.Data(), &f)
+		fmt.Fprintf(g.stdout, "SyncFailed: %s (retryable: %t): %s\n", f.Reason, f.Retryable, f.Message)
+		fmt.Fprintln(g.stdout, indentJSON(m.Data()))
+	} else {
+		var c messages.SyncCompleted
+		_ = json.Unmarshal(m.Data(), &c)
+		empty := ""
+		if c.Empty {
+			empty = ", no changes"
+		}
+		fmt.Fprintf(g.stdout, "SyncCompleted in %s: %d files imported%s, %d polls; next since=auto: %s\n",
+			time.Duration(c.DurationMs)*time.Millisecond, c.Outputs, empty, c.Polls, c.Watermark)
+		fmt.Fprintln(g.stdout, indentJSON(m.Data()))
+	}
+	if failed {
+		return errSyncFailed
+	}
+	return nil
+}
+
+func indentJSON(b []byte) string {
+	var v any
+	if json.Unmarshal(b, &v) != nil {
+		return string(b)
+	}
+	out, _ := json.MarshalIndent(v, "", "  ")
+	return string(out)
+}
