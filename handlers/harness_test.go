@@ -400,8 +400,6 @@ func (g *gatedPathling) Status(ctx context.Context, url string) (handlers.JobSta
 	return g.Pathling.Status(ctx, url)
 }
 
-func ptr[T any](v T) *T { return &v }
-
 // sameResources asserts that Pathling's store holds exactly the source's
 // resources, type by type.
 func sameResources(t *testing.T, e *env) {

@@ -188,6 +188,10 @@ type Runs interface {
 	Watermark(ctx context.Context, target, key string) (t time.Time, ok bool, err error)
 	// CommitWatermark sets the watermark to max(stored, t).
 	CommitWatermark(ctx context.Context, l Lease, key string, t time.Time) error
+	// RecordOutcome writes the terminal record of a request that never ran
+	// (conflict, queue timeout) unless it has a record; reports whether it
+	// wrote. A redelivery then re-publishes that outcome instead of running.
+	RecordOutcome(ctx context.Context, r *Run) (bool, error)
 }
 
 // Event is an outgoing CloudEvent: subject, envelope (headers) and JSON body.

@@ -419,11 +419,7 @@ func (s *Syncer) notAcquired(ctx context.Context, log *slog.Logger, d Delivery, 
 		}
 		msg := fmt.Sprintf("gave up waiting in the queue of target %q after %s", in.target, in.timeout)
 		ev := s.failedEvent(ctx, in, nil, messages.ReasonTimeout, true, msg, nil)
-		if err := s.pub.Publish(ctx, ev); err != nil {
-			return s.retryLater(ctx)
-		}
-		_ = s.locker.ReleaseFinished(ctx, in.target, in.requestID) // drops the ticket
-		return Disposition{Action: Ack}
+		return s.refuse(ctx, log, in, ev)
 	}
 	running := ""
 	if held != nil {
@@ -431,10 +427,31 @@ func (s *Syncer) notAcquired(ctx context.Context, log *slog.Logger, d Delivery, 
 	}
 	msg := fmt.Sprintf("target %q is busy with request %q (concurrency forbid)", in.target, running)
 	ev := s.failedEvent(ctx, in, nil, messages.ReasonConflict, true, msg, func(f *messages.SyncFailed) { f.RunningRequestID = running })
-	if err := s.pub.Publish(ctx, ev); err != nil {
-		log.Error("publish conflict", "error", err)
+	return s.refuse(ctx, log, in, ev)
+}
+
+// refuse ends a request that never ran with a SyncFailed. The outcome is
+// recorded first, so that a redelivery re-publishes it rather than running
+// the request once the target is free.
+func (s *Syncer) refuse(ctx context.Context, log *slog.Logger, in intake, ev Event) Disposition {
+	now := s.now()
+	rec := &Run{RequestID: in.requestID, Target: in.target, State: RunFailed, Request: in.req,
+		StartedAt: now, UpdatedAt: now, FinishedAt: now, Outcome: &ev}
+	wrote, err := s.runs.RecordOutcome(ctx, rec)
+	if err != nil {
+		log.Error("record refusal", "error", err)
 		return s.retryLater(ctx)
 	}
+	if !wrote {
+		if run, err := s.runs.LoadRun(ctx, in.target, in.requestID); err == nil && run.State.Terminal() {
+			return s.republish(ctx, log, run)
+		}
+	}
+	if err := s.pub.Publish(ctx, ev); err != nil {
+		log.Error("publish refusal", "error", err)
+		return s.retryLater(ctx)
+	}
+	_ = s.locker.ReleaseFinished(ctx, in.target, in.requestID) // drops a queue ticket
 	return Disposition{Action: Ack}
 }
 

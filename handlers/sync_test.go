@@ -598,3 +598,35 @@ func TestFinalImportFailure(t *testing.T) {
 		t.Fatal("a final failure must not be retried")
 	}
 }
+
+// A conflict is recorded: redelivered once the target is free, the request
+// re-publishes its conflict instead of running late.
+func TestRedeliveredConflictDoesNotRun(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	s := e.syncer(syncerOptions{})
+	ctx := context.Background()
+	holder, err := e.store.Acquire(ctx, handlers.AcquireRequest{Target: "t1", RequestID: "holder", TTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := e.delivery("t1", "late", req{}, 1)
+	if got := s.Handle(ctx, d); got.Action != handlers.Ack {
+		t.Fatalf("conflict: %v", got.Action)
+	}
+	if f := e.outcomes.of(t, "late", waitLong).failedBody(t); f.Reason != messages.ReasonConflict || f.RunningRequestID != "holder" {
+		t.Fatalf("%+v", f)
+	}
+	if err := e.store.Release(ctx, holder); err != nil {
+		t.Fatal(err)
+	}
+	d.NumDelivered = 2
+	if got := s.Handle(ctx, d); got.Action != handlers.Ack {
+		t.Fatalf("redelivery: %v", got.Action)
+	}
+	if c := e.emu.Counters(); c.KickOffs != 0 {
+		t.Fatalf("the refused request ran after all (%d kick-offs)", c.KickOffs)
+	}
+	if n := e.pub.count(messages.FailedID("late")); n != 2 {
+		t.Fatalf("conflict published %d times, want 2", n)
+	}
+}

@@ -82,6 +82,39 @@ func (s *Store) SaveRun(ctx context.Context, l handlers.Lease, r *handlers.Run) 
 	return nil
 }
 
+// RecordOutcome writes the terminal record of a request that never ran
+// (refused with conflict, or out of queue time), unless the request already
+// has a record; it reports whether it wrote. No lease is needed: nobody
+// drives such a request. Errors: ErrInvalidArgument or a wrapped Redis error.
+func (s *Store) RecordOutcome(ctx context.Context, r *handlers.Run) (bool, error) {
+	if r == nil || !r.State.Terminal() {
+		return false, fmt.Errorf("redisstore: record outcome: %w: not a terminal run", ErrInvalidArgument)
+	}
+	if err := checkTarget(r.Target); err != nil {
+		return false, fmt.Errorf("redisstore: record outcome: %w", err)
+	}
+	if r.RequestID == "" {
+		return false, fmt.Errorf("redisstore: record outcome: %w: empty request id", ErrInvalidArgument)
+	}
+	data, err := json.Marshal(r)
+	if err != nil {
+		return false, fmt.Errorf("redisstore: record outcome: %w", err)
+	}
+	now := s.now()
+	retention, score := int64(0), "+inf"
+	if s.retention > 0 {
+		retention = max(s.retention.Milliseconds(), 1)
+		score = strconv.FormatInt(now.Add(s.retention).UnixMilli(), 10)
+	}
+	k := s.keys(r.Target)
+	n, err := scriptRecordOutcome.Run(ctx, s.client, []string{k.run(r.RequestID), k.runs()},
+		r.RequestID, data, retention, score, now.UnixMilli()).Int64()
+	if err != nil {
+		return false, fmt.Errorf("redisstore: record outcome: %w", err)
+	}
+	return n == 1, nil
+}
+
 // Watermark returns the stored watermark for key on target; ok is false
 // when there is none. Watermarks have millisecond precision.
 // Errors: ErrInvalidArgument or a wrapped Redis error.

@@ -69,6 +69,8 @@ var (
 	releaseFinishedLua string
 	//go:embed lua/save_run.lua
 	saveRunLua string
+	//go:embed lua/record_outcome.lua
+	recordOutcomeLua string
 	//go:embed lua/commit_watermark.lua
 	commitWatermarkLua string
 
@@ -78,6 +80,7 @@ var (
 	scriptReleaseFinished = redis.NewScript(releaseFinishedLua)
 	scriptSaveRun         = redis.NewScript(saveRunLua)
 	scriptCommitWatermark = redis.NewScript(commitWatermarkLua)
+	scriptRecordOutcome   = redis.NewScript(recordOutcomeLua)
 )
 
 // Store implements handlers.Locker and handlers.Runs on Redis. It is safe
