@@ -154,6 +154,7 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	s.log.Info("pathling-sync serving", "targets", s.syncer.Targets(), "instance", s.cfg.Service.InstanceID,
 		"stream", s.cfg.NATS.Stream.Name, "consumer", s.cfg.NATS.Consumer.Durable, "admin", s.AdminAddr())
+	s.startBackground(ctx, &wg)
 	err := s.consumer.Run(ctx)
 	s.stopping.Store(true)
 	if s.admin != nil {
