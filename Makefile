@@ -5,7 +5,7 @@ PKGS      := ./...
 STATICCHECK ?= $(shell command -v staticcheck 2>/dev/null || echo $(HOME)/go/bin/staticcheck)
 FUZZTIME  ?= 10s
 
-.PHONY: all build run test test-short lint fmt vet staticcheck fuzz bench clean
+.PHONY: all build run test test-short lint fmt vet staticcheck fuzz bench clean e2e-tracing ci-observability
 
 all: build
 
@@ -45,6 +45,14 @@ fuzz:
 ## bench: benchmarks (ratios, see docs/performance.md).
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem $(PKGS)
+
+## e2e-tracing: one sync's trace in a real Jaeger v2 (built from the Go module proxy once, cached; not in CI).
+e2e-tracing:
+	bash scripts/e2e-tracing.sh
+
+## ci-observability: promtool checks of the alert rules and of a real /metrics exposition (CI runs it).
+ci-observability:
+	bash scripts/ci-observability.sh
 
 clean:
 	rm -rf $(BIN)

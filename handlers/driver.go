@@ -8,6 +8,9 @@ import (
 	"log/slog"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/pathling-sync/pathling-sync/messages"
 )
 
@@ -26,6 +29,11 @@ type driver struct {
 	pause     time.Duration // wait before the next step instead of the cadence (Retry-After, retry backoff)
 	lastErr   string        // last retryable failure, for the timeout message
 	deleted   bool          // the current job was deleted already
+
+	// pubSpan is the producer span of the outcome built by complete or
+	// fail: the outcome's traceparent. It ends once the outcome is
+	// published (finishDisposition) or the drive stops without publishing.
+	pubSpan trace.Span
 }
 
 // errTimeout ends a wait that reached the run's deadline.
@@ -58,13 +66,17 @@ func (dr *driver) drive(ctx context.Context) Disposition {
 
 // stop turns an error that ends the drive early into a disposition.
 func (dr *driver) stop(ctx context.Context, err error) Disposition {
+	if dr.pubSpan != nil {
+		endSpan(dr.pubSpan, err)
+		dr.pubSpan = nil
+	}
 	switch {
 	case errors.Is(err, errTimeout):
 		return dr.timeout(ctx)
 	case errors.Is(err, ErrLockLost):
 		return dr.s.storeFailed(ctx, dr.log, dr.run, err)
 	case ctx.Err() != nil:
-		dr.log.Info("stopping run: shutting down; its state stays for the next driver", "state", dr.run.State)
+		dr.log.InfoContext(ctx, "stopping run: shutting down; its state stays for the next driver", "state", dr.run.State)
 		return Disposition{Action: Nak}
 	default:
 		return dr.s.storeFailed(ctx, dr.log, dr.run, err)
@@ -88,9 +100,15 @@ func (dr *driver) kickOff(ctx context.Context) error {
 	if err := s.save(ctx, dr.lease, r); err != nil {
 		return err
 	}
-	kctx, cancel := context.WithDeadline(ctx, r.Deadline)
+	sctx, span := s.tracer.Start(ctx, SpanKickOff, trace.WithAttributes(
+		AttrTarget.String(r.Target), AttrRunID.String(r.RunID), AttrAttempt.Int(r.Attempts)))
+	kctx, cancel := context.WithDeadline(sctx, r.Deadline)
 	url, err := dr.t.Pathling.KickOff(kctx, r.Params)
 	cancel()
+	if err == nil {
+		span.SetAttributes(AttrJobURL.String(url))
+	}
+	endSpan(span, err)
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -103,8 +121,8 @@ func (dr *driver) kickOff(ctx context.Context) error {
 	r.StatusURL = url
 	r.State = RunPolling
 	r.Progress = ""
-	dr.log.Info("kicked off import", "status_url", url, "attempt", r.Attempts)
-	s.observe(ctx, RunEvent{Kind: "kicked_off", Target: r.Target, RequestID: r.RequestID, RunID: r.RunID})
+	dr.log.InfoContext(ctx, "kicked off import", "status_url", url, "attempt", r.Attempts)
+	s.observe(ctx, RunEvent{Kind: EventKickedOff, Target: r.Target, RequestID: r.RequestID, RunID: r.RunID})
 	return s.save(ctx, dr.lease, r)
 }
 
@@ -118,9 +136,18 @@ func (dr *driver) poll(ctx context.Context) error {
 	if err := dr.wait(ctx, wait); err != nil {
 		return err
 	}
-	pctx, cancel := context.WithDeadline(ctx, r.Deadline)
+	sctx, span := s.tracer.Start(ctx, SpanPoll, trace.WithAttributes(
+		AttrTarget.String(r.Target), AttrRunID.String(r.RunID), AttrPoll.Int(r.Polls+1), AttrJobURL.String(r.StatusURL)))
+	pctx, cancel := context.WithDeadline(sctx, r.Deadline)
 	st, err := dr.t.Pathling.Status(pctx, r.StatusURL)
 	cancel()
+	if err == nil {
+		span.SetAttributes(AttrJobState.String(jobStateName(st.State)))
+		if st.Progress != "" {
+			span.SetAttributes(AttrProgress.String(st.Progress))
+		}
+	}
+	endSpan(span, err)
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -129,7 +156,7 @@ func (dr *driver) poll(ctx context.Context) error {
 	}
 	dr.polls++
 	r.Polls++
-	s.observe(ctx, RunEvent{Kind: "polled", Target: r.Target, RequestID: r.RequestID, RunID: r.RunID, Status: st, Polls: r.Polls})
+	s.observe(ctx, RunEvent{Kind: EventPolled, Target: r.Target, RequestID: r.RequestID, RunID: r.RunID, Status: st, Polls: r.Polls})
 	switch st.State {
 	case JobRunning:
 		dr.failures = 0
@@ -143,7 +170,7 @@ func (dr *driver) poll(ctx context.Context) error {
 		return dr.complete(ctx, st, false)
 	case JobLost:
 		r.Losses++
-		dr.log.Warn("Pathling lost the job (restarted?)", "status_url", r.StatusURL, "losses", r.Losses)
+		dr.log.WarnContext(ctx, "Pathling lost the job (restarted?)", "status_url", r.StatusURL, "losses", r.Losses)
 		if r.Losses >= dr.t.MaxJobLosses {
 			return dr.fail(ctx, messages.ReasonJobLost, true,
 				fmt.Sprintf("Pathling lost the import job %d times (404 on %s)", r.Losses, r.StatusURL), nil)
@@ -177,7 +204,7 @@ func (dr *driver) failedCall(ctx context.Context, op string, err error) error {
 	if !errors.As(err, &pe) {
 		pe = &PathlingError{Reason: messages.ReasonUnavailable, Retryable: true, Message: err.Error()}
 	}
-	dr.log.Warn("Pathling call failed", "op", op, "reason", pe.Reason, "retryable", pe.Retryable, "status", pe.HTTPStatus, "error", pe.Message)
+	dr.log.WarnContext(ctx, "Pathling call failed", "op", op, "reason", pe.Reason, "retryable", pe.Retryable, "status", pe.HTTPStatus, "error", pe.Message)
 	if pe.Retryable {
 		if op == "kick-off" {
 			dr.run.State = RunStarting
@@ -234,7 +261,7 @@ func (dr *driver) wait(ctx context.Context, d time.Duration) error {
 					return err
 				}
 				// Redis blip: try again soon; the TTL leaves two more chances.
-				dr.log.Warn("lock renewal failed", "error", err)
+				dr.log.WarnContext(ctx, "lock renewal failed", "error", err)
 				dr.nextRenew = now.Add(s.lockTTL / 10)
 			} else {
 				dr.nextRenew = now.Add(s.lockTTL / 3)
@@ -276,7 +303,7 @@ func (dr *driver) cancelJob(ctx context.Context) {
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	if err := dr.t.Pathling.Delete(dctx, dr.run.StatusURL); err != nil {
-		dr.log.Warn("delete Pathling job", "status_url", dr.run.StatusURL, "error", err)
+		dr.log.WarnContext(ctx, "delete Pathling job", "status_url", dr.run.StatusURL, "error", err)
 	}
 }
 
@@ -308,12 +335,19 @@ func (dr *driver) complete(ctx context.Context, st JobStatus, empty bool) error 
 		// A bounded export covers nothing after until.
 		wm = r.Params.Until.UTC()
 	}
-	if err := s.runs.CommitWatermark(ctx, dr.lease, r.WatermarkKey, wm); err != nil {
+	wctx, span := s.tracer.Start(ctx, SpanWatermark, trace.WithAttributes(
+		AttrTarget.String(r.Target), AttrRunID.String(r.RunID), AttrWatermark.String(messages.FormatInstant(wm))))
+	if err := s.runs.CommitWatermark(wctx, dr.lease, r.WatermarkKey, wm); err != nil {
+		endSpan(span, err)
 		return err
 	}
-	if stored, ok, err := s.runs.Watermark(ctx, r.Target, r.WatermarkKey); err == nil && ok {
+	if stored, ok, err := s.runs.Watermark(wctx, r.Target, r.WatermarkKey); err == nil && ok {
 		wm = stored
 	}
+	// The stored watermark may be later than this run's (never backwards).
+	span.SetAttributes(attribute.String("pathling_sync.watermark.stored", messages.FormatInstant(wm)))
+	span.End()
+	s.observe(ctx, RunEvent{Kind: EventWatermark, Target: r.Target, RequestID: r.RequestID, RunID: r.RunID, Watermark: wm})
 	now := s.now()
 	c := messages.SyncCompleted{
 		RequestID:               r.RequestID,
@@ -341,12 +375,8 @@ func (dr *driver) complete(ctx context.Context, st JobStatus, empty bool) error 
 	if err != nil {
 		return fmt.Errorf("encode SyncCompleted: %w", err)
 	}
-	ev := Event{
-		Subject:  s.subjects.Completed(r.Target),
-		Envelope: s.envelope(ctx, messages.CompletedID(r.RequestID), messages.TypeCompleted, r.Target),
-		Body:     body,
-	}
-	return dr.finish(ctx, RunCompleted, ev)
+	markOutcome(ctx, false, "")
+	return dr.finish(ctx, RunCompleted, dr.outcome(ctx, s.subjects.Completed(r.Target), messages.CompletedID(r.RequestID), messages.TypeCompleted, body))
 }
 
 // fail records a failed run with its SyncFailed outcome.
@@ -382,12 +412,19 @@ func (dr *driver) fail(ctx context.Context, reason messages.Reason, retryable bo
 	if err != nil {
 		return fmt.Errorf("encode SyncFailed: %w", err)
 	}
-	ev := Event{
-		Subject:  s.subjects.Failed(r.Target),
-		Envelope: s.envelope(ctx, messages.FailedID(r.RequestID), messages.TypeFailed, r.Target),
-		Body:     body,
+	markOutcome(ctx, true, reason)
+	return dr.finish(ctx, RunFailed, dr.outcome(ctx, s.subjects.Failed(r.Target), messages.FailedID(r.RequestID), messages.TypeFailed, body))
+}
+
+// outcome builds the run's outcome event under a new producer span
+// (dr.pubSpan), which becomes the event's traceparent.
+func (dr *driver) outcome(ctx context.Context, subject, id, typ string, body []byte) Event {
+	if dr.pubSpan != nil {
+		dr.pubSpan.End() // an outcome built before (whose recording failed) is superseded
 	}
-	return dr.finish(ctx, RunFailed, ev)
+	pctx, span := dr.s.startPublish(ctx, subject, id, typ, dr.run.Target)
+	dr.pubSpan = span
+	return Event{Subject: subject, Envelope: dr.s.envelope(pctx, id, typ, dr.run.Target), Body: body}
 }
 
 // finish writes the terminal record (fenced) holding the outcome, then
@@ -412,14 +449,16 @@ func (dr *driver) finishDisposition(ctx context.Context) Disposition {
 	s := dr.s
 	r := dr.run
 	pctx := context.WithoutCancel(ctx)
-	if err := s.pub.Publish(pctx, *r.Outcome); err != nil {
-		dr.log.Error("publish outcome", "error", err)
+	span := dr.pubSpan // nil for an outcome recorded by an earlier driver: a republish
+	dr.pubSpan = nil
+	if err := s.publish(pctx, *r.Outcome, span); err != nil {
+		dr.log.ErrorContext(ctx, "publish outcome", "error", err)
 		return s.retryLater(ctx)
 	}
 	if err := s.locker.Release(pctx, dr.lease); err != nil {
-		dr.log.Warn("release lock", "error", err)
+		dr.log.WarnContext(ctx, "release lock", "error", err)
 	}
-	ev := RunEvent{Kind: "finished", Target: r.Target, RequestID: r.RequestID, RunID: r.RunID,
+	ev := RunEvent{Kind: EventFinished, Target: r.Target, RequestID: r.RequestID, RunID: r.RunID,
 		Completed: r.State == RunCompleted, Duration: r.FinishedAt.Sub(r.StartedAt), Polls: r.Polls}
 	if r.State == RunFailed {
 		var f messages.SyncFailed
@@ -428,7 +467,7 @@ func (dr *driver) finishDisposition(ctx context.Context) Disposition {
 		}
 	}
 	s.observe(ctx, ev)
-	dr.log.Info("run finished", "state", r.State, "polls", r.Polls, "attempts", r.Attempts, "duration", ev.Duration)
+	dr.log.InfoContext(ctx, "run finished", "state", r.State, "polls", r.Polls, "attempts", r.Attempts, "duration", ev.Duration)
 	return Disposition{Action: Ack}
 }
 

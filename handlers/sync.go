@@ -14,7 +14,10 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/pathling-sync/pathling-sync/messages"
 )
@@ -37,8 +40,15 @@ type Config struct {
 	// Now and NewID are the clock and run-id source; tests replace them.
 	Now   func() time.Time
 	NewID func() string
-	// Observer, when set, sees each step of every run (metrics, traces).
+	// Observer, when set, sees each step of every run (metrics).
 	Observer Observer
+	// TracerProvider makes the spans of each delivery (see tracing.go).
+	// Default: none are recorded, but the trace context still flows from a
+	// request's traceparent to its outcome's.
+	TracerProvider trace.TracerProvider
+	// ConsumerGroup names the durable consumer in spans
+	// (messaging.consumer.group.name).
+	ConsumerGroup string
 }
 
 // Observer is told what runs do. Every method must be cheap and safe for
@@ -47,17 +57,34 @@ type Observer interface {
 	RunEvent(ctx context.Context, ev RunEvent)
 }
 
-// RunEvent is one observable step of a run.
+// Kinds of RunEvent.
+const (
+	EventRedelivered  = "redelivered"   // a delivery after the first of its message
+	EventLockConflict = "lock_conflict" // the target's lock is held by another request (or queued ahead)
+	EventAdopted      = "adopted"       // a delivery took over a run a previous driver left
+	EventStarted      = "started"       // this replica starts driving a run (pairs with EventStopped)
+	EventKickedOff    = "kicked_off"    // Pathling accepted a kick-off
+	EventPolled       = "polled"        // a job status was read (Status, Polls)
+	EventWatermark    = "watermark_committed"
+	EventLockLost     = "lock_lost" // another driver took the run over: this one stops
+	EventFinished     = "finished"  // a run's outcome was published (Completed, Reason, Duration, Polls)
+	EventRefused      = "refused"   // a SyncFailed was published for a request that never ran (Reason)
+	EventStopped      = "stopped"   // this replica stopped driving a run, whatever the result
+)
+
+// RunEvent is one observable step of a run. Target is empty for a request
+// naming no configured target.
 type RunEvent struct {
-	Kind      string // "adopted", "kicked_off", "polled", "lock_conflict", "lock_lost", "finished", "redelivered"
+	Kind      string // one of the Event* constants
 	Target    string
 	RequestID string
 	RunID     string
-	Reason    messages.Reason // for finished failures
+	Reason    messages.Reason // for finished failures and refusals
 	Completed bool            // for finished
 	Status    JobStatus       // for polled
 	Duration  time.Duration   // for finished
 	Polls     int
+	Watermark time.Time // for watermark_committed: the target's stored watermark for the run's key
 }
 
 // Syncer runs syncs. It is safe for concurrent use: one Handle call per delivery.
@@ -77,6 +104,9 @@ type Syncer struct {
 	newID      func() string
 	obs        Observer
 	prop       propagation.TextMapPropagator
+	tracer     trace.Tracer
+
+	consumerGroup string
 }
 
 // New checks the configuration and returns a Syncer.
@@ -97,7 +127,14 @@ func New(cfg Config, locker Locker, runs Runs, pub Publisher) (*Syncer, error) {
 		newID:      cfg.NewID,
 		obs:        cfg.Observer,
 		prop:       propagation.TraceContext{},
+
+		consumerGroup: cfg.ConsumerGroup,
 	}
+	tp := cfg.TracerProvider
+	if tp == nil {
+		tp = noop.NewTracerProvider()
+	}
+	s.tracer = tp.Tracer(TracerName)
 	if s.subjects.Prefix == "" {
 		s.subjects.Prefix = messages.DefaultSubjectPrefix
 	}
@@ -158,22 +195,32 @@ func (s *Syncer) Handle(ctx context.Context, d Delivery) Disposition {
 	h := natsHeader(d.Header)
 	ctx = s.prop.Extract(ctx, h)
 	in := s.intake(d, h)
+	ctx, span := s.startConsume(ctx, d, h, in)
+	disp := s.handle(ctx, d, in)
+	span.SetAttributes(AttrDisposition.String(disp.Action.String()))
+	span.End()
+	return disp
+}
+
+func (s *Syncer) handle(ctx context.Context, d Delivery, in intake) Disposition {
 	log := s.log.With("target", in.target, "request_id", in.requestID, "delivery", d.NumDelivered)
 	if d.NumDelivered > 1 {
-		s.observe(ctx, RunEvent{Kind: "redelivered", Target: in.target, RequestID: in.requestID})
+		s.observe(ctx, RunEvent{Kind: EventRedelivered, Target: in.knownTarget(), RequestID: in.requestID})
 	}
 
 	if in.bad != nil {
-		log.Warn("rejecting request", "reason", in.bad.reason, "error", in.bad.message)
+		log.WarnContext(ctx, "rejecting request", "reason", in.bad.reason, "error", in.bad.message)
+		markOutcome(ctx, true, in.bad.reason)
 		if in.target == "" {
 			// No target in the subject: nowhere to publish. Nothing sane can come of it.
 			return Disposition{Action: Term}
 		}
-		ev := s.failedEvent(ctx, in, nil, in.bad.reason, false, in.bad.message, nil)
-		if err := s.pub.Publish(ctx, ev); err != nil {
-			log.Error("publish SyncFailed", "error", err)
+		ev, span := s.failedEvent(ctx, in, nil, in.bad.reason, false, in.bad.message, nil)
+		if err := s.publish(ctx, ev, span); err != nil {
+			log.ErrorContext(ctx, "publish SyncFailed", "error", err)
 			return s.retryLater(ctx)
 		}
+		s.observe(ctx, RunEvent{Kind: EventRefused, Target: in.knownTarget(), RequestID: in.requestID, Reason: in.bad.reason})
 		return Disposition{Action: Term}
 	}
 
@@ -184,7 +231,7 @@ func (s *Syncer) Handle(ctx context.Context, d Delivery) Disposition {
 	case err == nil && run.State.Terminal():
 		return s.republish(ctx, log, run)
 	case err != nil && !errors.Is(err, ErrRunNotFound):
-		log.Error("load run", "error", err)
+		log.ErrorContext(ctx, "load run", "error", err)
 		return s.retryLater(ctx)
 	}
 
@@ -192,38 +239,73 @@ func (s *Syncer) Handle(ctx context.Context, d Delivery) Disposition {
 	if in.req.Concurrency == "queue" {
 		acq.Queue = &QueueTicket{Seq: d.StreamSeq, Deadline: in.requestedAt.Add(in.timeout), Settle: d.NumDelivered == 1}
 	}
-	lease, err := s.locker.Acquire(ctx, acq)
-	if err != nil {
-		return s.notAcquired(ctx, log, d, in, err)
+	run, lease, disp, ok := s.lock(ctx, log, d, in, acq)
+	if !ok {
+		return disp
 	}
 	log = log.With("token", lease.Token)
+	trace.SpanFromContext(ctx).SetAttributes(AttrRunID.String(run.RunID))
+	dr := &driver{s: s, t: t, lease: lease, run: run, log: log.With("run_id", run.RunID)}
+	s.observe(ctx, RunEvent{Kind: EventStarted, Target: t.Name, RequestID: in.requestID, RunID: run.RunID})
+	defer s.observe(ctx, RunEvent{Kind: EventStopped, Target: t.Name, RequestID: in.requestID, RunID: run.RunID})
+	return dr.drive(ctx)
+}
 
-	run, err = s.runs.LoadRun(ctx, t.Name, in.requestID)
+// lock takes the target's lock for the request and loads (adopts) or
+// creates its run record, under the "lock" span. ok is false when the
+// delivery ends here, with disp.
+func (s *Syncer) lock(ctx context.Context, log *slog.Logger, d Delivery, in intake, acq AcquireRequest) (run *Run, lease Lease, disp Disposition, ok bool) {
+	t := in.t
+	lctx, span := s.tracer.Start(ctx, SpanLock, trace.WithAttributes(
+		AttrTarget.String(t.Name), attribute.String("pathling_sync.concurrency", in.req.Concurrency)))
+	defer span.End()
+	lease, err := s.locker.Acquire(lctx, acq)
+	if err != nil {
+		var held *LockHeldError
+		switch {
+		case errors.As(err, &held):
+			span.SetAttributes(AttrLockResult.String(lockHeld))
+		case errors.Is(err, ErrNotYourTurn):
+			span.SetAttributes(AttrLockResult.String(lockQueued))
+		default:
+			span.SetAttributes(AttrLockResult.String(lockError))
+			span.RecordError(err)
+		}
+		return nil, Lease{}, s.notAcquired(ctx, log, d, in, err), false
+	}
+	span.SetAttributes(AttrLockResult.String(lockAcquired), AttrLockToken.Int64(lease.Token))
+
+	run, err = s.runs.LoadRun(lctx, t.Name, in.requestID)
 	switch {
 	case err == nil && run.State.Terminal():
-		_ = s.locker.Release(ctx, lease)
-		return s.republish(ctx, log, run)
+		_ = s.locker.Release(lctx, lease)
+		span.End()
+		return nil, Lease{}, s.republish(ctx, log, run), false
 	case err == nil:
-		log.Info("adopting run", "run_id", run.RunID, "state", run.State, "status_url", run.StatusURL)
-		s.observe(ctx, RunEvent{Kind: "adopted", Target: t.Name, RequestID: in.requestID, RunID: run.RunID})
+		log.InfoContext(lctx, "adopting run", "run_id", run.RunID, "state", run.State, "status_url", run.StatusURL)
+		span.SetAttributes(AttrAdopted.Bool(true), AttrRunID.String(run.RunID))
+		s.observe(ctx, RunEvent{Kind: EventAdopted, Target: t.Name, RequestID: in.requestID, RunID: run.RunID})
 	case errors.Is(err, ErrRunNotFound):
-		run, err = s.newRun(ctx, in)
+		run, err = s.newRun(lctx, in)
 		if err != nil {
-			log.Error("create run", "error", err)
+			log.ErrorContext(lctx, "create run", "error", err)
+			endSpan(span, err)
 			_ = s.locker.Release(ctx, lease)
-			return s.retryLater(ctx)
+			return nil, Lease{}, s.retryLater(ctx), false
 		}
+		span.SetAttributes(AttrAdopted.Bool(false), AttrRunID.String(run.RunID))
 	default:
-		log.Error("load run", "error", err)
+		log.ErrorContext(lctx, "load run", "error", err)
+		endSpan(span, err)
 		_ = s.locker.Release(ctx, lease)
-		return s.retryLater(ctx)
+		return nil, Lease{}, s.retryLater(ctx), false
 	}
 	run.Driver = s.driver
-	if err := s.save(ctx, lease, run); err != nil {
-		return s.storeFailed(ctx, log, run, err)
+	if err := s.save(lctx, lease, run); err != nil {
+		endSpan(span, err)
+		return nil, Lease{}, s.storeFailed(ctx, log, run, err), false
 	}
-	dr := &driver{s: s, t: t, lease: lease, run: run, log: log.With("run_id", run.RunID)}
-	return dr.drive(ctx)
+	return run, lease, Disposition{}, true
 }
 
 // intake is a delivery decoded far enough to decide what to do with it.
@@ -241,6 +323,15 @@ type intake struct {
 type badInput struct {
 	reason  messages.Reason
 	message string
+}
+
+// knownTarget is the target's name when it is configured, else "" (so that
+// metrics never take a label value from an arbitrary subject).
+func (in intake) knownTarget() string {
+	if in.t == nil {
+		return ""
+	}
+	return in.t.Name
 }
 
 func (s *Syncer) intake(d Delivery, h natsHeader) intake {
@@ -405,10 +496,10 @@ func (s *Syncer) notAcquired(ctx context.Context, log *slog.Logger, d Delivery, 
 	var held *LockHeldError
 	waiting := errors.As(err, &held) || errors.Is(err, ErrNotYourTurn)
 	if !waiting {
-		log.Error("acquire lock", "error", err)
+		log.ErrorContext(ctx, "acquire lock", "error", err)
 		return s.retryLater(ctx)
 	}
-	s.observe(ctx, RunEvent{Kind: "lock_conflict", Target: in.target, RequestID: in.requestID})
+	s.observe(ctx, RunEvent{Kind: EventLockConflict, Target: in.target, RequestID: in.requestID})
 	if in.req.Concurrency == "queue" {
 		if s.now().Before(in.requestedAt.Add(in.timeout)) {
 			if held == nil && d.NumDelivered == 1 {
@@ -418,39 +509,45 @@ func (s *Syncer) notAcquired(ctx context.Context, log *slog.Logger, d Delivery, 
 			return Disposition{Action: Nak, Delay: s.queueRetry}
 		}
 		msg := fmt.Sprintf("gave up waiting in the queue of target %q after %s", in.target, in.timeout)
-		ev := s.failedEvent(ctx, in, nil, messages.ReasonTimeout, true, msg, nil)
-		return s.refuse(ctx, log, in, ev)
+		ev, span := s.failedEvent(ctx, in, nil, messages.ReasonTimeout, true, msg, nil)
+		return s.refuse(ctx, log, in, ev, span, messages.ReasonTimeout)
 	}
 	running := ""
 	if held != nil {
 		running = held.RequestID
 	}
 	msg := fmt.Sprintf("target %q is busy with request %q (concurrency forbid)", in.target, running)
-	ev := s.failedEvent(ctx, in, nil, messages.ReasonConflict, true, msg, func(f *messages.SyncFailed) { f.RunningRequestID = running })
-	return s.refuse(ctx, log, in, ev)
+	ev, span := s.failedEvent(ctx, in, nil, messages.ReasonConflict, true, msg, func(f *messages.SyncFailed) { f.RunningRequestID = running })
+	return s.refuse(ctx, log, in, ev, span, messages.ReasonConflict)
 }
 
 // refuse ends a request that never ran with a SyncFailed. The outcome is
 // recorded first, so that a redelivery re-publishes it rather than running
 // the request once the target is free.
-func (s *Syncer) refuse(ctx context.Context, log *slog.Logger, in intake, ev Event) Disposition {
+func (s *Syncer) refuse(ctx context.Context, log *slog.Logger, in intake, ev Event, span trace.Span, reason messages.Reason) Disposition {
 	now := s.now()
 	rec := &Run{RequestID: in.requestID, Target: in.target, State: RunFailed, Request: in.req,
 		StartedAt: now, UpdatedAt: now, FinishedAt: now, Outcome: &ev}
 	wrote, err := s.runs.RecordOutcome(ctx, rec)
 	if err != nil {
-		log.Error("record refusal", "error", err)
+		log.ErrorContext(ctx, "record refusal", "error", err)
+		endSpan(span, err)
 		return s.retryLater(ctx)
 	}
 	if !wrote {
 		if run, err := s.runs.LoadRun(ctx, in.target, in.requestID); err == nil && run.State.Terminal() {
+			// An earlier delivery recorded an outcome: that one goes out, not this one.
+			span.SetAttributes(attribute.Bool("pathling_sync.superseded", true))
+			span.End()
 			return s.republish(ctx, log, run)
 		}
 	}
-	if err := s.pub.Publish(ctx, ev); err != nil {
-		log.Error("publish refusal", "error", err)
+	markOutcome(ctx, true, reason)
+	if err := s.publish(ctx, ev, span); err != nil {
+		log.ErrorContext(ctx, "publish refusal", "error", err)
 		return s.retryLater(ctx)
 	}
+	s.observe(ctx, RunEvent{Kind: EventRefused, Target: in.target, RequestID: in.requestID, Reason: reason})
 	_ = s.locker.ReleaseFinished(ctx, in.target, in.requestID) // drops a queue ticket
 	return Disposition{Action: Ack}
 }
@@ -459,17 +556,22 @@ func (s *Syncer) refuse(ctx context.Context, log *slog.Logger, in intake, ev Eve
 // duplicate for JetStream and for consumers) and frees a lock left behind.
 func (s *Syncer) republish(ctx context.Context, log *slog.Logger, run *Run) Disposition {
 	if run.Outcome == nil {
-		log.Error("terminal run without outcome", "run_id", run.RunID)
+		log.ErrorContext(ctx, "terminal run without outcome", "run_id", run.RunID)
 		return Disposition{Action: Ack}
 	}
-	if err := s.pub.Publish(ctx, *run.Outcome); err != nil {
-		log.Error("re-publish outcome", "error", err)
+	span := trace.SpanFromContext(ctx)
+	span.SetAttributes(AttrRepublished.Bool(true), AttrOutcome.String(string(run.State)))
+	if run.RunID != "" {
+		span.SetAttributes(AttrRunID.String(run.RunID))
+	}
+	if err := s.publish(ctx, *run.Outcome, nil); err != nil {
+		log.ErrorContext(ctx, "re-publish outcome", "error", err)
 		return s.retryLater(ctx)
 	}
 	if err := s.locker.ReleaseFinished(ctx, run.Target, run.RequestID); err != nil {
-		log.Warn("release finished run's lock", "error", err)
+		log.WarnContext(ctx, "release finished run's lock", "error", err)
 	}
-	log.Info("re-published outcome of finished run", "run_id", run.RunID, "type", run.Outcome.Envelope.Type)
+	log.InfoContext(ctx, "re-published outcome of finished run", "run_id", run.RunID, "type", run.Outcome.Envelope.Type)
 	return Disposition{Action: Ack}
 }
 
@@ -483,14 +585,15 @@ func (s *Syncer) save(ctx context.Context, l Lease, r *Run) error {
 // driver owns the run (do nothing); anything else, try again later.
 func (s *Syncer) storeFailed(ctx context.Context, log *slog.Logger, run *Run, err error) Disposition {
 	if errors.Is(err, ErrLockLost) {
-		log.Warn("lock lost; leaving the run to its new driver", "run_id", run.RunID)
-		s.observe(ctx, RunEvent{Kind: "lock_lost", Target: run.Target, RequestID: run.RequestID, RunID: run.RunID})
+		log.WarnContext(ctx, "lock lost; leaving the run to its new driver", "run_id", run.RunID)
+		trace.SpanFromContext(ctx).AddEvent("lock lost")
+		s.observe(ctx, RunEvent{Kind: EventLockLost, Target: run.Target, RequestID: run.RequestID, RunID: run.RunID})
 		return Disposition{Action: Leave}
 	}
 	if ctx.Err() != nil {
 		return s.retryLater(ctx)
 	}
-	log.Error("store write failed", "run_id", run.RunID, "error", err)
+	log.ErrorContext(ctx, "store write failed", "run_id", run.RunID, "error", err)
 	return s.retryLater(ctx)
 }
 
@@ -525,7 +628,9 @@ func (s *Syncer) envelope(ctx context.Context, id, typ, target string) messages.
 	}
 }
 
-func (s *Syncer) failedEvent(ctx context.Context, in intake, run *Run, reason messages.Reason, retryable bool, msg string, edit func(*messages.SyncFailed)) Event {
+// failedEvent builds the SyncFailed of a request that did not run, with its
+// producer span (to be ended by publish).
+func (s *Syncer) failedEvent(ctx context.Context, in intake, run *Run, reason messages.Reason, retryable bool, msg string, edit func(*messages.SyncFailed)) (Event, trace.Span) {
 	f := messages.SyncFailed{
 		RequestID:     in.requestID,
 		Target:        in.target,
@@ -551,11 +656,13 @@ func (s *Syncer) failedEvent(ctx context.Context, in intake, run *Run, reason me
 		edit(&f)
 	}
 	body, _ := json.Marshal(f)
+	subject, id := s.subjects.Failed(in.target), messages.FailedID(in.requestID)
+	pctx, span := s.startPublish(ctx, subject, id, messages.TypeFailed, in.target)
 	return Event{
-		Subject:  s.subjects.Failed(in.target),
-		Envelope: s.envelope(ctx, messages.FailedID(in.requestID), messages.TypeFailed, in.target),
+		Subject:  subject,
+		Envelope: s.envelope(pctx, id, messages.TypeFailed, in.target),
 		Body:     body,
-	}
+	}, span
 }
 
 // natsHeader adapts NATS headers (case-sensitive keys) to messages.Header and

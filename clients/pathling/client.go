@@ -167,7 +167,11 @@ func (c *Client) send(ctx context.Context, op, method, target string, body []byt
 				return nil, tokenError(ctx, op, err)
 			}
 		}
-		resp, err := c.once(ctx, op, method, target, body, header, tok)
+		reqCtx := ctx
+		if attempt > 0 {
+			reqCtx = context.WithValue(ctx, resendKey{}, attempt)
+		}
+		resp, err := c.once(reqCtx, op, method, target, body, header, tok)
 		if err != nil {
 			return nil, err
 		}
@@ -177,6 +181,18 @@ func (c *Client) send(ctx context.Context, op, method, target string, body []byt
 		}
 		return resp, nil
 	}
+}
+
+// resendKey marks the context of a request sent again (after a 401): its
+// value is how many times the same request was sent before.
+type resendKey struct{}
+
+// ResendCount returns how many times the request whose context is ctx was
+// sent before (1 for the retry after a 401), 0 for a first send. HTTP
+// instrumentation reads it for the http.request.resend_count attribute.
+func ResendCount(ctx context.Context) int {
+	n, _ := ctx.Value(resendKey{}).(int)
+	return n
 }
 
 // once sends a single HTTP request under the per-request deadline and reads

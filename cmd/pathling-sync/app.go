@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/pathling-sync/pathling-sync/clients/auth"
 	"github.com/pathling-sync/pathling-sync/clients/natsbus"
@@ -24,6 +25,7 @@ import (
 	"github.com/pathling-sync/pathling-sync/config"
 	"github.com/pathling-sync/pathling-sync/handlers"
 	"github.com/pathling-sync/pathling-sync/messages"
+	"github.com/pathling-sync/pathling-sync/observability"
 )
 
 // errInfra marks failures to reach NATS or Redis (exit code 3).
@@ -43,11 +45,48 @@ type Service struct {
 	admin    *http.Server
 	adminLn  net.Listener
 	stopping atomic.Bool
+	stopAt   atomic.Int64 // Unix nanoseconds when shutdown began
+	tel      *observability.Telemetry
+	metrics  *observability.Metrics
+
+	// onStopping, when set (tests), runs once shutdown has begun, while the
+	// admin listener still serves.
+	onStopping func()
 }
 
-// NewService connects to NATS and Redis, ensures the stream and builds the
-// consumer. It does not start consuming: Run does.
-func NewService(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Service, error) {
+// The flush of spans and metrics at shutdown gets what is left of the 10 s a
+// SIGTERM leaves (shutdownBudget from the moment shutdown began, less a
+// second for closing connections), within these bounds.
+const (
+	shutdownBudget           = 10 * time.Second
+	minTelemetryFlushTimeout = 500 * time.Millisecond
+	maxTelemetryFlushTimeout = 3 * time.Second
+)
+
+// ServiceOption configures NewService.
+type ServiceOption func(*serviceOptions)
+
+type serviceOptions struct {
+	getenv func(string) string
+}
+
+// WithEnv sets where the OTEL_* variables are read (default os.Getenv).
+func WithEnv(getenv func(string) string) ServiceOption {
+	return func(o *serviceOptions) {
+		if getenv != nil {
+			o.getenv = getenv
+		}
+	}
+}
+
+// NewService sets up telemetry (from the OTEL_* variables), connects to NATS
+// and Redis, ensures the stream and builds the consumer. It does not start
+// consuming: Run does.
+func NewService(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...ServiceOption) (*Service, error) {
+	o := serviceOptions{getenv: os.Getenv}
+	for _, opt := range opts {
+		opt(&o)
+	}
 	s := &Service{cfg: cfg, log: log}
 	ok := false
 	defer func() {
@@ -57,6 +96,16 @@ func NewService(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Ser
 	}()
 
 	var err error
+	s.tel, err = observability.Setup(ctx, observability.Options{
+		ServiceName:    "pathling-sync",
+		ServiceVersion: version,
+		InstanceID:     cfg.Service.InstanceID,
+		Getenv:         o.getenv,
+		Logger:         log,
+	})
+	if err != nil {
+		return nil, usageError{fmt.Errorf("telemetry: %w", err)}
+	}
 	s.nc, err = connectNATS(cfg.NATS, "pathling-sync "+cfg.Service.InstanceID, log)
 	if err != nil {
 		return nil, err
@@ -85,12 +134,19 @@ func NewService(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Ser
 		return nil, err
 	}
 	s.store = redisstore.New(s.rdb, redisstore.WithPrefix(cfg.Redis.KeyPrefix), redisstore.WithRetention(cfg.Redis.Retention))
+	s.metrics, err = observability.NewMetrics(s.tel.MeterProvider(), observability.MetricsConfig{
+		Targets:    cfg.TargetNames(),
+		Watermarks: s.store.Watermarks,
+	})
+	if err != nil {
+		return nil, err
+	}
 
 	pub, err := natsbus.NewPublisher(s.nc, natsbus.WithPublisherLogger(log))
 	if err != nil {
 		return nil, err
 	}
-	targets, err := buildTargets(cfg, log)
+	targets, err := buildTargets(cfg, log, s.tel.TracerProvider(), s.metrics)
 	if err != nil {
 		return nil, err
 	}
@@ -102,6 +158,10 @@ func NewService(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Ser
 		QueueRetry: cfg.Service.QueueRetry,
 		Driver:     cfg.Service.InstanceID,
 		Logger:     log,
+
+		Observer:       s.metrics,
+		TracerProvider: s.tel.TracerProvider(),
+		ConsumerGroup:  cfg.NATS.Consumer.Durable,
 	}, s.store, s.store, pub)
 	if err != nil {
 		return nil, err
@@ -154,15 +214,28 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	s.log.Info("pathling-sync serving", "targets", s.syncer.Targets(), "instance", s.cfg.Service.InstanceID,
 		"stream", s.cfg.NATS.Stream.Name, "consumer", s.cfg.NATS.Consumer.Durable, "admin", s.AdminAddr())
+	// Not ready from the moment shutdown begins, while runs settle.
+	stopWatch := context.AfterFunc(ctx, s.beginStopping)
+	defer stopWatch()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.seedLastSuccess(ctx)
+	}()
 	s.startBackground(ctx, &wg)
 	err := s.consumer.Run(ctx)
-	s.stopping.Store(true)
+	s.beginStopping()
+	if s.onStopping != nil {
+		s.onStopping()
+	}
 	if s.admin != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_ = s.admin.Shutdown(sctx)
 		cancel()
 	}
 	wg.Wait()
+	// The consumer has stopped: every span of this process has ended.
+	s.shutdownTelemetry()
 	s.Close()
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return err
@@ -170,8 +243,54 @@ func (s *Service) Run(ctx context.Context) error {
 	return nil
 }
 
-// Close releases the connections. Safe to call more than once.
+// seedLastSuccess sets each target's last-success gauge from the stored run
+// records, so that it survives restarts (best effort, bounded).
+func (s *Service) seedLastSuccess(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for _, target := range s.syncer.Targets() {
+		runs, err := s.store.ListRuns(ctx, target)
+		if err != nil {
+			s.log.Debug("seeding last success from run records", "target", target, "error", err)
+			continue
+		}
+		for _, r := range runs {
+			if r.State == handlers.RunCompleted {
+				s.metrics.SeedLastSuccess(target, r.FinishedAt)
+			}
+		}
+	}
+}
+
+// beginStopping marks the service as shutting down: /readyz answers 503.
+func (s *Service) beginStopping() {
+	if !s.stopping.Swap(true) {
+		s.stopAt.Store(time.Now().UnixNano())
+	}
+}
+
+// shutdownTelemetry flushes spans and metrics, within what is left of the
+// shutdown budget.
+func (s *Service) shutdownTelemetry() {
+	if s.tel == nil {
+		return
+	}
+	timeout := maxTelemetryFlushTimeout
+	if at := s.stopAt.Load(); at != 0 {
+		left := time.Until(time.Unix(0, at).Add(shutdownBudget - time.Second))
+		timeout = max(minTelemetryFlushTimeout, min(left, maxTelemetryFlushTimeout))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := s.tel.Shutdown(ctx); err != nil {
+		s.log.Warn("flushing telemetry", "error", err)
+	}
+}
+
+// Close releases the connections and flushes telemetry. Safe to call more
+// than once.
 func (s *Service) Close() {
+	s.shutdownTelemetry()
 	if s.nc != nil {
 		_ = s.nc.Drain()
 		s.nc.Close()
@@ -187,6 +306,7 @@ func (s *Service) adminHandler() http.Handler {
 		// The process answers: that is all liveness means (no dependency checks).
 		w.Write([]byte("ok\n"))
 	})
+	mux.Handle("GET /metrics", s.tel.MetricsHandler())
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		if msg := s.notReady(r.Context()); msg != "" {
 			http.Error(w, msg, http.StatusServiceUnavailable)
@@ -248,12 +368,17 @@ func connectRedis(ctx context.Context, c config.RedisConfig) (redis.UniversalCli
 }
 
 // buildTargets turns the configured targets into the handler's, each with
-// its own Pathling client (sharing one HTTP transport).
-func buildTargets(cfg *config.Config, log *slog.Logger) ([]handlers.Target, error) {
-	httpClient := sharedHTTPClient()
+// its own Pathling client. They share one connection pool; each target's
+// client wraps it with its own instrumentation (spans, metrics labelled with
+// the target).
+func buildTargets(cfg *config.Config, log *slog.Logger, tp trace.TracerProvider, m *observability.Metrics) ([]handlers.Target, error) {
+	shared := sharedHTTPClient()
 	var out []handlers.Target
 	for _, name := range cfg.TargetNames() {
 		tc, _ := cfg.Target(name)
+		httpClient := &http.Client{Transport: observability.NewTransport(shared.Transport, observability.TransportConfig{
+			Target: name, TracerProvider: tp, Metrics: m, ResendCount: pathling.ResendCount,
+		})}
 		ts, err := tokenSource(tc, httpClient)
 		if err != nil {
 			return nil, fmt.Errorf("target %s: auth: %w", name, err)

@@ -1,0 +1,212 @@
+package handlers
+
+import (
+	"context"
+	"errors"
+	"strconv"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/pathling-sync/pathling-sync/messages"
+)
+
+// This file holds the spans of a delivery. One trace runs from the
+// SyncRequested's traceparent to the outcome's:
+//
+//	process <subject>            consumer span: the whole delivery (a run may take hours,
+//	├── lock                     but each child is short and exported when it ends)
+//	├── kick-off                 ─ HTTP client span(s) of the Pathling client under it
+//	├── poll                     one per status request ─ HTTP client span under it
+//	├── ...
+//	├── watermark commit
+//	└── publish <subject>        producer span: the outcome event's traceparent
+//
+// Waits between polls are not spans.
+
+// TracerName is the instrumentation scope of the handler's spans.
+const TracerName = "github.com/pathling-sync/pathling-sync/handlers"
+
+// Names of the spans inside a delivery.
+const (
+	SpanLock      = "lock"
+	SpanKickOff   = "kick-off"
+	SpanPoll      = "poll"
+	SpanWatermark = "watermark commit"
+)
+
+// Attribute keys of this service (OTel semantic conventions have none for
+// these).
+const (
+	AttrTarget      = attribute.Key("pathling_sync.target")
+	AttrRequestID   = attribute.Key("pathling_sync.request_id")
+	AttrRunID       = attribute.Key("pathling_sync.run_id")
+	AttrDelivery    = attribute.Key("pathling_sync.delivery_count")
+	AttrDisposition = attribute.Key("pathling_sync.disposition")
+	AttrOutcome     = attribute.Key("pathling_sync.outcome")
+	AttrReason      = attribute.Key("pathling_sync.reason")
+	AttrRepublished = attribute.Key("pathling_sync.republished")
+	AttrLockResult  = attribute.Key("pathling_sync.lock.result")
+	AttrLockToken   = attribute.Key("pathling_sync.lock.token")
+	AttrAdopted     = attribute.Key("pathling_sync.adopted")
+	AttrAttempt     = attribute.Key("pathling_sync.attempt")
+	AttrPoll        = attribute.Key("pathling_sync.poll")
+	AttrJobState    = attribute.Key("pathling_sync.job.state")
+	AttrJobURL      = attribute.Key("pathling_sync.job.url")
+	AttrProgress    = attribute.Key("pathling_sync.job.progress")
+	AttrWatermark   = attribute.Key("pathling_sync.watermark")
+)
+
+// Lock results (AttrLockResult).
+const (
+	lockAcquired = "acquired"
+	lockHeld     = "held"
+	lockQueued   = "queued"
+	lockError    = "error"
+)
+
+const messagingSystemNATS = "nats"
+
+// startConsume starts the consumer span of a delivery, a child of the
+// request's traceparent (already extracted into ctx).
+func (s *Syncer) startConsume(ctx context.Context, d Delivery, h natsHeader, in intake) (context.Context, trace.Span) {
+	attrs := []attribute.KeyValue{
+		semconv.MessagingSystemKey.String(messagingSystemNATS),
+		semconv.MessagingOperationTypeProcess,
+		semconv.MessagingOperationName("process"),
+		semconv.MessagingDestinationName(d.Subject),
+		semconv.MessagingMessageID(in.requestID),
+		semconv.MessagingMessageBodySize(len(d.Data)),
+		AttrRequestID.String(in.requestID),
+		AttrDelivery.Int64(int64(d.NumDelivered)),
+	}
+	if s.consumerGroup != "" {
+		attrs = append(attrs, semconv.MessagingConsumerGroupName(s.consumerGroup))
+	}
+	if in.target != "" {
+		attrs = append(attrs, AttrTarget.String(in.target))
+	}
+	if env, ok := messages.ReadEnvelope(h); ok {
+		attrs = append(attrs, cloudEventAttrs(env)...)
+	}
+	return s.tracer.Start(ctx, "process "+d.Subject, trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attrs...))
+}
+
+// startPublish starts the producer span of an outcome event. The event's
+// envelope must be built from the returned context: its traceparent is this
+// span, so consumers of the outcome continue the trace from it.
+func (s *Syncer) startPublish(ctx context.Context, subject, id, typ, target string) (context.Context, trace.Span) {
+	attrs := append(publishAttrs(subject, id), cloudEventAttrs(messages.Envelope{
+		ID: id, Source: s.source, Type: typ, Subject: target,
+	})...)
+	return s.tracer.Start(ctx, "publish "+subject, trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(attrs...))
+}
+
+// startRepublish starts the producer span of a stored outcome published
+// again. Its traceparent is the one stored with it, so the span links to
+// that context rather than being it.
+func (s *Syncer) startRepublish(ctx context.Context, ev Event) (context.Context, trace.Span) {
+	attrs := append(publishAttrs(ev.Subject, ev.Envelope.ID), cloudEventAttrs(ev.Envelope)...)
+	attrs = append(attrs, AttrRepublished.Bool(true))
+	opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(attrs...)}
+	if ev.Envelope.TraceParent != "" {
+		h := natsHeader{}
+		h.Set(messages.HeaderTraceParent, ev.Envelope.TraceParent)
+		if ev.Envelope.TraceState != "" {
+			h.Set(messages.HeaderTraceState, ev.Envelope.TraceState)
+		}
+		if sc := trace.SpanContextFromContext(s.prop.Extract(context.Background(), h)); sc.IsValid() {
+			opts = append(opts, trace.WithLinks(trace.Link{SpanContext: sc}))
+		}
+	}
+	return s.tracer.Start(ctx, "publish "+ev.Subject, opts...)
+}
+
+// publish publishes ev under its producer span (a republish span when span
+// is nil) and ends that span.
+func (s *Syncer) publish(ctx context.Context, ev Event, span trace.Span) error {
+	if span == nil {
+		ctx, span = s.startRepublish(ctx, ev)
+	} else {
+		ctx = trace.ContextWithSpan(ctx, span)
+	}
+	span.SetAttributes(semconv.MessagingMessageBodySize(len(ev.Body)))
+	err := s.pub.Publish(ctx, ev)
+	endSpan(span, err)
+	return err
+}
+
+func publishAttrs(subject, id string) []attribute.KeyValue {
+	return []attribute.KeyValue{
+		semconv.MessagingSystemKey.String(messagingSystemNATS),
+		semconv.MessagingOperationTypeSend,
+		semconv.MessagingOperationName("publish"),
+		semconv.MessagingDestinationName(subject),
+		semconv.MessagingMessageID(id),
+	}
+}
+
+func cloudEventAttrs(env messages.Envelope) []attribute.KeyValue {
+	attrs := []attribute.KeyValue{semconv.CloudEventsEventSpecVersion(messages.SpecVersion)}
+	add := func(kv func(string) attribute.KeyValue, v string) {
+		if v != "" {
+			attrs = append(attrs, kv(v))
+		}
+	}
+	add(semconv.CloudEventsEventID, env.ID)
+	add(semconv.CloudEventsEventSource, env.Source)
+	add(semconv.CloudEventsEventType, env.Type)
+	add(semconv.CloudEventsEventSubject, env.Subject)
+	return attrs
+}
+
+// markOutcome records a delivery's outcome on the span in ctx (the consumer
+// span): failures set the span's status to Error with the reason.
+func markOutcome(ctx context.Context, failed bool, reason messages.Reason) {
+	span := trace.SpanFromContext(ctx)
+	if !failed {
+		span.SetAttributes(AttrOutcome.String("completed"))
+		return
+	}
+	span.SetAttributes(AttrOutcome.String("failed"), AttrReason.String(string(reason)))
+	span.SetStatus(codes.Error, string(reason))
+}
+
+// endSpan ends span, recording err (if any) as its error status.
+func endSpan(span trace.Span, err error) {
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, errorStatus(err))
+	}
+	span.End()
+}
+
+// errorStatus is a span status description: the failure's reason for a
+// Pathling error (its message goes in the recorded exception), else the
+// error text.
+func errorStatus(err error) string {
+	var pe *PathlingError
+	if errors.As(err, &pe) {
+		if pe.HTTPStatus != 0 {
+			return string(pe.Reason) + " (HTTP " + strconv.Itoa(pe.HTTPStatus) + ")"
+		}
+		return string(pe.Reason)
+	}
+	return err.Error()
+}
+
+func jobStateName(s JobState) string {
+	switch s {
+	case JobRunning:
+		return "running"
+	case JobDone:
+		return "done"
+	case JobFailed:
+		return "failed"
+	case JobLost:
+		return "lost"
+	}
+	return "unknown"
+}

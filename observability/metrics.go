@@ -1,0 +1,300 @@
+package observability
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+
+	"github.com/pathling-sync/pathling-sync/handlers"
+	"github.com/pathling-sync/pathling-sync/messages"
+)
+
+// MeterName is the instrumentation scope of the service's metrics.
+const MeterName = "github.com/pathling-sync/pathling-sync"
+
+// The metrics, as exposed on /metrics (the Prometheus exporter turns the
+// instrument names' dots into underscores and appends the unit and _total
+// suffixes; see docs/observability.md for the full table).
+const (
+	metricSyncs            = "pathling_sync.syncs"                     // pathling_sync_syncs_total{target,outcome,reason}
+	metricSyncDuration     = "pathling_sync.sync.duration"             // pathling_sync_sync_duration_seconds{target,outcome}
+	metricSyncPolls        = "pathling_sync.sync.polls"                // pathling_sync_sync_polls{target,outcome}
+	metricInFlight         = "pathling_sync.syncs_in_flight"           // pathling_sync_syncs_in_flight{target}
+	metricLockConflicts    = "pathling_sync.lock_conflicts"            // pathling_sync_lock_conflicts_total{target}
+	metricLockLosses       = "pathling_sync.lock_losses"               // pathling_sync_lock_losses_total{target}
+	metricRedeliveries     = "pathling_sync.redeliveries"              // pathling_sync_redeliveries_total{target}
+	metricAdoptions        = "pathling_sync.adoptions"                 // pathling_sync_adoptions_total{target}
+	metricLastSuccess      = "pathling_sync.last_success_timestamp"    // pathling_sync_last_success_timestamp_seconds{target}
+	metricWatermarkAge     = "pathling_sync.watermark_age"             // pathling_sync_watermark_age_seconds{target}
+	metricRequests         = "pathling_sync.pathling.requests"         // pathling_sync_pathling_requests_total{target,kind,status_code}
+	metricRequestsDuration = "pathling_sync.pathling.request.duration" // pathling_sync_pathling_request_duration_seconds{target,kind}
+)
+
+// Label (attribute) keys of the metrics. Request and run ids are never labels.
+const (
+	labelTarget     = attribute.Key("target")
+	labelOutcome    = attribute.Key("outcome")
+	labelReason     = attribute.Key("reason")
+	labelKind       = attribute.Key("kind")
+	labelStatusCode = attribute.Key("status_code")
+)
+
+// Outcomes (label outcome).
+const (
+	outcomeCompleted = "completed"
+	outcomeFailed    = "failed"
+)
+
+// Histogram buckets: syncs last from seconds (an empty incremental export)
+// to hours (the default timeout is 2 h).
+var (
+	durationBuckets = []float64{1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400}
+	pollBuckets     = []float64{1, 2, 3, 5, 10, 20, 50, 100, 200, 500}
+	requestBuckets  = []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
+)
+
+// MetricsConfig configures NewMetrics.
+type MetricsConfig struct {
+	// Targets are the configured target names. Their series start at zero
+	// (so that rate() and increase() see the first event), and any other
+	// name seen in an event is reported as target "" (a label value never
+	// comes from an arbitrary subject).
+	Targets []string
+	// Watermarks, when set, reads a target's stored watermarks (by key); the
+	// watermark age is then computed from the store at scrape time, so every
+	// replica reports it, also after a restart. Otherwise it comes from the
+	// watermarks this process committed.
+	Watermarks func(ctx context.Context, target string) (map[string]time.Time, error)
+	// ScrapeTimeout bounds the Watermarks reads of one scrape (default 2 s).
+	ScrapeTimeout time.Duration
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// Metrics records what runs do as OpenTelemetry metrics. It implements
+// handlers.Observer and is safe for concurrent use.
+type Metrics struct {
+	cfg     MetricsConfig
+	targets map[string]bool
+
+	syncs        metric.Int64Counter
+	duration     metric.Float64Histogram
+	polls        metric.Int64Histogram
+	inFlight     metric.Int64UpDownCounter
+	conflicts    metric.Int64Counter
+	losses       metric.Int64Counter
+	redeliveries metric.Int64Counter
+	adoptions    metric.Int64Counter
+	requests     metric.Int64Counter
+	reqDuration  metric.Float64Histogram
+
+	mu          sync.Mutex
+	lastSuccess map[string]time.Time
+	watermarks  map[string]time.Time // newest committed by this process, per target
+}
+
+var _ handlers.Observer = (*Metrics)(nil)
+
+// NewMetrics creates the instruments on mp. Errors: instrument creation
+// failures (a bad name or unit).
+func NewMetrics(mp metric.MeterProvider, cfg MetricsConfig) (*Metrics, error) {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.ScrapeTimeout <= 0 {
+		cfg.ScrapeTimeout = 2 * time.Second
+	}
+	m := &Metrics{
+		cfg:         cfg,
+		targets:     make(map[string]bool, len(cfg.Targets)),
+		lastSuccess: map[string]time.Time{},
+		watermarks:  map[string]time.Time{},
+	}
+	for _, t := range cfg.Targets {
+		m.targets[t] = true
+	}
+	meter := mp.Meter(MeterName)
+	var errs []error
+	counter := func(name, unit, desc string) metric.Int64Counter {
+		c, err := meter.Int64Counter(name, metric.WithUnit(unit), metric.WithDescription(desc))
+		errs = append(errs, err)
+		return c
+	}
+	m.syncs = counter(metricSyncs, "{sync}", "Syncs that ended with a published outcome, by target, outcome (completed, failed) and failure reason.")
+	m.conflicts = counter(metricLockConflicts, "{conflict}", "Deliveries that found their target's lock held by another request (or queued ahead).")
+	m.losses = counter(metricLockLosses, "{loss}", "Runs this replica stopped driving because another driver took its lock over.")
+	m.redeliveries = counter(metricRedeliveries, "{delivery}", "SyncRequested deliveries after the first of their message.")
+	m.adoptions = counter(metricAdoptions, "{run}", "Runs taken over from a previous driver (crash, shutdown, pause).")
+	m.requests = counter(metricRequests, "{request}", "HTTP requests to Pathling (and its token endpoint), by target, kind and response status code.")
+	var err error
+	m.duration, err = meter.Float64Histogram(metricSyncDuration, metric.WithUnit("s"),
+		metric.WithDescription("Duration of runs, from the run's start to its outcome."),
+		metric.WithExplicitBucketBoundaries(durationBuckets...))
+	errs = append(errs, err)
+	m.polls, err = meter.Int64Histogram(metricSyncPolls, metric.WithUnit("{poll}"),
+		metric.WithDescription("Status polls per run."),
+		metric.WithExplicitBucketBoundaries(pollBuckets...))
+	errs = append(errs, err)
+	m.reqDuration, err = meter.Float64Histogram(metricRequestsDuration, metric.WithUnit("s"),
+		metric.WithDescription("Duration of HTTP requests to Pathling (and its token endpoint), by target and kind."),
+		metric.WithExplicitBucketBoundaries(requestBuckets...))
+	errs = append(errs, err)
+	m.inFlight, err = meter.Int64UpDownCounter(metricInFlight, metric.WithUnit("{sync}"),
+		metric.WithDescription("Runs this replica is driving now."))
+	errs = append(errs, err)
+	lastSuccess, err := meter.Float64ObservableGauge(metricLastSuccess, metric.WithUnit("s"),
+		metric.WithDescription("Unix time of the last successful sync of the target."))
+	errs = append(errs, err)
+	watermarkAge, err := meter.Float64ObservableGauge(metricWatermarkAge, metric.WithUnit("s"),
+		metric.WithDescription("Age of the target's newest committed watermark (what the next since=auto sync starts from)."))
+	errs = append(errs, err)
+	for _, e := range errs {
+		if e != nil {
+			return nil, fmt.Errorf("observability: metrics: %w", e)
+		}
+	}
+	if _, err := meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		m.observeGauges(ctx, o, lastSuccess, watermarkAge)
+		return nil
+	}, lastSuccess, watermarkAge); err != nil {
+		return nil, fmt.Errorf("observability: metrics: %w", err)
+	}
+
+	ctx := context.Background()
+	for _, t := range cfg.Targets {
+		tl := labelTarget.String(t)
+		m.syncs.Add(ctx, 0, metric.WithAttributes(tl, labelOutcome.String(outcomeCompleted)))
+		for _, r := range messages.Reasons() {
+			m.syncs.Add(ctx, 0, metric.WithAttributes(tl, labelOutcome.String(outcomeFailed), labelReason.String(string(r))))
+		}
+		for _, c := range []metric.Int64Counter{m.conflicts, m.losses, m.redeliveries, m.adoptions} {
+			c.Add(ctx, 0, metric.WithAttributes(tl))
+		}
+		m.inFlight.Add(ctx, 0, metric.WithAttributes(tl))
+	}
+	return m, nil
+}
+
+// target returns the label value for an event's target.
+func (m *Metrics) target(t string) string {
+	if len(m.targets) > 0 && !m.targets[t] {
+		return ""
+	}
+	return t
+}
+
+// RunEvent records one step of a run.
+func (m *Metrics) RunEvent(ctx context.Context, ev handlers.RunEvent) {
+	target := m.target(ev.Target)
+	tl := metric.WithAttributes(labelTarget.String(target))
+	switch ev.Kind {
+	case handlers.EventRedelivered:
+		m.redeliveries.Add(ctx, 1, tl)
+	case handlers.EventLockConflict:
+		m.conflicts.Add(ctx, 1, tl)
+	case handlers.EventLockLost:
+		m.losses.Add(ctx, 1, tl)
+	case handlers.EventAdopted:
+		m.adoptions.Add(ctx, 1, tl)
+	case handlers.EventStarted:
+		m.inFlight.Add(ctx, 1, tl)
+	case handlers.EventStopped:
+		m.inFlight.Add(ctx, -1, tl)
+	case handlers.EventWatermark:
+		m.mu.Lock()
+		if ev.Watermark.After(m.watermarks[target]) {
+			m.watermarks[target] = ev.Watermark
+		}
+		m.mu.Unlock()
+	case handlers.EventRefused:
+		m.syncs.Add(ctx, 1, metric.WithAttributes(labelTarget.String(target),
+			labelOutcome.String(outcomeFailed), labelReason.String(string(ev.Reason))))
+	case handlers.EventFinished:
+		outcome := metric.WithAttributes(labelTarget.String(target), labelOutcome.String(outcomeName(ev.Completed)))
+		if ev.Completed {
+			m.SeedLastSuccess(target, m.cfg.Now()) // first: a scrape seeing the count sees the time
+			m.syncs.Add(ctx, 1, outcome)
+		} else {
+			m.syncs.Add(ctx, 1, metric.WithAttributes(labelTarget.String(target),
+				labelOutcome.String(outcomeFailed), labelReason.String(string(ev.Reason))))
+		}
+		m.duration.Record(ctx, ev.Duration.Seconds(), outcome)
+		m.polls.Record(ctx, int64(ev.Polls), outcome)
+	}
+}
+
+func outcomeName(completed bool) string {
+	if completed {
+		return outcomeCompleted
+	}
+	return outcomeFailed
+}
+
+// SeedLastSuccess sets the target's last success time if t is later than
+// the one known (cmd seeds it at start from the stored run records, so the
+// gauge survives restarts).
+func (m *Metrics) SeedLastSuccess(target string, t time.Time) {
+	target = m.target(target)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if t.After(m.lastSuccess[target]) {
+		m.lastSuccess[target] = t
+	}
+}
+
+// PathlingRequest records one HTTP request of the Pathling client (or its
+// token source). status is 0 when no response came (err then says why).
+func (m *Metrics) PathlingRequest(ctx context.Context, target, kind string, status int, d time.Duration) {
+	target = m.target(target)
+	code := "error"
+	if status > 0 {
+		code = strconv.Itoa(status)
+	}
+	m.requests.Add(ctx, 1, metric.WithAttributes(labelTarget.String(target), labelKind.String(kind), labelStatusCode.String(code)))
+	m.reqDuration.Record(ctx, d.Seconds(), metric.WithAttributes(labelTarget.String(target), labelKind.String(kind)))
+}
+
+// observeGauges reports the last success time and the watermark age of each
+// target at scrape time.
+func (m *Metrics) observeGauges(ctx context.Context, o metric.Observer, lastSuccess, watermarkAge metric.Float64Observable) {
+	now := m.cfg.Now()
+	m.mu.Lock()
+	success := make(map[string]time.Time, len(m.lastSuccess))
+	for t, at := range m.lastSuccess {
+		success[t] = at
+	}
+	marks := make(map[string]time.Time, len(m.watermarks))
+	for t, wm := range m.watermarks {
+		marks[t] = wm
+	}
+	m.mu.Unlock()
+
+	for t, at := range success {
+		o.ObserveFloat64(lastSuccess, float64(at.UnixNano())/1e9, metric.WithAttributes(labelTarget.String(t)))
+	}
+	if m.cfg.Watermarks != nil {
+		rctx, cancel := context.WithTimeout(ctx, m.cfg.ScrapeTimeout)
+		defer cancel()
+		for _, t := range slices.Sorted(maps.Keys(m.targets)) {
+			all, err := m.cfg.Watermarks(rctx, t)
+			if err != nil {
+				continue // the store is unreachable: the last committed value below
+			}
+			for _, wm := range all {
+				if wm.After(marks[t]) {
+					marks[t] = wm
+				}
+			}
+		}
+	}
+	for t, wm := range marks {
+		o.ObserveFloat64(watermarkAge, now.Sub(wm).Seconds(), metric.WithAttributes(labelTarget.String(t)))
+	}
+}

@@ -1,0 +1,156 @@
+package observability
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pathling-sync/pathling-sync/handlers"
+	"github.com/pathling-sync/pathling-sync/messages"
+)
+
+func newTestMetrics(t *testing.T, cfg MetricsConfig) (*Telemetry, *Metrics) {
+	t.Helper()
+	tel, err := Setup(context.Background(), Options{ServiceVersion: "test", Getenv: envFrom(nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tel.Shutdown(context.Background()) })
+	m, err := NewMetrics(tel.MeterProvider(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tel, m
+}
+
+func TestMetricsNamesAndStartAtZero(t *testing.T) {
+	tel, _ := newTestMetrics(t, MetricsConfig{Targets: []string{"a", "b"}})
+	fams, text := scrape(t, tel.MetricsHandler())
+	for _, target := range []string{"a", "b"} {
+		tl := map[string]string{"target": target}
+		checks := []struct {
+			name   string
+			labels map[string]string
+		}{
+			{"pathling_sync_syncs_total", map[string]string{"target": target, "outcome": "completed"}},
+			{"pathling_sync_syncs_total", map[string]string{"target": target, "outcome": "failed", "reason": "timeout"}},
+			{"pathling_sync_lock_conflicts_total", tl},
+			{"pathling_sync_lock_losses_total", tl},
+			{"pathling_sync_redeliveries_total", tl},
+			{"pathling_sync_adoptions_total", tl},
+			{"pathling_sync_syncs_in_flight", tl},
+		}
+		for _, c := range checks {
+			if v := mustSample(t, fams, c.name, c.labels); v != 0 {
+				t.Errorf("%s%v = %v at start, want 0", c.name, c.labels, v)
+			}
+		}
+	}
+	for _, bad := range []string{"otel_scope_name", "_milliseconds", "request_id", "run_id"} {
+		if strings.Contains(text, bad) {
+			t.Errorf("/metrics contains %q:\n%s", bad, text)
+		}
+	}
+	if _, ok := fams["target_info"]; !ok {
+		t.Errorf("no target_info (resource) in /metrics")
+	}
+	if _, ok := fams["go_goroutines"]; !ok {
+		t.Errorf("no Go runtime metrics in /metrics")
+	}
+}
+
+func TestMetricsFromRunEvents(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	var mu sync.Mutex
+	stored := map[string]time.Time{"k1": now.Add(-3 * time.Hour), "k2": now.Add(-90 * time.Minute)}
+	storeDown := false
+	tel, m := newTestMetrics(t, MetricsConfig{
+		Targets: []string{"main"},
+		Now:     func() time.Time { return now },
+		Watermarks: func(_ context.Context, target string) (map[string]time.Time, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if storeDown {
+				return nil, errors.New("redis down")
+			}
+			if target != "main" {
+				t.Errorf("watermarks read for target %q", target)
+			}
+			return stored, nil
+		},
+	})
+	ctx := context.Background()
+	ev := func(e handlers.RunEvent) { e.Target = "main"; m.RunEvent(ctx, e) }
+	ev(handlers.RunEvent{Kind: handlers.EventRedelivered})
+	ev(handlers.RunEvent{Kind: handlers.EventAdopted})
+	ev(handlers.RunEvent{Kind: handlers.EventLockConflict})
+	ev(handlers.RunEvent{Kind: handlers.EventLockConflict})
+	ev(handlers.RunEvent{Kind: handlers.EventLockLost})
+	ev(handlers.RunEvent{Kind: handlers.EventStarted})
+	ev(handlers.RunEvent{Kind: handlers.EventStarted})
+	ev(handlers.RunEvent{Kind: handlers.EventStopped})
+	ev(handlers.RunEvent{Kind: handlers.EventFinished, Completed: true, Duration: 90 * time.Second, Polls: 7})
+	ev(handlers.RunEvent{Kind: handlers.EventFinished, Reason: messages.ReasonTimeout, Duration: 2 * time.Hour, Polls: 120})
+	ev(handlers.RunEvent{Kind: handlers.EventRefused, Reason: messages.ReasonConflict})
+	// A subject naming an unconfigured target must not become a label value.
+	m.RunEvent(ctx, handlers.RunEvent{Kind: handlers.EventRefused, Target: "x-attacker-chosen", Reason: messages.ReasonUnknownTarget})
+
+	fams, text := scrape(t, tel.MetricsHandler())
+	main := map[string]string{"target": "main"}
+	want := []struct {
+		name   string
+		labels map[string]string
+		value  float64
+	}{
+		{"pathling_sync_redeliveries_total", main, 1},
+		{"pathling_sync_adoptions_total", main, 1},
+		{"pathling_sync_lock_conflicts_total", main, 2},
+		{"pathling_sync_lock_losses_total", main, 1},
+		{"pathling_sync_syncs_in_flight", main, 1},
+		{"pathling_sync_syncs_total", map[string]string{"target": "main", "outcome": "completed"}, 1},
+		{"pathling_sync_syncs_total", map[string]string{"target": "main", "outcome": "failed", "reason": "timeout"}, 1},
+		{"pathling_sync_syncs_total", map[string]string{"target": "main", "outcome": "failed", "reason": "conflict"}, 1},
+		{"pathling_sync_syncs_total", map[string]string{"target": "", "outcome": "failed", "reason": "unknown_target"}, 1},
+		{"pathling_sync_sync_duration_seconds", map[string]string{"target": "main", "outcome": "completed"}, 1},
+		{"pathling_sync_sync_duration_seconds", map[string]string{"target": "main", "outcome": "failed"}, 1},
+		{"pathling_sync_sync_polls", map[string]string{"target": "main", "outcome": "completed"}, 1},
+		{"pathling_sync_last_success_timestamp_seconds", main, float64(now.Unix())},
+		// The newest stored watermark is 90 minutes old.
+		{"pathling_sync_watermark_age_seconds", main, 5400},
+	}
+	for _, w := range want {
+		if got := mustSample(t, fams, w.name, w.labels); got != w.value {
+			t.Errorf("%s%v = %v, want %v", w.name, w.labels, got, w.value)
+		}
+	}
+	if strings.Contains(text, "x-attacker-chosen") {
+		t.Errorf("an unconfigured target became a label value:\n%s", text)
+	}
+	// The 2 h failure fell in the 7200 s bucket, not below.
+	for _, m := range fams["pathling_sync_sync_duration_seconds"].GetMetric() {
+		for _, b := range m.GetHistogram().GetBucket() {
+			if b.GetUpperBound() == 3600 && b.GetCumulativeCount() > 1 {
+				t.Errorf("a 2 h sync counted below 3600 s")
+			}
+		}
+	}
+
+	// With the store unreachable, the age comes from what this process committed.
+	mu.Lock()
+	storeDown = true
+	mu.Unlock()
+	ev(handlers.RunEvent{Kind: handlers.EventWatermark, Watermark: now.Add(-10 * time.Minute)})
+	fams, _ = scrape(t, tel.MetricsHandler())
+	if got := mustSample(t, fams, "pathling_sync_watermark_age_seconds", main); got != 600 {
+		t.Errorf("watermark age with the store down = %v, want 600", got)
+	}
+	// A seeded last success older than the known one does not move it back.
+	m.SeedLastSuccess("main", now.Add(-time.Hour))
+	fams, _ = scrape(t, tel.MetricsHandler())
+	if got := mustSample(t, fams, "pathling_sync_last_success_timestamp_seconds", main); got != float64(now.Unix()) {
+		t.Errorf("last success moved back to %v", got)
+	}
+}

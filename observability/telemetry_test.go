@@ -1,0 +1,249 @@
+package observability
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+
+	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+)
+
+func TestSetupRejectsBadEnv(t *testing.T) {
+	for _, env := range []map[string]string{
+		{"OTEL_TRACES_EXPORTER": "zipkin"},
+		{"OTEL_METRICS_EXPORTER": "console"},
+		{"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"},
+		{"OTEL_TRACES_SAMPLER": "jaeger_remote"},
+		{"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1.5"},
+		{"OTEL_RESOURCE_ATTRIBUTES": "deployment.environment"},
+	} {
+		_, err := Setup(context.Background(), Options{Getenv: envFrom(env)})
+		if !errors.Is(err, ErrInvalidEnv) {
+			t.Errorf("env %v: error %v, want ErrInvalidEnv", env, err)
+		}
+	}
+}
+
+func TestTraceExporterDefault(t *testing.T) {
+	cases := []struct {
+		env  map[string]string
+		want []string
+	}{
+		{nil, nil},
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, []string{"otlp"}},
+		{map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"}, []string{"otlp"}},
+		{map[string]string{"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}, nil},
+		{map[string]string{"OTEL_TRACES_EXPORTER": "otlp, Console"}, []string{"otlp", "console"}},
+	}
+	for _, c := range cases {
+		got, err := traceExporters(envFrom(c.env))
+		if err != nil || strings.Join(got, ",") != strings.Join(c.want, ",") {
+			t.Errorf("env %v: %v %v, want %v", c.env, got, err, c.want)
+		}
+	}
+	p, _ := otlpProtocol(envFrom(map[string]string{"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"}), "TRACES")
+	if p != protocolHTTP {
+		t.Errorf("the per-signal protocol must win: got %s", p)
+	}
+}
+
+func TestSampler(t *testing.T) {
+	for _, c := range []struct {
+		env     map[string]string
+		sampled bool
+	}{
+		{nil, true},
+		{map[string]string{"OTEL_TRACES_SAMPLER": "always_off"}, false},
+		{map[string]string{"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0"}, false},
+		{map[string]string{"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1"}, true},
+	} {
+		tel, err := Setup(context.Background(), Options{Getenv: envFrom(c.env)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, span := tel.TracerProvider().Tracer("t").Start(context.Background(), "s")
+		if got := span.SpanContext().IsSampled(); got != c.sampled {
+			t.Errorf("env %v: sampled %v, want %v", c.env, got, c.sampled)
+		}
+		span.End()
+		_ = tel.Shutdown(context.Background())
+	}
+}
+
+func TestSDKDisabledStillPassesContextOn(t *testing.T) {
+	tel, err := Setup(context.Background(), Options{Getenv: envFrom(map[string]string{"OTEL_SDK_DISABLED": "true"})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tel.Shutdown(context.Background())
+	_, span := tel.TracerProvider().Tracer("t").Start(context.Background(), "s")
+	if span.IsRecording() {
+		t.Fatal("OTEL_SDK_DISABLED=true still records spans")
+	}
+	fams, _ := scrape(t, tel.MetricsHandler())
+	if _, ok := fams["target_info"]; !ok {
+		t.Fatal("/metrics must be served even with the SDK's tracing disabled")
+	}
+}
+
+func TestResourceFromEnv(t *testing.T) {
+	tel, err := Setup(context.Background(), Options{ServiceVersion: "1.2.3", InstanceID: "replica-1", Getenv: envFrom(map[string]string{
+		"OTEL_SERVICE_NAME":        "sync-prod",
+		"OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=prod%20eu,service.name=ignored",
+	})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tel.Shutdown(context.Background())
+	fams, _ := scrape(t, tel.MetricsHandler())
+	mustSample(t, fams, "target_info", map[string]string{
+		"service_name": "sync-prod", "service_version": "1.2.3", "service_instance_id": "replica-1",
+		"deployment_environment_name": "prod eu",
+	})
+}
+
+func TestConsoleExporterFlushesOnShutdown(t *testing.T) {
+	var out syncBuffer
+	tel, err := Setup(context.Background(), Options{Stdout: &out, Getenv: envFrom(map[string]string{"OTEL_TRACES_EXPORTER": "console"})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, span := tel.TracerProvider().Tracer("t").Start(context.Background(), "console-span")
+	span.End()
+	if err := tel.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), `"Name":"console-span"`) {
+		t.Fatalf("console exporter wrote:\n%s", out.String())
+	}
+}
+
+// An OTLP/HTTP collector receives the spans when Shutdown flushes them.
+func TestOTLPHTTPExporter(t *testing.T) {
+	var mu sync.Mutex
+	var got []*coltracepb.ExportTraceServiceRequest
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if r.URL.Path != "/v1/traces" || r.Header.Get("Content-Type") != "application/x-protobuf" {
+			t.Errorf("collector got %s %s (%s)", r.Method, r.URL.Path, r.Header.Get("Content-Type"))
+		}
+		req := &coltracepb.ExportTraceServiceRequest{}
+		if err := proto.Unmarshal(body, req); err != nil {
+			t.Errorf("collector: %v", err)
+		}
+		mu.Lock()
+		got = append(got, req)
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/x-protobuf")
+		b, _ := proto.Marshal(&coltracepb.ExportTraceServiceResponse{})
+		w.Write(b)
+	}))
+	defer srv.Close()
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", srv.URL)
+	tel, err := Setup(context.Background(), Options{ServiceName: "otlp-http-test", Getenv: envFrom(map[string]string{
+		"OTEL_EXPORTER_OTLP_ENDPOINT": srv.URL, // unset exporter: otlp because an endpoint is set
+		"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+	})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, span := tel.TracerProvider().Tracer("t").Start(context.Background(), "over-http")
+	span.End()
+	if err := tel.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	assertExported(t, got, "otlp-http-test", "over-http")
+}
+
+type traceCollector struct {
+	coltracepb.UnimplementedTraceServiceServer
+	mu  sync.Mutex
+	got []*coltracepb.ExportTraceServiceRequest
+}
+
+func (c *traceCollector) Export(_ context.Context, req *coltracepb.ExportTraceServiceRequest) (*coltracepb.ExportTraceServiceResponse, error) {
+	c.mu.Lock()
+	c.got = append(c.got, req)
+	c.mu.Unlock()
+	return &coltracepb.ExportTraceServiceResponse{}, nil
+}
+
+// An OTLP/gRPC collector receives the spans when Shutdown flushes them.
+func TestOTLPGRPCExporter(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	col := &traceCollector{}
+	gs := grpc.NewServer()
+	coltracepb.RegisterTraceServiceServer(gs, col)
+	go gs.Serve(ln)
+	defer gs.Stop()
+	t.Setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://"+ln.Addr().String())
+	tel, err := Setup(context.Background(), Options{ServiceName: "otlp-grpc-test", Getenv: envFrom(map[string]string{
+		"OTEL_TRACES_EXPORTER":        "otlp",
+		"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+	})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, span := tel.TracerProvider().Tracer("t").Start(context.Background(), "over-grpc")
+	span.End()
+	if err := tel.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	col.mu.Lock()
+	defer col.mu.Unlock()
+	assertExported(t, col.got, "otlp-grpc-test", "over-grpc")
+}
+
+func assertExported(t *testing.T, reqs []*coltracepb.ExportTraceServiceRequest, service, span string) {
+	t.Helper()
+	for _, req := range reqs {
+		for _, rs := range req.GetResourceSpans() {
+			name := ""
+			for _, a := range rs.GetResource().GetAttributes() {
+				if a.GetKey() == "service.name" {
+					name = a.GetValue().GetStringValue()
+				}
+			}
+			for _, ss := range rs.GetScopeSpans() {
+				for _, s := range ss.GetSpans() {
+					if s.GetName() == span && name == service {
+						return
+					}
+				}
+			}
+		}
+	}
+	t.Fatalf("collector did not receive span %q of service %q (%d requests)", span, service, len(reqs))
+}
+
+// syncBuffer is a goroutine-safe bytes.Buffer.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

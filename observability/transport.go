@@ -1,0 +1,128 @@
+package observability
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"time"
+
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel/attribute"
+	metricnoop "go.opentelemetry.io/otel/metric/noop"
+	"go.opentelemetry.io/otel/propagation"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/pathling-sync/pathling-sync/handlers"
+)
+
+// Kinds of Pathling requests (metric label kind, span attribute
+// pathling_sync.request.kind).
+const (
+	KindKickOff   = "kickoff"   // POST .../$import-pnp
+	KindPoll      = "poll"      // GET .../$job
+	KindDelete    = "delete"    // DELETE .../$job
+	KindDiscovery = "discovery" // GET .../.well-known/... (SMART configuration)
+	KindToken     = "token"     // any other POST: the OAuth2 token endpoint
+	KindOther     = "other"
+)
+
+// attrRequestKind is the span attribute of a request's kind.
+const attrRequestKind = attribute.Key("pathling_sync.request.kind")
+
+// TransportConfig configures NewTransport.
+type TransportConfig struct {
+	// Target labels the requests' metrics and spans.
+	Target string
+	// TracerProvider makes the HTTP client spans (nil: none, but the
+	// caller's trace context is still sent in traceparent).
+	TracerProvider trace.TracerProvider
+	// Metrics counts the requests (nil: not counted).
+	Metrics *Metrics
+	// ResendCount tells how many times the request of a context was sent
+	// before (clients/pathling.ResendCount); a positive count becomes the
+	// span's http.request.resend_count.
+	ResendCount func(context.Context) int
+}
+
+// NewTransport wraps base (http.DefaultTransport when nil) for the Pathling
+// client and its token source: each request gets an HTTP client span per the
+// OpenTelemetry HTTP semantic conventions (otelhttp: http.request.method,
+// url.full, server.address, server.port, http.response.status_code,
+// error.type), named "<method> <path>", a child of the span in the request's
+// context, whose context is sent on in traceparent; and it is counted in
+// pathling_sync_pathling_requests_total and timed in
+// pathling_sync_pathling_request_duration_seconds. Headers (Authorization)
+// are never recorded.
+func NewTransport(base http.RoundTripper, c TransportConfig) http.RoundTripper {
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	tp := c.TracerProvider
+	if tp == nil {
+		tp = noop.NewTracerProvider()
+	}
+	inner := &measuredTransport{base: base, cfg: c}
+	return otelhttp.NewTransport(inner,
+		otelhttp.WithTracerProvider(tp),
+		otelhttp.WithMeterProvider(metricnoop.NewMeterProvider()), // ours are the metrics
+		otelhttp.WithPropagators(propagation.TraceContext{}),
+		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
+			return r.Method + " " + r.URL.Path
+		}),
+	)
+}
+
+// measuredTransport runs inside otelhttp's span: it adds this service's
+// attributes to the span and records the metrics.
+type measuredTransport struct {
+	base http.RoundTripper
+	cfg  TransportConfig
+}
+
+func (t *measuredTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	kind := RequestKind(r)
+	span := trace.SpanFromContext(r.Context())
+	span.SetAttributes(
+		semconv.URLTemplate(r.URL.Path), // our paths carry no ids (the job id is in the query)
+		attrRequestKind.String(kind),
+	)
+	if t.cfg.Target != "" {
+		span.SetAttributes(handlers.AttrTarget.String(t.cfg.Target))
+	}
+	if t.cfg.ResendCount != nil {
+		if n := t.cfg.ResendCount(r.Context()); n > 0 {
+			span.SetAttributes(semconv.HTTPRequestResendCount(n))
+		}
+	}
+	start := time.Now()
+	resp, err := t.base.RoundTrip(r)
+	if t.cfg.Metrics != nil {
+		status := 0
+		if err == nil {
+			status = resp.StatusCode
+		}
+		t.cfg.Metrics.PathlingRequest(r.Context(), t.cfg.Target, kind, status, time.Since(start))
+	}
+	return resp, err
+}
+
+// RequestKind classifies a request of the Pathling client or its token
+// source (see the Kind* constants).
+func RequestKind(r *http.Request) string {
+	p := r.URL.Path
+	switch {
+	case r.Method == http.MethodDelete:
+		return KindDelete
+	case r.Method == http.MethodPost && strings.HasSuffix(p, "/$import-pnp"):
+		return KindKickOff
+	case r.Method == http.MethodGet && strings.HasSuffix(p, "/$job"):
+		return KindPoll
+	case r.Method == http.MethodGet && strings.Contains(p, "/.well-known/"):
+		return KindDiscovery
+	case r.Method == http.MethodPost:
+		return KindToken
+	}
+	return KindOther
+}
