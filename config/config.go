@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"github.com/robfig/cron/v3"
+
+	"github.com/pathling-sync/pathling-sync/schedules"
 )
 
 // Config is the whole configuration of pathling-sync.
@@ -36,6 +38,8 @@ type Config struct {
 	// Targets are the Pathling instances syncs go into, by name. An event
 	// names a target; it can never point the service at another host.
 	Targets map[string]TargetConfig `yaml:"targets"`
+	// Chains request syncs when others complete (see ChainConfig).
+	Chains []ChainConfig `yaml:"chains" help:"chain rules, as a YAML/JSON list: [{name: a-to-b, on: {target: a, nonEmpty: true}, request: {target: b, since: auto}}]"`
 }
 
 // NATSConfig is the connection to NATS JetStream and the contract's stream
@@ -178,7 +182,7 @@ type TargetConfig struct {
 	Retry             BackoffConfig    `yaml:"retry"`
 	MaxJobLosses      int              `yaml:"maxJobLosses" help:"404s of a started Pathling job before the sync fails with job_lost"`
 	KeepJobs          bool             `yaml:"keepJobs" help:"keep finished jobs on Pathling instead of deleting them"`
-	Schedules         []ScheduleConfig `yaml:"schedules" help:"cron schedules, as a YAML/JSON list: [{name: nightly, cron: \"0 2 * * *\", catchUp: false}]"`
+	Schedules         []ScheduleConfig `yaml:"schedules" help:"cron schedules (UTC unless CRON_TZ=), as a YAML/JSON list: [{name: nightly, cron: \"0 2 * * *\", catchUp: false, request: {saveMode: overwrite}}]"`
 }
 
 // PathlingConfig is how to reach a target's Pathling server.
@@ -229,20 +233,26 @@ type BackoffConfig struct {
 }
 
 // ScheduleConfig is a cron schedule on which the service requests a sync of
-// its target with the target's defaults.
+// its target: with the fields of Request, the target's defaults filling the
+// rest.
 type ScheduleConfig struct {
 	// Name identifies the schedule in request ids; unique within a target.
 	Name string `yaml:"name"`
 	// Cron is a standard 5-field cron expression (or a descriptor such as
-	// "@hourly"), optionally prefixed by CRON_TZ=<zone>.
+	// "@hourly" or "@every 6h"), evaluated in UTC unless prefixed by
+	// CRON_TZ=<zone>.
 	Cron string `yaml:"cron"`
-	// CatchUp requests one sync at start-up when a tick was missed while no
-	// replica ran.
+	// CatchUp publishes, at start-up, the latest tick before it (a tick
+	// missed while no replica ran; one already published is deduplicated).
 	CatchUp bool `yaml:"catchUp"`
+	// Request holds SyncRequested fields the schedule's requests carry,
+	// e.g. saveMode: overwrite for a nightly full sync.
+	Request RequestDefaults `yaml:"request"`
 }
 
-// Parse returns the schedule's cron.Schedule.
-func (s ScheduleConfig) Parse() (cron.Schedule, error) { return cron.ParseStandard(s.Cron) }
+// Parse returns the schedule's cron.Schedule, as every replica evaluates it
+// (schedules.Parse: UTC unless CRON_TZ is given).
+func (s ScheduleConfig) Parse() (cron.Schedule, error) { return schedules.Parse(s.Cron) }
 
 // Default returns the configuration with every default and no target.
 func Default() *Config {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -135,7 +136,7 @@ func TestYAMLThenEnvThenDefaults(t *testing.T) {
 		"PATHLING_SYNC_TARGETS_BARE_DEFAULTS_EXPORT_URL": "https://source/fhir/$export",
 		"PATHLING_SYNC_ADMIN_ADDR":                       "127.0.0.1:9999",
 		"PATHLING_SYNC_TARGETS_PROD_KEEP_JOBS":           "true",
-		"PATHLING_SYNC_TARGETS_PROD_SCHEDULES":           `[{name: nightly, cron: "0 2 * * *", catchUp: true}]`,
+		"PATHLING_SYNC_TARGETS_PROD_SCHEDULES":           `[{name: nightly, cron: "0 2 * * *", catchUp: true, request: {exportUrl: "https://source/fhir", saveMode: overwrite}}]`,
 	})
 	if got := cfg.NATS.Consumer.MaxWorkers; got != 20 {
 		t.Errorf("maxWorkers = %d, want 20 (env over file)", got)
@@ -175,7 +176,8 @@ func TestYAMLThenEnvThenDefaults(t *testing.T) {
 	if !prod.KeepJobs {
 		t.Error("keepJobs from env not applied")
 	}
-	if len(prod.Schedules) != 1 || prod.Schedules[0] != (config.ScheduleConfig{Name: "nightly", Cron: "0 2 * * *", CatchUp: true}) {
+	if len(prod.Schedules) != 1 || !reflect.DeepEqual(prod.Schedules[0], config.ScheduleConfig{Name: "nightly", Cron: "0 2 * * *", CatchUp: true,
+		Request: config.RequestDefaults{ExportURL: "https://source/fhir", SaveMode: "overwrite"}}) {
 		t.Errorf("schedules = %+v", prod.Schedules)
 	}
 	if prod.Pathling.Auth.Type != config.AuthNone || prod.Pathling.ExportURLStyle != config.ExportURLBase {

@@ -123,6 +123,10 @@ func upperSnake(s string) string {
 func forEachLeaf(t reflect.Type, path []string, index []int, fn func(leaf)) {
 	for i := range t.NumField() {
 		f := t.Field(i)
+		if isInline(f) {
+			forEachLeaf(f.Type, path, append(slices.Clone(index), i), fn)
+			continue
+		}
 		key := yamlKey(f)
 		if key == "" {
 			continue

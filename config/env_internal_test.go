@@ -26,6 +26,10 @@ func sampleValue(t *testing.T, typ reflect.Type) (string, any) {
 		return "0.7", 0.7
 	case typ == reflect.TypeFor[[]string]():
 		return "a, b", []string{"a", "b"}
+	case typ == reflect.TypeFor[[]ChainConfig]():
+		return `[{"name": "a-to-b", "on": {"target": "a", "types": ["Patient"], "nonEmpty": true}, "request": {"target": "b", "since": "auto", "types": ["Patient"]}}]`,
+			[]ChainConfig{{Name: "a-to-b", On: ChainTrigger{Target: "a", Types: []string{"Patient"}, NonEmpty: true},
+				Request: ChainRequest{Target: "b", RequestDefaults: RequestDefaults{Since: "auto", Types: []string{"Patient"}}}}}
 	case typ == reflect.TypeFor[[]ScheduleConfig]():
 		return `[{"name": "n", "cron": "@daily", "catchUp": true}]`, []ScheduleConfig{{Name: "n", Cron: "@daily", CatchUp: true}}
 	}

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -160,16 +162,29 @@ func join(path, key string) string {
 	return path + "." + key
 }
 
-// yamlFields maps a struct type's YAML keys to its fields.
+// yamlFields maps a struct type's YAML keys to its fields, those of inlined
+// structs (`yaml:",inline"`) included.
 func yamlFields(t reflect.Type) map[string]reflect.StructField {
 	m := make(map[string]reflect.StructField, t.NumField())
 	for i := range t.NumField() {
 		f := t.Field(i)
+		if isInline(f) {
+			maps.Copy(m, yamlFields(f.Type))
+			continue
+		}
 		if key := yamlKey(f); key != "" {
 			m[key] = f
 		}
 	}
 	return m
+}
+
+// isInline reports whether f is an exported or embedded struct whose fields
+// YAML reads at the level of f's own struct.
+func isInline(f reflect.StructField) bool {
+	_, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+	return (f.IsExported() || f.Anonymous) && f.Type.Kind() == reflect.Struct &&
+		slices.Contains(strings.Split(opts, ","), "inline")
 }
 
 // yamlKey is f's YAML key, "" for a field not in YAML.

@@ -2,7 +2,6 @@ package config
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -40,6 +39,8 @@ func (c *Config) Validate() error {
 	required(&errs, "service.instanceId", s.InstanceID)
 	positive(&errs, "service.queueRetry", s.QueueRetry)
 	notNegative(&errs, "service.shutdownGrace", s.ShutdownGrace)
+
+	c.validateChains(&errs)
 
 	// Two targets must not share an environment variable ("prod" and "PROD",
 	// or "x" and "x_defaults": X_DEFAULTS_TIMEOUT would set both).
@@ -210,22 +211,7 @@ func (t TargetConfig) validate(errs *Errors) {
 	if len(t.AllowedExportURLs) == 0 && t.Defaults.ExportURL == "" {
 		errs.add(p+"allowedExportUrls", "required when defaults.exportUrl is empty (no request could name a source)")
 	}
-	if err := t.Defaults.Request().Validate(); err != nil {
-		var ves messages.ValidationErrors
-		if errors.As(err, &ves) {
-			for _, ve := range ves {
-				errs.add(p+"defaults."+ve.Field, ve.Message)
-			}
-		} else {
-			errs.add(p+"defaults", err.Error())
-		}
-	}
-	if t.Defaults.Timeout < 0 {
-		errs.add(p+"defaults.timeout", "must not be negative")
-	}
-	if t.Defaults.Since == messages.SinceAuto && t.Defaults.Until != "" {
-		errs.add(p+"defaults.until", `cannot be combined with since "auto"`)
-	}
+	validateRequestFields(errs, p+"defaults.", t.Defaults)
 	positive(errs, p+"timeout", t.Timeout)
 	if t.Timeout > messages.MaxTimeout {
 		errs.add(p+"timeout", fmt.Sprintf("%s is longer than 7 days (168h)", formatDuration(t.Timeout)))
@@ -252,6 +238,10 @@ func (t TargetConfig) validate(errs *Errors) {
 			errs.add(sp+"cron", "required")
 		} else if _, err := s.Parse(); err != nil {
 			errs.add(sp+"cron", fmt.Sprintf("%q is not a 5-field cron expression: %v", s.Cron, err))
+		}
+		validateRequestFields(errs, sp+"request.", s.Request)
+		if s.Request.ExportURL == "" && t.Defaults.ExportURL == "" {
+			errs.add(sp+"request.exportUrl", "required: the target has no defaults.exportUrl")
 		}
 	}
 }

@@ -37,8 +37,11 @@ func newDevCmd(g *globals) *cobra.Command {
   - an embedded Redis-protocol server (or the Redis at REDIS_URL),
   - a FHIR Bulk Data source emulator with sample data,
   - the Pathling emulator (pull mode: it really exports from the source),
-  - the sync service, with the target "default" pointing at them.
-It prefers the usual ports (4222, 6379, 8080, 8081, 9464) and takes free ones
+  - a second Pathling emulator, the target "replica",
+  - the sync service, with the target "default" pointing at them, and the
+    chain rule "default-to-replica": every sync of "default" that imported
+    something requests a sync of "replica" (since auto, same source).
+It prefers the usual ports (4222, 6379, 8080, 8081, 8082, 9464) and takes free ones
 when those are busy; the addresses go to <data folder>/addrs.json, where
 "pathling-sync request" finds them.`,
 		Args: cobra.NoArgs,
@@ -107,6 +110,24 @@ func runDev(ctx context.Context, g *globals, o *devOptions) error {
 	}
 	closers = append(closers, stopEmu)
 
+	// A second Pathling, kept in step with the first by a chain rule.
+	replica, err := pathlingemu.New(pathlingemu.Config{
+		AllowableExportURLs: []string{sourceBase},
+		AllowInsecureURLs:   true,
+		AllowInternalURLs:   true,
+		Mode:                pathlingemu.ModePull,
+		Logger:              log.With("component", "pathling-emulator-replica"),
+	})
+	if err != nil {
+		return err
+	}
+	closers = append(closers, replica.Close)
+	replicaURL, stopReplica, err := serveDev("127.0.0.1:8082", replica)
+	if err != nil {
+		return err
+	}
+	closers = append(closers, stopReplica)
+
 	adminAddr, err := preferredAddr("127.0.0.1:9464")
 	if err != nil {
 		return err
@@ -124,7 +145,20 @@ func runDev(ctx context.Context, g *globals, o *devOptions) error {
 	// The emulator finishes in about a second: poll faster than the seed's 5 s start.
 	t.Poll = config.BackoffConfig{Initial: time.Second, Factor: 1.5, Max: 10 * time.Second, Jitter: 0.1}
 	t.Retry = config.BackoffConfig{Initial: 2 * time.Second, Factor: 2, Max: 30 * time.Second, Jitter: 0.1}
-	cfg.Targets = map[string]config.TargetConfig{"default": t}
+	r := t
+	r.Pathling.URL = replicaURL + "/fhir"
+	cfg.Targets = map[string]config.TargetConfig{"default": t, devReplicaTarget: r}
+	// The replica is fed from the same source (our Pathling emulator has no
+	// $export), incrementally, after every sync of "default" that imported
+	// something.
+	cfg.Chains = []config.ChainConfig{{
+		Name:    devChain,
+		On:      config.ChainTrigger{Target: "default", NonEmpty: true},
+		Request: config.ChainRequest{Target: devReplicaTarget, RequestDefaults: config.RequestDefaults{Since: "auto"}},
+	}}
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("dev configuration: %w", err)
+	}
 
 	svc, err := NewService(ctx, cfg, log)
 	if err != nil {
@@ -139,7 +173,7 @@ func runDev(ctx context.Context, g *globals, o *devOptions) error {
 		return err
 	}
 	closers = append(closers, func() { _ = os.Remove(filepath.Join(o.dataDir, "addrs.json")) })
-	printDevBanner(g, addrs)
+	printDevBanner(g, addrs, replicaURL+"/fhir")
 	return svc.Run(ctx)
 }
 
@@ -179,17 +213,25 @@ func preferredAddr(addr string) (string, error) {
 	return a, nil
 }
 
-func printDevBanner(g *globals, a devenv.Addrs) {
+// The second target of dev and the chain rule that feeds it.
+const (
+	devReplicaTarget = "replica"
+	devChain         = "default-to-replica"
+)
+
+func printDevBanner(g *globals, a devenv.Addrs, replicaURL string) {
 	host, port, _ := net.SplitHostPort(a.AdminAddr)
 	var b strings.Builder
 	fmt.Fprintf(&b, "\npathling-sync dev is running (Ctrl-C stops it)\n")
 	fmt.Fprintf(&b, "  NATS JetStream   %s\n", a.NATSURL)
 	fmt.Fprintf(&b, "  Redis            %s\n", a.RedisURL)
-	fmt.Fprintf(&b, "  Pathling (emu)   %s\n", a.PathlingURL)
+	fmt.Fprintf(&b, "  Pathling (emu)   %s   target \"default\"\n", a.PathlingURL)
+	fmt.Fprintf(&b, "  Replica (emu)    %s   target %q, chained: after each non-empty sync of \"default\" (chain %s, since auto)\n", replicaURL, devReplicaTarget, devChain)
 	fmt.Fprintf(&b, "  Source (emu)     %s\n", a.SourceURL)
 	fmt.Fprintf(&b, "  Admin            http://%s:%s/readyz\n", host, port)
 	fmt.Fprintf(&b, "\nIn another terminal:\n")
 	fmt.Fprintf(&b, "  go run ./cmd/pathling-sync request --wait                 # full sync of target \"default\"\n")
-	fmt.Fprintf(&b, "  go run ./cmd/pathling-sync request --wait --since auto    # incremental sync from the watermark\n\n")
+	fmt.Fprintf(&b, "  go run ./cmd/pathling-sync request --wait --since auto    # incremental sync from the watermark\n")
+	fmt.Fprintf(&b, "  (each sync of \"default\" that imports something then syncs %q too: see the log)\n\n", devReplicaTarget)
 	fmt.Fprint(g.stdout, b.String())
 }
