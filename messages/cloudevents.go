@@ -29,6 +29,9 @@ const (
 	HeaderTraceState  = "tracestate"
 	// HeaderNatsMsgID is JetStream's deduplication id; the envelope sets it to ce-id.
 	HeaderNatsMsgID = "Nats-Msg-Id"
+	// HeaderReplayOf is a CloudEvents extension attribute naming the event a replayed
+	// SyncRequested re-publishes (`pathling-sync replay`): the original's ce-id.
+	HeaderReplayOf = "ce-replayof"
 )
 
 // SpecVersion is the CloudEvents version written in ce-specversion.
@@ -54,11 +57,14 @@ type Envelope struct {
 	Time        time.Time
 	TraceParent string
 	TraceState  string
+	// ReplayOf is the id of the event this one replays (extension attribute ce-replayof);
+	// empty for an event that is not a replay.
+	ReplayOf string
 }
 
 // WriteTo writes the envelope into h in binary mode: ce-specversion 1.0, ce-id, ce-source,
 // ce-type, ce-time (RFC 3339 in UTC, nanoseconds), ce-subject, content-type (ContentTypeJSON when
-// ContentType is empty), traceparent and tracestate, and Nats-Msg-Id equal to ce-id. Empty fields
+// ContentType is empty), traceparent and tracestate, ce-replayof, and Nats-Msg-Id equal to ce-id. Empty fields
 // and a zero Time are not written. Values are written as given: they must not contain CR or LF,
 // which NATS headers cannot carry.
 func (e Envelope) WriteTo(h Header) {
@@ -82,6 +88,7 @@ func (e Envelope) WriteTo(h Header) {
 	h.Set(HeaderContentType, contentType)
 	set(HeaderTraceParent, e.TraceParent)
 	set(HeaderTraceState, e.TraceState)
+	set(HeaderReplayOf, e.ReplayOf)
 	set(HeaderNatsMsgID, e.ID)
 }
 
@@ -103,13 +110,14 @@ func ReadEnvelope(h Header) (env Envelope, ok bool) {
 		ContentType: get(HeaderContentType),
 		TraceParent: get(HeaderTraceParent),
 		TraceState:  get(HeaderTraceState),
+		ReplayOf:    get(HeaderReplayOf),
 	}
 	rawTime := get(HeaderTime)
 	if t, err := time.Parse(time.RFC3339Nano, rawTime); err == nil {
 		env.Time = t
 	}
 	ok = get(HeaderSpecVersion) != "" || env.ID != "" || env.Source != "" || env.Type != "" ||
-		env.Subject != "" || rawTime != ""
+		env.Subject != "" || rawTime != "" || env.ReplayOf != ""
 	return env, ok
 }
 

@@ -154,3 +154,40 @@ type fakeHeader map[string]string
 
 func (f *fakeHeader) Get(k string) string { return (*f)[k] }
 func (f *fakeHeader) Set(k, v string)     { (*f)[k] = v }
+
+// A replayed SyncRequested names its original in the ce-replayof extension attribute, and the
+// attribute survives the round trip through every header type.
+func TestEnvelopeReplayOf(t *testing.T) {
+	env := messages.Envelope{
+		ID: "replay:req-1:0a1b2c3d", Source: "pathling-sync-cli", Type: messages.TypeRequested,
+		Subject: "default", ContentType: messages.ContentTypeJSON, ReplayOf: "req-1",
+	}
+	h := nats.Header{}
+	env.WriteTo(h)
+	if got := h.Values(messages.HeaderReplayOf); len(got) != 1 || got[0] != "req-1" {
+		t.Fatalf("ce-replayof = %v, want [req-1] (headers %v)", got, h)
+	}
+	if messages.HeaderReplayOf != "ce-replayof" {
+		t.Fatalf("HeaderReplayOf = %q", messages.HeaderReplayOf)
+	}
+	for name, h := range map[string]messages.Header{"nats": nats.Header{}, "watermill": message.Metadata{}, "http": http.Header{}} {
+		env.WriteTo(h)
+		got, ok := messages.ReadEnvelope(h)
+		if !ok || got.ReplayOf != "req-1" || got != env {
+			t.Errorf("%s: got %+v, %v; want %+v", name, got, ok, env)
+		}
+	}
+	// Not a replay: no attribute written, none read.
+	plain := nats.Header{}
+	messages.Envelope{ID: "req-2", Type: messages.TypeRequested}.WriteTo(plain)
+	if _, found := plain[messages.HeaderReplayOf]; found {
+		t.Errorf("ce-replayof written for an event that is no replay: %v", plain)
+	}
+	if got, _ := messages.ReadEnvelope(plain); got.ReplayOf != "" {
+		t.Errorf("ReplayOf = %q, want empty", got.ReplayOf)
+	}
+	// The attribute alone makes a CloudEvents envelope.
+	if _, ok := messages.ReadEnvelope(nats.Header{messages.HeaderReplayOf: {"req-3"}}); !ok {
+		t.Error("ce-replayof alone: ok = false")
+	}
+}

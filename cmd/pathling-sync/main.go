@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pathling-sync/pathling-sync/config"
+	"github.com/pathling-sync/pathling-sync/observability"
 )
 
 // Exit codes of the contract (§7).
@@ -86,7 +87,7 @@ func newRootCmd(stdout, stderr io.Writer, env func(string) string) *cobra.Comman
 	root.SetErr(stderr)
 	root.PersistentFlags().StringVar(&g.configPath, "config", env("PATHLING_SYNC_CONFIG"), "YAML configuration file (env PATHLING_SYNC_CONFIG)")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newServeCmd(g), newDevCmd(g), newRequestCmd(g), newEnvCmd(g))
+	root.AddCommand(newServeCmd(g), newDevCmd(g), newRequestCmd(g), newEnvCmd(g), newStatusCmd(g), newEventsCmd(g), newReplayCmd(g))
 	return root
 }
 
@@ -99,12 +100,15 @@ func (g *globals) loadConfig() (*config.Config, error) {
 	return cfg, nil
 }
 
+// newLogger returns the logger of c's level and format (JSON by default);
+// records logged with a context holding a span carry trace_id and span_id.
 func newLogger(w io.Writer, c config.LogConfig) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: c.SlogLevel()}
+	var h slog.Handler = slog.NewJSONHandler(w, opts)
 	if c.Format == "text" {
-		return slog.New(slog.NewTextHandler(w, opts))
+		h = slog.NewTextHandler(w, opts)
 	}
-	return slog.New(slog.NewJSONHandler(w, opts))
+	return slog.New(observability.NewLogHandler(h))
 }
 
 func newServeCmd(g *globals) *cobra.Command {

@@ -10,10 +10,12 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/pathling-sync/pathling-sync/clients/natsbus"
+	"github.com/pathling-sync/pathling-sync/clients/redisstore"
 	"github.com/pathling-sync/pathling-sync/config"
 	"github.com/pathling-sync/pathling-sync/internal/devenv"
 	"github.com/pathling-sync/pathling-sync/messages"
@@ -41,8 +43,15 @@ TIMEOUT (seconds), so that a crontab line written for sync.sh works with
 "pathling-sync request --wait" in its place. Fields still empty take the target's
 defaults in the service.
 
-NATS is found through NATS_URL, else --config, else the addresses a running
-"pathling-sync dev" wrote, else nats://127.0.0.1:4222.`,
+While waiting it shows live progress read from the run record in Redis: the
+phase (waiting, starting, kicking_off, polling), the polls so far, Pathling's
+X-Progress and the elapsed time. On a terminal that is one line redrawn in
+place; otherwise (cron, a log file) a plain line whenever it changes, and at
+least every 15 s. Without Redis it waits all the same, printing the elapsed time.
+
+NATS and Redis are found through NATS_URL and REDIS_URL, else --config, else
+the addresses a running "pathling-sync dev" wrote, else 127.0.0.1 on the usual
+ports.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runRequest(cmd.Context(), g, o) },
 	}
@@ -118,18 +127,59 @@ func (o *requestOptions) body(env func(string) string) (messages.SyncRequested, 
 	return r, nil
 }
 
-// natsSettings finds the NATS connection and stream for client commands.
-func (g *globals) natsSettings() (*config.Config, error) {
+// clientConfig finds NATS, Redis and the stream for the client commands
+// (request, status, events, replay). Each connection comes from the
+// environment (NATS_URL / REDIS_URL, or their PATHLING_SYNC_ forms), else
+// --config, else the addresses a running "pathling-sync dev" wrote to its
+// data folder, else the defaults (127.0.0.1:4222 and :6379).
+func (g *globals) clientConfig() (*config.Config, error) {
 	cfg, err := g.loadConfig()
 	if err != nil {
 		return nil, err
 	}
-	if g.env("NATS_URL") == "" && g.configPath == "" {
-		if a, err := devenv.ReadAddrs(devenv.DefaultDir()); err == nil && a.NATSURL != "" {
-			cfg.NATS.URL = config.SecretURL(a.NATSURL)
-		}
+	if g.configPath != "" {
+		return cfg, nil
+	}
+	a, err := devenv.ReadAddrs(devenv.DefaultDir())
+	if err != nil {
+		return cfg, nil // no dev running here: the environment and defaults stand
+	}
+	if a.NATSURL != "" && g.env("NATS_URL") == "" && g.env("PATHLING_SYNC_NATS_URL") == "" {
+		cfg.NATS.URL = config.SecretURL(a.NATSURL)
+	}
+	if a.RedisURL != "" && g.env("REDIS_URL") == "" && g.env("PATHLING_SYNC_REDIS_URL") == "" &&
+		len(cfg.Redis.Addrs) == 0 && cfg.Redis.Sentinel.MasterName == "" {
+		cfg.Redis.URL = config.SecretURL(a.RedisURL)
 	}
 	return cfg, nil
+}
+
+// openJetStream connects a client command to NATS. Errors wrap errInfra
+// (unreachable) or are configuration errors.
+func openJetStream(cfg *config.Config, name string, g *globals) (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := connectNATS(cfg.NATS, name, newLogger(g.stderr, config.LogConfig{Level: "error"}))
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("%w: jetstream: %v", errInfra, err)
+	}
+	return nc, js, nil
+}
+
+// openStore connects a client command to Redis, for the read-only views of
+// runs, locks and watermarks. The returned func closes the connection.
+// Errors wrap errInfra (unreachable) or are configuration errors.
+func openStore(ctx context.Context, cfg *config.Config) (*redisstore.Store, func(), error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	rdb, err := connectRedis(ctx, cfg.Redis)
+	if err != nil {
+		return nil, nil, err
+	}
+	return redisstore.New(rdb, redisstore.WithPrefix(cfg.Redis.KeyPrefix)), func() { _ = rdb.Close() }, nil
 }
 
 func runRequest(ctx context.Context, g *globals, o *requestOptions) error {
@@ -140,19 +190,15 @@ func runRequest(ctx context.Context, g *globals, o *requestOptions) error {
 	if err != nil {
 		return usageError{err}
 	}
-	cfg, err := g.natsSettings()
+	cfg, err := g.clientConfig()
 	if err != nil {
 		return err
 	}
-	nc, err := connectNATS(cfg.NATS, "pathling-sync request", newLogger(g.stderr, config.LogConfig{Level: "error"}))
+	nc, js, err := openJetStream(cfg, "pathling-sync request", g)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return fmt.Errorf("%w: %v", errInfra, err)
-	}
 	id := o.id
 	if id == "" {
 		id = uuid.NewString()
@@ -208,34 +254,58 @@ func runRequest(ctx context.Context, g *globals, o *requestOptions) error {
 		}
 		return nil
 	}
-	return waitOutcome(ctx, g, o, req, results)
+	w := &waiter{g: g, o: o, target: o.target, requestID: id}
+	if !o.jsonOut {
+		// Live progress comes from the run record in Redis; without Redis the
+		// wait still works, with elapsed time only.
+		store, closeStore, err := openStore(ctx, cfg)
+		if err != nil {
+			fmt.Fprintf(g.stderr, "no live progress (%v); waiting for the outcome\n", err)
+		} else {
+			defer closeStore()
+			w.runs = store
+		}
+	}
+	return w.wait(ctx, req, results)
 }
 
-func waitOutcome(ctx context.Context, g *globals, o *requestOptions, req messages.SyncRequested, results <-chan jetstream.Msg) error {
-	limit := o.waitTimeout
+// waiter follows a published request to its outcome.
+type waiter struct {
+	g         *globals
+	o         *requestOptions
+	target    string
+	requestID string
+	runs      runLoader // nil: no live progress
+}
+
+func (w *waiter) wait(ctx context.Context, req messages.SyncRequested, results <-chan jetstream.Msg) error {
+	limit := w.o.waitTimeout
 	if limit <= 0 {
 		limit = 2*time.Hour + 5*time.Minute
 		if d, ok := req.TimeoutDuration(); ok {
 			limit = d + 5*time.Minute
 		}
 	}
-	start := time.Now()
+	progress := newProgressPrinter(w.g.stdout, time.Now())
 	deadline := time.NewTimer(limit)
 	defer deadline.Stop()
-	tick := time.NewTicker(15 * time.Second)
+	tick := time.NewTicker(progressInterval)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
+			progress.finish()
 			return usageError{errors.New("interrupted while waiting; the sync goes on in the service")}
 		case <-deadline.C:
+			progress.finish()
 			return fmt.Errorf("%w: no outcome within %s", errInfra, limit)
-		case <-tick.C:
-			if !o.jsonOut {
-				fmt.Fprintf(g.stdout, "waiting... (%s elapsed)\n", time.Since(start).Round(time.Second))
+		case now := <-tick.C:
+			if !w.o.jsonOut {
+				progress.show(now, loadProgress(ctx, w.runs, w.target, w.requestID))
 			}
 		case m := <-results:
-			return printOutcome(g, o, m)
+			progress.finish()
+			return printOutcome(w.g, w.o, m)
 		}
 	}
 }
@@ -256,8 +326,8 @@ func printOutcome(g *globals, o *requestOptions, m jetstream.Msg) error {
 		if c.Empty {
 			empty = ", no changes"
 		}
-		fmt.Fprintf(g.stdout, "SyncCompleted in %s: %d files imported%s, %d polls; next since=auto: %s\n",
-			time.Duration(c.DurationMs)*time.Millisecond, c.Outputs, empty, c.Polls, c.Watermark)
+		fmt.Fprintf(g.stdout, "SyncCompleted in %s: %s imported%s, %s; next since=auto: %s\n",
+			time.Duration(c.DurationMs)*time.Millisecond, plural(c.Outputs, "file"), empty, plural(c.Polls, "poll"), c.Watermark)
 		fmt.Fprintln(g.stdout, indentJSON(m.Data()))
 	}
 	if failed {
