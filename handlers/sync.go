@@ -369,6 +369,10 @@ func (s *Syncer) intake(d Delivery, h natsHeader) intake {
 	}
 	in.t = t
 	in.req = withDefaults(req, t.Defaults)
+	if in.req.SaveMode == messages.SaveModeOverwrite && (in.req.Since != "" || in.req.Until != "") {
+		return bad(messages.ReasonInvalidRequest, "saveMode overwrite replaces each imported type's whole table: "+
+			"with since/until it would keep only the resources changed in that window; use merge for incremental syncs")
+	}
 	if in.req.ExportURL == "" {
 		return bad(messages.ReasonInvalidRequest, "exportUrl: required (target %q has no default export URL)", target)
 	}
@@ -407,8 +411,12 @@ func withDefaults(r, def messages.SyncRequested) messages.SyncRequested {
 	}
 	r.ExportURL = pick(r.ExportURL, def.ExportURL)
 	r.SaveMode = pick(r.SaveMode, pick(def.SaveMode, "merge"))
-	r.Since = pick(r.Since, def.Since)
-	r.Until = pick(r.Until, def.Until)
+	if r.SaveMode != messages.SaveModeOverwrite {
+		// A default since/until never turns an overwrite into a partial
+		// export: overwrite replaces whole tables with what was exported.
+		r.Since = pick(r.Since, def.Since)
+		r.Until = pick(r.Until, def.Until)
+	}
 	r.Concurrency = pick(r.Concurrency, pick(def.Concurrency, "forbid"))
 	r.Timeout = pick(r.Timeout, def.Timeout)
 	if r.Types == nil {

@@ -460,6 +460,7 @@ func TestBadInput(t *testing.T) {
 		{"export url not allowed", "t1", `{"exportUrl":"https://evil.example/fhir"}`, messages.ReasonExportURLNotAllowed, "evil.example"},
 		{"1 MiB body", "t1", big, messages.ReasonInvalidRequest, "limit of 65536"},
 		{"empty body", "t1", ``, messages.ReasonInvalidRequest, "empty"},
+		{"overwrite with since", "t1", `{"saveMode":"overwrite","since":"2025-01-01T00:00:00Z"}`, messages.ReasonInvalidRequest, "overwrite"},
 	}
 	for i, c := range cases {
 		e.request(c.target, fmt.Sprintf("bad-%d", i), c.body)
@@ -629,4 +630,22 @@ func TestRedeliveredConflictDoesNotRun(t *testing.T) {
 	if n := e.pub.count(messages.FailedID("late")); n != 2 {
 		t.Fatalf("conflict published %d times, want 2", n)
 	}
+}
+
+// A target whose default since is "auto" still runs a request for a full
+// overwrite as a full export: the default must not make it partial.
+func TestOverwriteIgnoresDefaultSince(t *testing.T) {
+	e := newEnv(t, envOptions{pull: true})
+	tgt := e.target(func(t *handlers.Target) { t.Defaults.Since = "auto" })
+	e.start(e.js, e.syncer(syncerOptions{}, tgt), 0)
+	e.request("t1", "incr", req{})
+	if c := e.outcomes.of(t, "incr", waitLong).completedBody(t); c.Since != "" {
+		t.Fatalf("first auto sync had since %q", c.Since) // no watermark yet: full
+	}
+	e.request("t1", "full-overwrite", req{"saveMode": "overwrite"})
+	c := e.outcomes.of(t, "full-overwrite", waitLong).completedBody(t)
+	if c.Since != "" || c.Empty {
+		t.Fatalf("overwrite ran with since %q (empty %v), want a full export", c.Since, c.Empty)
+	}
+	sameResources(t, e)
 }

@@ -27,7 +27,8 @@ func (s *Service) startBackground(ctx context.Context, wg *sync.WaitGroup) {
 		sched, err := schedules.New(pub, list,
 			schedules.WithSubjects(subjects),
 			schedules.WithSource(s.cfg.Service.Source),
-			schedules.WithLogger(s.log.With("component", "schedules")))
+			schedules.WithLogger(s.log.With("component", "schedules")),
+			schedules.WithTracer(s.tel.TracerProvider().Tracer("github.com/pathling-sync/pathling-sync/schedules")))
 		if err != nil {
 			s.log.Error("schedules not started", "error", err)
 		} else {
@@ -60,7 +61,8 @@ func (s *Service) chainRouter(pub requestPublisher, subjects messages.Subjects) 
 	chainer, err := chains.New(chainRules(s.cfg), pub,
 		chains.WithSubjects(subjects),
 		chains.WithSource(s.cfg.Service.Source),
-		chains.WithLogger(log))
+		chains.WithLogger(log),
+		chains.WithTracer(s.tel.TracerProvider().Tracer("github.com/pathling-sync/pathling-sync/chains")))
 	if err != nil {
 		return nil, err
 	}

@@ -160,7 +160,7 @@ func runDev(ctx context.Context, g *globals, o *devOptions) error {
 		return fmt.Errorf("dev configuration: %w", err)
 	}
 
-	svc, err := NewService(ctx, cfg, log)
+	svc, err := NewService(ctx, cfg, log, WithEnv(g.env))
 	if err != nil {
 		return err
 	}

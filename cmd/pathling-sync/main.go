@@ -125,7 +125,7 @@ func newServeCmd(g *globals) *cobra.Command {
 				return usageError{errors.New("no targets configured (set targets in --config, or PATHLING_URL for the default target)")}
 			}
 			log := newLogger(g.stderr, cfg.Log)
-			svc, err := NewService(cmd.Context(), cfg, log)
+			svc, err := NewService(cmd.Context(), cfg, log, WithEnv(g.env))
 			if err != nil {
 				return err
 			}

@@ -49,6 +49,8 @@ X-Progress and the elapsed time. On a terminal that is one line redrawn in
 place; otherwise (cron, a log file) a plain line whenever it changes, and at
 least every 15 s. Without Redis it waits all the same, printing the elapsed time.
 
+TRACEPARENT (and TRACESTATE), when set, make the sync continue the caller's trace.
+
 NATS and Redis are found through NATS_URL and REDIS_URL, else --config, else
 the addresses a running "pathling-sync dev" wrote, else 127.0.0.1 on the usual
 ports.`,
@@ -234,6 +236,8 @@ func runRequest(ctx context.Context, g *globals, o *requestOptions) error {
 	env := messages.Envelope{
 		ID: id, Source: "pathling-sync-cli", Type: messages.TypeRequested, Subject: o.target,
 		ContentType: messages.ContentTypeJSON, Time: time.Now().UTC(),
+		// A caller's trace (e.g. a pipeline step) continues into the sync.
+		TraceParent: strings.TrimSpace(g.env("TRACEPARENT")), TraceState: strings.TrimSpace(g.env("TRACESTATE")),
 	}
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	ack, err := natsbus.PublishRequest(pctx, js, subjects.Requested(o.target), env, body)
