@@ -443,7 +443,7 @@ func (dr *driver) finish(ctx context.Context, state RunState, ev Event) error {
 	return nil
 }
 
-// finishDisposition publishes the recorded outcome, releases the lock and
+// finishDisposition releases the lock, publishes the recorded outcome and
 // acks.
 func (dr *driver) finishDisposition(ctx context.Context) Disposition {
 	s := dr.s
@@ -451,12 +451,15 @@ func (dr *driver) finishDisposition(ctx context.Context) Disposition {
 	pctx := context.WithoutCancel(ctx)
 	span := dr.pubSpan // nil for an outcome recorded by an earlier driver: a republish
 	dr.pubSpan = nil
+	// Release before publishing: whoever reacts to the outcome (a script's next request, a
+	// chain) must find the target free. The terminal record is the truth: a crash between the
+	// two means a redelivery, which re-publishes the recorded outcome.
+	if err := s.locker.Release(pctx, dr.lease); err != nil {
+		dr.log.WarnContext(ctx, "release lock", "error", err)
+	}
 	if err := s.publish(pctx, *r.Outcome, span); err != nil {
 		dr.log.ErrorContext(ctx, "publish outcome", "error", err)
 		return s.retryLater(ctx)
-	}
-	if err := s.locker.Release(pctx, dr.lease); err != nil {
-		dr.log.WarnContext(ctx, "release lock", "error", err)
 	}
 	ev := RunEvent{Kind: EventFinished, Target: r.Target, RequestID: r.RequestID, RunID: r.RunID,
 		Completed: r.State == RunCompleted, Duration: r.FinishedAt.Sub(r.StartedAt), Polls: r.Polls}

@@ -347,8 +347,9 @@ func (l *outcomeLog) of(t *testing.T, requestID string, timeout time.Duration) o
 // countingPublisher counts Publish calls per event id (a real publisher underneath).
 type countingPublisher struct {
 	*natsbus.Publisher
-	mu    sync.Mutex
-	calls map[string]int
+	mu     sync.Mutex
+	calls  map[string]int
+	before func(handlers.Event) // called before each publish, when set
 }
 
 func (p *countingPublisher) Publish(ctx context.Context, ev handlers.Event) error {
@@ -357,7 +358,11 @@ func (p *countingPublisher) Publish(ctx context.Context, ev handlers.Event) erro
 		p.calls = map[string]int{}
 	}
 	p.calls[ev.Envelope.ID]++
+	before := p.before
 	p.mu.Unlock()
+	if before != nil {
+		before(ev)
+	}
 	return p.Publisher.Publish(ctx, ev)
 }
 

@@ -649,3 +649,29 @@ func TestOverwriteIgnoresDefaultSince(t *testing.T) {
 	}
 	sameResources(t, e)
 }
+
+// When the outcome is published the target is already free: a script or
+// chain reacting to SyncCompleted with the next request for the same target
+// must not meet a conflict.
+func TestTargetFreeWhenOutcomePublished(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	ctx := context.Background()
+	var mu sync.Mutex
+	heldAtPublish := map[string]bool{}
+	e.pub.before = func(ev handlers.Event) {
+		info, held, err := e.store.Lock(ctx, "t1")
+		mu.Lock()
+		heldAtPublish[ev.Envelope.ID] = err != nil || (held && info.RequestID+"/completed" == ev.Envelope.ID)
+		mu.Unlock()
+	}
+	e.start(e.js, e.syncer(syncerOptions{}), 0)
+	e.request("t1", "first", req{})
+	e.outcomes.of(t, "first", waitLong).completedBody(t)
+	e.request("t1", "second", req{})
+	e.outcomes.of(t, "second", waitLong).completedBody(t)
+	mu.Lock()
+	defer mu.Unlock()
+	if heldAtPublish["first/completed"] || heldAtPublish["second/completed"] {
+		t.Fatalf("lock still held when the outcome was published: %v", heldAtPublish)
+	}
+}
