@@ -47,7 +47,7 @@ func TestDevChainsDefaultToReplica(t *testing.T) {
 	}
 
 	var out, errOut syncBuffer
-	if code := run(context.Background(), []string{"request", "--wait", "--id", "dev-full-1", "--correlation-id", "walkthrough"}, &out, &errOut, envFrom(nil)); code != 0 {
+	if code := run(context.Background(), []string{"request", "--wait", "--wait-timeout", "2m", "--id", "dev-full-1", "--correlation-id", "walkthrough"}, &out, &errOut, envFrom(nil)); code != 0 {
 		t.Fatalf("request --wait exited %d\n%s\n%s\ndev: %s", code, out.String(), errOut.String(), devErr.String())
 	}
 
@@ -95,7 +95,7 @@ func TestDevChainsDefaultToReplica(t *testing.T) {
 	// does not fire. Wait until the chain consumer has acknowledged the
 	// SyncCompleted before looking.
 	out = syncBuffer{}
-	if code := run(context.Background(), []string{"request", "--wait", "--since", "auto", "--id", "dev-incr-1"}, &out, &errOut, envFrom(nil)); code != 0 {
+	if code := run(context.Background(), []string{"request", "--wait", "--wait-timeout", "2m", "--since", "auto", "--id", "dev-incr-1"}, &out, &errOut, envFrom(nil)); code != 0 {
 		t.Fatalf("incremental request exited %d: %s %s", code, out.String(), errOut.String())
 	}
 	if !strings.Contains(out.String(), "no changes") {

@@ -71,14 +71,14 @@ func TestDevThenRequestWait(t *testing.T) {
 	}
 
 	var out, errOut syncBuffer
-	if code := run(context.Background(), []string{"request", "--wait"}, &out, &errOut, envFrom(nil)); code != 0 {
+	if code := run(context.Background(), []string{"request", "--wait", "--wait-timeout", "2m"}, &out, &errOut, envFrom(nil)); code != 0 {
 		t.Fatalf("request --wait exited %d\nstdout: %s\nstderr: %s\ndev: %s", code, out.String(), errOut.String(), devErr.String())
 	}
 	if !strings.Contains(out.String(), "SyncCompleted") {
 		t.Fatalf("no SyncCompleted in:\n%s", out.String())
 	}
 	out = syncBuffer{}
-	if code := run(context.Background(), []string{"request", "--wait", "--since", "auto"}, &out, &errOut, envFrom(nil)); code != 0 {
+	if code := run(context.Background(), []string{"request", "--wait", "--wait-timeout", "2m", "--since", "auto"}, &out, &errOut, envFrom(nil)); code != 0 {
 		t.Fatalf("incremental request exited %d: %s %s", code, out.String(), errOut.String())
 	}
 	if !strings.Contains(out.String(), `"since"`) {
@@ -87,7 +87,7 @@ func TestDevThenRequestWait(t *testing.T) {
 
 	// A sync that fails exits 1: an export URL the target does not allow.
 	out = syncBuffer{}
-	code := run(context.Background(), []string{"request", "--wait", "--export-url", "https://elsewhere.example/fhir"}, &out, &errOut, envFrom(nil))
+	code := run(context.Background(), []string{"request", "--wait", "--wait-timeout", "2m", "--export-url", "https://elsewhere.example/fhir"}, &out, &errOut, envFrom(nil))
 	if code != exitSyncFailed || !strings.Contains(out.String(), "export_url_not_allowed") {
 		t.Fatalf("want exit 1 with export_url_not_allowed, got %d:\n%s", code, out.String())
 	}

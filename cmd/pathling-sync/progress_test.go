@@ -148,7 +148,7 @@ func TestSeedCrontabLineWithRequestWait(t *testing.T) {
 		t.Fatal(err)
 	}
 	var out, errOut syncBuffer
-	code := run(context.Background(), []string{"request", "--wait"}, &out, &errOut, envFrom(seedEnv))
+	code := run(context.Background(), []string{"request", "--wait", "--wait-timeout", "2m"}, &out, &errOut, envFrom(seedEnv))
 	if code != 0 {
 		t.Fatalf("request --wait exited %d\nstdout:\n%s\nstderr:\n%s\nservice:\n%s", code, out.String(), errOut.String(), logs.String())
 	}
