@@ -19,29 +19,8 @@ import (
 // target "replica" (a second Pathling emulator): one `request --wait`
 // yields a SyncCompleted for both. An empty incremental sync chains nothing.
 func TestDevChainsDefaultToReplica(t *testing.T) {
-	dir := t.TempDir()
-	t.Setenv(devenv.DataDirEnv, dir)
-	ctx, cancel := context.WithCancel(context.Background())
-	devOut, devErr := &syncBuffer{}, &syncBuffer{}
-	done := make(chan int, 1)
-	go func() {
-		done <- run(ctx, []string{"dev", "--data-dir", dir, "--patients", "5"}, devOut, devErr, envFrom(nil))
-	}()
-	defer func() {
-		cancel()
-		select {
-		case code := <-done:
-			if code != 0 {
-				t.Errorf("dev exited %d: %s", code, devErr.String())
-			}
-		case <-time.After(15 * time.Second):
-			t.Error("dev did not stop within 15 s")
-		}
-	}()
-	testenv.Eventually(t, 30*time.Second, func() bool {
-		a, err := devenv.ReadAddrs(dir)
-		return err == nil && a.NATSURL != ""
-	}, "dev to write its addresses (stderr: %s)", devErr.String())
+	dev := startDev(t)
+	dir, devOut, devErr := dev.dir, dev.out, dev.errOut
 	if !strings.Contains(devOut.String(), `target "replica", chained`) {
 		t.Fatalf("dev banner does not show the replica and its chain:\n%s", devOut.String())
 	}

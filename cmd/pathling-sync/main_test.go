@@ -43,29 +43,8 @@ func envFrom(m map[string]string) func(string) string {
 // The README walk-through: dev on embedded defaults, then request --wait
 // (full, then since auto) from "another terminal".
 func TestDevThenRequestWait(t *testing.T) {
-	dir := t.TempDir()
-	t.Setenv(devenv.DataDirEnv, dir)
-	ctx, cancel := context.WithCancel(context.Background())
-	devOut, devErr := &syncBuffer{}, &syncBuffer{}
-	done := make(chan int, 1)
-	go func() {
-		done <- run(ctx, []string{"dev", "--data-dir", dir, "--patients", "5"}, devOut, devErr, envFrom(nil))
-	}()
-	defer func() {
-		cancel()
-		select {
-		case code := <-done:
-			if code != 0 {
-				t.Errorf("dev exited %d: %s", code, devErr.String())
-			}
-		case <-time.After(15 * time.Second):
-			t.Error("dev did not stop within 15 s")
-		}
-	}()
-	testenv.Eventually(t, 30*time.Second, func() bool {
-		a, err := devenv.ReadAddrs(dir)
-		return err == nil && a.NATSURL != ""
-	}, "dev to write its addresses (stderr: %s)", devErr.String())
+	dev := startDev(t)
+	dir, devOut, devErr := dev.dir, dev.out, dev.errOut
 	if !strings.Contains(devOut.String(), "request --wait") {
 		t.Fatalf("dev banner does not say how to request a sync:\n%s", devOut.String())
 	}
@@ -236,4 +215,40 @@ func TestEnvTableInREADME(t *testing.T) {
 			return
 		}
 	}
+}
+
+// devRun is a `pathling-sync dev` running in the test's process, with its
+// data folder (and so its addresses file) in a temp dir.
+type devRun struct {
+	dir         string
+	out, errOut *syncBuffer
+}
+
+// startDev runs `dev` until the test ends (it must then stop within 15 s)
+// and waits until it has written its addresses.
+func startDev(t *testing.T) *devRun {
+	t.Helper()
+	d := &devRun{dir: t.TempDir(), out: &syncBuffer{}, errOut: &syncBuffer{}}
+	t.Setenv(devenv.DataDirEnv, d.dir)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"dev", "--data-dir", d.dir, "--patients", "5"}, d.out, d.errOut, envFrom(nil))
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case code := <-done:
+			if code != 0 {
+				t.Errorf("dev exited %d: %s", code, d.errOut.String())
+			}
+		case <-time.After(15 * time.Second):
+			t.Error("dev did not stop within 15 s")
+		}
+	})
+	testenv.Eventually(t, 30*time.Second, func() bool {
+		a, err := devenv.ReadAddrs(d.dir)
+		return err == nil && a.NATSURL != ""
+	}, "dev to write its addresses")
+	return d
 }
