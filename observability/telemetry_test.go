@@ -1,7 +1,6 @@
 package observability
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -15,6 +14,8 @@ import (
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/pathling-sync/pathling-sync/internal/testenv"
 )
 
 func TestSetupRejectsBadEnv(t *testing.T) {
@@ -112,7 +113,7 @@ func TestResourceFromEnv(t *testing.T) {
 }
 
 func TestConsoleExporterFlushesOnShutdown(t *testing.T) {
-	var out syncBuffer
+	var out testenv.Buffer
 	tel, err := Setup(context.Background(), Options{Stdout: &out, Getenv: envFrom(map[string]string{"OTEL_TRACES_EXPORTER": "console"})})
 	if err != nil {
 		t.Fatal(err)
@@ -228,22 +229,4 @@ func assertExported(t *testing.T, reqs []*coltracepb.ExportTraceServiceRequest, 
 		}
 	}
 	t.Fatalf("collector did not receive span %q of service %q (%d requests)", span, service, len(reqs))
-}
-
-// syncBuffer is a goroutine-safe bytes.Buffer.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

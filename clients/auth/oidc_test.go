@@ -2,7 +2,6 @@ package auth
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/elliptic"
 	"encoding/json"
@@ -20,6 +19,8 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/pathling-sync/pathling-sync/internal/testenv"
 )
 
 // The tests in this file run against a real OAuth 2.0 server, oidc-provider
@@ -33,24 +34,6 @@ const oidcDir = "testdata/oidc"
 type oidcServer struct {
 	issuer   string
 	tokenURL string
-}
-
-// syncBuffer collects a subprocess' output for failure reports.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func requireOIDCProvider(t *testing.T) string {
@@ -89,7 +72,7 @@ func startOIDC(t *testing.T, config map[string]any) *oidcServer {
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, node, "server.js", "--port", "0", "--config", cfgPath)
 	cmd.Dir = oidcDir
-	stderr := &syncBuffer{}
+	stderr := &testenv.Buffer{}
 	cmd.Stderr = stderr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {

@@ -25,7 +25,7 @@ func TestDevChainsDefaultToReplica(t *testing.T) {
 		t.Fatalf("dev banner does not show the replica and its chain:\n%s", devOut.String())
 	}
 
-	var out, errOut syncBuffer
+	var out, errOut testenv.Buffer
 	if code := run(context.Background(), []string{"request", "--wait", "--wait-timeout", "2m", "--id", "dev-full-1", "--correlation-id", "walkthrough"}, &out, &errOut, envFrom(nil)); code != 0 {
 		t.Fatalf("request --wait exited %d\n%s\n%s\ndev: %s", code, out.String(), errOut.String(), devErr.String())
 	}
@@ -73,7 +73,7 @@ func TestDevChainsDefaultToReplica(t *testing.T) {
 	// An incremental sync without changes is empty: the rule (nonEmpty)
 	// does not fire. Wait until the chain consumer has acknowledged the
 	// SyncCompleted before looking.
-	out = syncBuffer{}
+	out = testenv.Buffer{}
 	if code := run(context.Background(), []string{"request", "--wait", "--wait-timeout", "2m", "--since", "auto", "--id", "dev-incr-1"}, &out, &errOut, envFrom(nil)); code != 0 {
 		t.Fatalf("incremental request exited %d: %s %s", code, out.String(), errOut.String())
 	}

@@ -77,7 +77,7 @@ func TestEventsListAndFollow(t *testing.T) {
 	// Follow: new events appear until interrupted, which exits 0.
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var fout, ferr syncBuffer
+	var fout, ferr testenv.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"events", "--follow", "--target", "main", "--config", e.cfgPath}, &fout, &ferr, envFrom(nil))
@@ -107,7 +107,7 @@ func TestEventsListAndFollow(t *testing.T) {
 	// Follow with --since prints the history first.
 	ctx2, cancel2 := context.WithCancel(context.Background())
 	defer cancel2()
-	var hout syncBuffer
+	var hout testenv.Buffer
 	done2 := make(chan int, 1)
 	go func() {
 		done2 <- run(ctx2, []string{"events", "-f", "--since", "1h", "--config", e.cfgPath}, &hout, &hout, envFrom(nil))
@@ -127,7 +127,7 @@ func TestEventsUsage(t *testing.T) {
 		{"events", "--follow", "--until", "1h"},
 		{"events", "--target", "x y"},
 	} {
-		var out, errOut syncBuffer
+		var out, errOut testenv.Buffer
 		if code := run(context.Background(), args, &out, &errOut, env); code != exitUsage {
 			t.Errorf("%v: exit %d, want 2 (%s)", args, code, errOut.String())
 		}

@@ -43,7 +43,7 @@ func TestLivenessAndReadiness(t *testing.T) {
 	cfg.Admin.Addr = "127.0.0.1:0"
 	cfg.Service.InstanceID = "health-test"
 	cfg.Service.ShutdownGrace = time.Second
-	logs := &syncBuffer{}
+	logs := &testenv.Buffer{}
 	svc, err := NewService(context.Background(), cfg, newLogger(logs, config.LogConfig{Level: "debug"}), WithEnv(envFrom(nil)))
 	if err != nil {
 		t.Fatal(err)

@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,24 +16,6 @@ import (
 	"github.com/pathling-sync/pathling-sync/internal/devenv"
 	"github.com/pathling-sync/pathling-sync/internal/testenv"
 )
-
-// syncBuffer is a goroutine-safe output sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func envFrom(m map[string]string) func(string) string {
 	return func(k string) string { return m[k] }
@@ -49,14 +30,14 @@ func TestDevThenRequestWait(t *testing.T) {
 		t.Fatalf("dev banner does not say how to request a sync:\n%s", devOut.String())
 	}
 
-	var out, errOut syncBuffer
+	var out, errOut testenv.Buffer
 	if code := run(context.Background(), []string{"request", "--wait", "--wait-timeout", "2m"}, &out, &errOut, envFrom(nil)); code != 0 {
 		t.Fatalf("request --wait exited %d\nstdout: %s\nstderr: %s\ndev: %s", code, out.String(), errOut.String(), devErr.String())
 	}
 	if !strings.Contains(out.String(), "SyncCompleted") {
 		t.Fatalf("no SyncCompleted in:\n%s", out.String())
 	}
-	out = syncBuffer{}
+	out = testenv.Buffer{}
 	if code := run(context.Background(), []string{"request", "--wait", "--wait-timeout", "2m", "--since", "auto"}, &out, &errOut, envFrom(nil)); code != 0 {
 		t.Fatalf("incremental request exited %d: %s %s", code, out.String(), errOut.String())
 	}
@@ -65,7 +46,7 @@ func TestDevThenRequestWait(t *testing.T) {
 	}
 
 	// A sync that fails exits 1: an export URL the target does not allow.
-	out = syncBuffer{}
+	out = testenv.Buffer{}
 	code := run(context.Background(), []string{"request", "--wait", "--wait-timeout", "2m", "--export-url", "https://elsewhere.example/fhir"}, &out, &errOut, envFrom(nil))
 	if code != exitSyncFailed || !strings.Contains(out.String(), "export_url_not_allowed") {
 		t.Fatalf("want exit 1 with export_url_not_allowed, got %d:\n%s", code, out.String())
@@ -146,9 +127,9 @@ targets:
 	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	serve := func() (context.CancelFunc, chan int, *syncBuffer) {
+	serve := func() (context.CancelFunc, chan int, *testenv.Buffer) {
 		ctx, cancel := context.WithCancel(context.Background())
-		logs := &syncBuffer{}
+		logs := &testenv.Buffer{}
 		done := make(chan int, 1)
 		go func() { done <- run(ctx, []string{"serve", "--config", cfgPath}, logs, logs, envFrom(nil)) }()
 		return cancel, done, logs
@@ -156,7 +137,7 @@ targets:
 	stop1, done1, logs1 := serve()
 	testenv.Eventually(t, 20*time.Second, func() bool { return strings.Contains(logs1.String(), "pathling-sync serving") }, "first instance up: %s", logs1.String())
 
-	reqOut := &syncBuffer{}
+	reqOut := &testenv.Buffer{}
 	reqDone := make(chan int, 1)
 	go func() {
 		reqDone <- run(context.Background(), []string{"request", "--config", cfgPath, "--target", "main", "--wait", "--id", "shutdown-1"}, reqOut, reqOut, envFrom(nil))
@@ -221,14 +202,14 @@ func TestEnvTableInREADME(t *testing.T) {
 // data folder (and so its addresses file) in a temp dir.
 type devRun struct {
 	dir         string
-	out, errOut *syncBuffer
+	out, errOut *testenv.Buffer
 }
 
 // startDev runs `dev` until the test ends (it must then stop within 15 s)
 // and waits until it has written its addresses.
 func startDev(t *testing.T) *devRun {
 	t.Helper()
-	d := &devRun{dir: t.TempDir(), out: &syncBuffer{}, errOut: &syncBuffer{}}
+	d := &devRun{dir: t.TempDir(), out: &testenv.Buffer{}, errOut: &testenv.Buffer{}}
 	t.Setenv(devenv.DataDirEnv, d.dir)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)

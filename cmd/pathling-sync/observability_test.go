@@ -163,7 +163,7 @@ targets:
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
-	logs := &syncBuffer{}
+	logs := &testenv.Buffer{}
 	done := make(chan int, 1)
 	go func() { done <- run(ctx, []string{"serve", "--config", cfgPath}, logs, logs, envFrom(nil)) }()
 	stopped := false
@@ -184,7 +184,7 @@ targets:
 		return false
 	}, "service up: %s", logs.String())
 
-	reqOut := &syncBuffer{}
+	reqOut := &testenv.Buffer{}
 	if code := run(context.Background(), []string{"request", "--config", cfgPath, "--target", "main", "--wait", "--id", "auth-1"},
 		reqOut, reqOut, envFrom(nil)); code != 0 {
 		t.Fatalf("request exited %d: %s\nservice logs:\n%s", code, reqOut.String(), logs.String())

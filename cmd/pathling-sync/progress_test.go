@@ -133,7 +133,7 @@ func TestSeedCrontabLineWithRequestWait(t *testing.T) {
 		serveEnv[k] = v
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	logs := &syncBuffer{}
+	logs := &testenv.Buffer{}
 	done := make(chan int, 1)
 	go func() { done <- run(ctx, []string{"serve"}, logs, logs, envFrom(serveEnv)) }()
 	defer func() {
@@ -147,7 +147,7 @@ func TestSeedCrontabLineWithRequestWait(t *testing.T) {
 	if err := devenv.WriteAddrs(dir, devenv.Addrs{NATSURL: ns.ClientURL(), RedisURL: redisURL}); err != nil {
 		t.Fatal(err)
 	}
-	var out, errOut syncBuffer
+	var out, errOut testenv.Buffer
 	code := run(context.Background(), []string{"request", "--wait", "--wait-timeout", "2m"}, &out, &errOut, envFrom(seedEnv))
 	if code != 0 {
 		t.Fatalf("request --wait exited %d\nstdout:\n%s\nstderr:\n%s\nservice:\n%s", code, out.String(), errOut.String(), logs.String())

@@ -30,7 +30,7 @@ type opsEnv struct {
 	redisURL string
 	emu      *pathlingemu.Emulator
 	js       jetstream.JetStream
-	logs     *syncBuffer
+	logs     *testenv.Buffer
 }
 
 // Export URLs the tests' targets allow; the emulator's scripts select jobs by them.
@@ -45,7 +45,7 @@ const (
 func newOpsEnv(t *testing.T) *opsEnv {
 	t.Helper()
 	ns := testenv.NATS(t)
-	e := &opsEnv{t: t, natsURL: ns.ClientURL(), redisURL: testenv.Redis(t), logs: &syncBuffer{}}
+	e := &opsEnv{t: t, natsURL: ns.ClientURL(), redisURL: testenv.Redis(t), logs: &testenv.Buffer{}}
 	emu, err := pathlingemu.New(pathlingemu.Config{
 		AllowableExportURLs: []string{okSource, badSource, slowSource}, AllowInsecureURLs: true, AllowInternalURLs: true,
 		Mode: pathlingemu.ModeScripted,
@@ -137,7 +137,7 @@ func (e *opsEnv) cli(args ...string) (code int, stdout, stderr string) {
 }
 
 func (e *opsEnv) cliCtx(ctx context.Context, args ...string) (code int, stdout, stderr string) {
-	var out, errOut syncBuffer
+	var out, errOut testenv.Buffer
 	code = run(ctx, append(args, "--config", e.cfgPath), &out, &errOut, envFrom(nil))
 	return code, out.String(), errOut.String()
 }
@@ -314,14 +314,14 @@ func TestReplayUsage(t *testing.T) {
 		{"replay", "--from-seq", "1", "--reason", "conflict"},
 		{"replay", "--from-seq", "1", "--only-failed", "--reason", "bogus"},
 	} {
-		var out, errOut syncBuffer
+		var out, errOut testenv.Buffer
 		// NATS is unreachable: the usage error must come first.
 		code := run(context.Background(), args, &out, &errOut, envFrom(map[string]string{"NATS_URL": "nats://127.0.0.1:1"}))
 		if code != exitUsage {
 			t.Errorf("%v: exit %d, want 2 (%s)", args, code, errOut.String())
 		}
 	}
-	var out, errOut syncBuffer
+	var out, errOut testenv.Buffer
 	code := run(context.Background(), []string{"replay", "--from-seq", "1"}, &out, &errOut, envFrom(map[string]string{"NATS_URL": "nats://127.0.0.1:1"}))
 	if code != exitInfra {
 		t.Errorf("unreachable NATS: exit %d, want 3", code)

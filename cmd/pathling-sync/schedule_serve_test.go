@@ -59,7 +59,7 @@ chains:
 	}
 	for i := range 2 {
 		ctx, cancel := context.WithCancel(context.Background())
-		logs := &syncBuffer{}
+		logs := &testenv.Buffer{}
 		done := make(chan int, 1)
 		env := envFrom(map[string]string{"PATHLING_SYNC_SERVICE_INSTANCE_ID": fmt.Sprintf("replica-%d", i)})
 		go func() { done <- run(ctx, []string{"serve", "--config", cfgPath}, logs, logs, env) }()

@@ -95,7 +95,7 @@ func TestStatusShowsRunningSyncLockWatermarksQueue(t *testing.T) {
 }
 
 func TestStatusUsageAndInfra(t *testing.T) {
-	var out, errOut syncBuffer
+	var out, errOut testenv.Buffer
 	if code := run(t.Context(), []string{"status", "--target", "a.b"}, &out, &errOut, envFrom(nil)); code != exitUsage {
 		t.Errorf("bad target: exit %d", code)
 	}

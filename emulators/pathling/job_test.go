@@ -4,30 +4,15 @@ import (
 	"encoding/json"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/pathling-sync/pathling-sync/internal/testenv"
 )
 
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{t: time.Date(2026, 3, 4, 5, 6, 7, 891_000_000, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
+// newFakeClock returns a settable test clock.
+func newFakeClock() *testenv.Clock {
+	return testenv.NewClock(time.Date(2026, 3, 4, 5, 6, 7, 891_000_000, time.UTC))
 }
 
 func intp(n int) *int { return &n }
@@ -194,7 +179,7 @@ func TestJobLifecycleScripted(t *testing.T) {
 	wantRunning("40%") // import phase
 	wantRunning("40%") // 100% is never shown: the last value repeats
 
-	clock.Add(1500 * time.Millisecond)
+	clock.Advance(1500 * time.Millisecond)
 	r := poll(t, loc, nil)
 	if r.status != http.StatusOK {
 		t.Fatalf("want 200, got %s", r)
@@ -215,7 +200,7 @@ func TestJobLifecycleScripted(t *testing.T) {
 		t.Fatalf("result\n got: %s\nwant: %s", r.body, want)
 	}
 	// Unchanged on every fetch, even later.
-	clock.Add(time.Hour)
+	clock.Advance(time.Hour)
 	if again := poll(t, loc, nil); string(again.body) != want {
 		t.Fatalf("result changed: %s", again.body)
 	}
@@ -326,9 +311,7 @@ func TestDurationScript(t *testing.T) {
 	}{
 		{0, 202, ""}, {4 * time.Second, 202, ""}, {6 * time.Second, 202, "20%"}, {9 * time.Second, 202, "80%"}, {12 * time.Second, 200, ""},
 	} {
-		clock.mu.Lock()
-		clock.t = start.Add(step.at)
-		clock.mu.Unlock()
+		clock.Advance(start.Add(step.at).Sub(clock.Now()))
 		r := poll(t, loc, nil)
 		if r.status != step.status || r.header.Get("X-Progress") != step.progress {
 			t.Fatalf("at %s: got %d X-Progress=%q, want %d %q", step.at, r.status, r.header.Get("X-Progress"), step.status, step.progress)
