@@ -9,11 +9,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/pathling-sync/pathling-sync/handlers"
+	"github.com/pathling-sync/pathling-sync/messages"
 )
 
 // Read-only views for the status command. None of them writes, so they are
@@ -167,4 +169,56 @@ func (s *Store) Queue(ctx context.Context, target string) ([]QueuedRequest, erro
 		out = append(out, q)
 	}
 	return out, nil
+}
+
+// Targets lists the targets that have keys in Redis (a watermark outlives
+// the stream's history), scanning every master of a cluster. It needs a
+// client that can SCAN (redis.UniversalClient can).
+// Errors: a wrapped Redis error, or ErrInvalidArgument for a client without SCAN.
+func (s *Store) Targets(ctx context.Context) ([]string, error) {
+	pattern := globEscape(s.prefix) + "{*}:*"
+	var mu sync.Mutex // cluster masters are scanned concurrently
+	set := map[string]bool{}
+	scan := func(ctx context.Context, c redis.Cmdable) error {
+		iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
+		for iter.Next(ctx) {
+			rest, _ := strings.CutPrefix(iter.Val(), s.prefix+"{")
+			if t, _, ok := strings.Cut(rest, "}:"); ok && messages.ValidTarget(t) {
+				mu.Lock()
+				set[t] = true
+				mu.Unlock()
+			}
+		}
+		return iter.Err()
+	}
+	var err error
+	switch c := s.client.(type) {
+	case *redis.ClusterClient:
+		err = c.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error { return scan(ctx, m) })
+	case redis.Cmdable:
+		err = scan(ctx, c)
+	default:
+		return nil, fmt.Errorf("redisstore: targets: %w: client cannot SCAN", ErrInvalidArgument)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: targets: %w", err)
+	}
+	out := make([]string, 0, len(set))
+	for t := range set {
+		out = append(out, t)
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// globEscape escapes Redis glob metacharacters.
+func globEscape(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if strings.ContainsRune(`*?[]\`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }

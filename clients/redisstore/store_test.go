@@ -677,3 +677,20 @@ func TestKeysCarryPrefixAndHashTag(t *testing.T) {
 		}
 	}
 }
+
+func TestTargetsFromKeys(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	for _, target := range []string{"b-2", "a_1"} {
+		if _, err := s.Acquire(ctx, handlers.AcquireRequest{Target: target, RequestID: "r", TTL: time.Minute}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := s.Targets(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0] != "a_1" || got[1] != "b-2" {
+		t.Fatalf("targets %v, want [a_1 b-2]", got)
+	}
+}

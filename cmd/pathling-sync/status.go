@@ -8,12 +8,10 @@ import (
 	"io"
 	"slices"
 	"strings"
-	"sync"
 	"text/tabwriter"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
 	"github.com/pathling-sync/pathling-sync/clients/redisstore"
@@ -139,7 +137,7 @@ func runStatus(ctx context.Context, g *globals, o *statusOptions) error {
 	now := time.Now()
 	names := []string{o.target}
 	if o.target == "" {
-		names, err = knownTargets(ctx, cfg.TargetNames(), stream, subjects, rdb, cfg.Redis.KeyPrefix)
+		names, err = knownTargets(ctx, cfg.TargetNames(), stream, subjects, store)
 		if err != nil {
 			return err
 		}
@@ -165,7 +163,7 @@ func runStatus(ctx context.Context, g *globals, o *statusOptions) error {
 
 // knownTargets are the configured targets plus those the stream has events
 // of and those Redis has keys of, sorted.
-func knownTargets(ctx context.Context, configured []string, stream jetstream.Stream, subjects messages.Subjects, rdb redis.UniversalClient, keyPrefix string) ([]string, error) {
+func knownTargets(ctx context.Context, configured []string, stream jetstream.Stream, subjects messages.Subjects, store *redisstore.Store) ([]string, error) {
 	set := map[string]bool{}
 	for _, n := range configured {
 		set[n] = true
@@ -179,9 +177,9 @@ func knownTargets(ctx context.Context, configured []string, stream jetstream.Str
 			set[t] = true
 		}
 	}
-	ts, err := redisTargets(ctx, rdb, keyPrefix)
+	ts, err := store.Targets(ctx)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %v", errInfra, err)
 	}
 	for _, t := range ts {
 		set[t] = true
@@ -192,53 +190,6 @@ func knownTargets(ctx context.Context, configured []string, stream jetstream.Str
 	}
 	slices.Sort(out)
 	return out, nil
-}
-
-// redisTargets finds the targets that have keys in Redis (a watermark
-// outlives the stream's history). It relies on the store's key layout,
-// "<prefix>{<target>}:<what>", and scans every master of a cluster.
-func redisTargets(ctx context.Context, rdb redis.UniversalClient, keyPrefix string) ([]string, error) {
-	pattern := globEscape(keyPrefix) + "{*}:*"
-	var mu sync.Mutex // cluster masters are scanned concurrently
-	set := map[string]bool{}
-	scan := func(ctx context.Context, c redis.Cmdable) error {
-		iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
-		for iter.Next(ctx) {
-			rest, _ := strings.CutPrefix(iter.Val(), keyPrefix+"{")
-			if t, _, ok := strings.Cut(rest, "}:"); ok && messages.ValidTarget(t) {
-				mu.Lock()
-				set[t] = true
-				mu.Unlock()
-			}
-		}
-		return iter.Err()
-	}
-	var err error
-	if cc, ok := rdb.(*redis.ClusterClient); ok {
-		err = cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return scan(ctx, c) })
-	} else {
-		err = scan(ctx, rdb)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%w: Redis scan: %v", errInfra, err)
-	}
-	out := make([]string, 0, len(set))
-	for t := range set {
-		out = append(out, t)
-	}
-	return out, nil
-}
-
-// globEscape escapes Redis glob metacharacters.
-func globEscape(s string) string {
-	var b strings.Builder
-	for _, r := range s {
-		if strings.ContainsRune(`*?[]\`, r) {
-			b.WriteByte('\\')
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
 }
 
 func targetState(ctx context.Context, name string, now time.Time, store *redisstore.Store, stream jetstream.Stream, subjects messages.Subjects) (targetStatus, error) {
