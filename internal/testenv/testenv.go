@@ -1,5 +1,6 @@
-// Package testenv starts the real servers tests talk to: an in-process NATS
-// JetStream server and a redis-server on a free port. Tests never share them.
+// Package testenv starts the real servers tests talk to: a NATS JetStream server (in-process, or
+// the binary PATHLING_SYNC_NATS_SERVER names) and a redis-server on a free port. Tests never
+// share them.
 package testenv
 
 import (
@@ -14,17 +15,36 @@ import (
 	"time"
 
 	natsserver "github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 )
 
-// NATS starts an in-process JetStream server on a random loopback port with
-// its store in a temp dir, and shuts it down when the test ends.
-func NATS(t testing.TB) *natsserver.Server {
-	t.Helper()
-	return NATSAt(t, t.TempDir(), -1)
+// NATSServerEnv names the environment variable that selects an external nats-server binary
+// (for instance Debian's /usr/sbin/nats-server 2.9) for every test instead of the embedded
+// server, so that the NATS-facing tests run against that version too (scripts/ci-nats29.sh).
+const NATSServerEnv = "PATHLING_SYNC_NATS_SERVER"
+
+// NATSServer is a JetStream server a test talks to.
+type NATSServer struct {
+	url string
 }
 
-// NATSAt starts a JetStream server storing under dir on port (-1: random).
+// ClientURL is the server's nats:// URL.
+func (s *NATSServer) ClientURL() string { return s.url }
+
+// NATS starts a JetStream server on a free loopback port with its store in a temp dir, and shuts
+// it down when the test ends: the binary named by PATHLING_SYNC_NATS_SERVER when that is set,
+// otherwise an in-process server (the nats-server/v2 module's version).
+func NATS(t testing.TB) *NATSServer {
+	t.Helper()
+	if bin := os.Getenv(NATSServerEnv); bin != "" {
+		return externalNATS(t, bin)
+	}
+	return &NATSServer{url: NATSAt(t, t.TempDir(), -1).ClientURL()}
+}
+
+// NATSAt starts an in-process JetStream server storing under dir on port (-1: random).
 // Restarting a server on the same dir and port keeps the streams.
 func NATSAt(t testing.TB, dir string, port int) *natsserver.Server {
 	t.Helper()
@@ -49,6 +69,88 @@ func NATSAt(t testing.TB, dir string, port int) *natsserver.Server {
 		s.WaitForShutdown()
 	})
 	return s
+}
+
+// externalNATS starts the nats-server binary bin with JetStream on a free loopback port and waits
+// until its JetStream answers. A port taken between choosing and binding makes the server exit:
+// it is tried again on another port.
+func externalNATS(t testing.TB, bin string) *NATSServer {
+	t.Helper()
+	var lastErr error
+	for range 3 {
+		s, err := startExternalNATS(t, bin)
+		if err == nil {
+			return s
+		}
+		lastErr = err
+	}
+	t.Fatalf("testenv: %s: %v", bin, lastErr)
+	return nil
+}
+
+func startExternalNATS(t testing.TB, bin string) (*NATSServer, error) {
+	port := freePort(t)
+	dir := t.TempDir()
+	logFile := filepath.Join(dir, "nats-server.log")
+	cmd := exec.Command(bin, "-js", "-a", "127.0.0.1", "-p", strconv.Itoa(port),
+		"-sd", filepath.Join(dir, "jetstream"), "-l", logFile)
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	stop := func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	}
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		err := jetStreamReady(url)
+		if err == nil {
+			break
+		}
+		select {
+		case werr := <-exited:
+			exited <- werr // stop (never called now) must not block; keep the result
+			log, _ := os.ReadFile(logFile)
+			return nil, fmt.Errorf("exited (%v) before it was ready: %s", werr, tail(log, 600))
+		default:
+		}
+		if time.Now().After(deadline) {
+			stop()
+			log, _ := os.ReadFile(logFile)
+			return nil, fmt.Errorf("not ready on port %d within 15s (%v): %s", port, err, tail(log, 600))
+		}
+		time.Sleep(20 * time.Millisecond) // readiness probe backoff, not a wait-for-result sleep
+	}
+	t.Cleanup(stop)
+	return &NATSServer{url: url}, nil
+}
+
+// jetStreamReady reports whether the server at url accepts connections and answers a JetStream
+// account request.
+func jetStreamReady(url string) error {
+	nc, err := nats.Connect(url, nats.Timeout(time.Second), nats.NoReconnect())
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_, err = js.AccountInfo(ctx)
+	return err
+}
+
+func tail(b []byte, n int) string {
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return string(b)
 }
 
 // Redis starts a redis-server on a free loopback port (no persistence,

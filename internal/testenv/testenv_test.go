@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -15,8 +16,12 @@ func TestServersStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	if !s.JetStreamEnabled() {
-		t.Fatal("jetstream off")
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.AccountInfo(context.Background()); err != nil {
+		t.Fatalf("jetstream: %v", err)
 	}
 	opt, err := redis.ParseURL(Redis(t))
 	if err != nil {
