@@ -23,7 +23,7 @@ const (
 	// settleTimeout bounds a DoubleAck round trip.
 	settleTimeout = 5 * time.Second
 	// termReasonHandler and termReasonPanic are the reasons JetStream's MSG_TERMINATED advisory
-	// carries.
+	// carries (nats-server 2.10 and later; see ServerFeatures.TermReason).
 	termReasonHandler = "rejected by handler"
 	termReasonPanic   = "handler panicked"
 	// Backoff between failed fetches (connection lost, consumer deleted, JetStream down).
@@ -171,7 +171,8 @@ func (c *Consumer) InFlight() int { return int(c.inFlight.Load()) }
 // handlers (whose context is ctx, so they see the cancellation), and returns nil. Messages whose
 // handlers have not settled them are redelivered by the server after AckWait.
 //
-// Errors: the binding error when the consumer cannot be created or updated at start
+// Errors: ErrServerTooOld for a nats-server below MinServerVersion; the binding error when the
+// consumer cannot be created or updated at start
 // (jetstream.ErrStreamNotFound when the stream is missing; ErrInvalidConfig when an existing
 // consumer of that name is not a pull consumer with explicit acks). Later failures (lost
 // connection, deleted consumer) are logged and retried with backoff while Bound reports false.
@@ -182,6 +183,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 	}
 	defer c.running.Store(false)
 
+	if _, err := Features(c.js.Conn()); errors.Is(err, ErrServerTooOld) {
+		return err
+	}
 	cons, err := c.bind(ctx)
 	if err != nil {
 		return err
@@ -391,7 +395,7 @@ func (c *Consumer) settle(ctx context.Context, msg jetstream.Msg, d handlers.Del
 		err = msg.DoubleAck(ackCtx)
 		cancel()
 	case handlers.Term:
-		err = msg.TermWithReason(termReason)
+		err = c.term(msg, termReason)
 	case handlers.Nak:
 		err = msg.NakWithDelay(disp.Delay)
 	case handlers.Leave:
@@ -405,6 +409,16 @@ func (c *Consumer) settle(ctx context.Context, msg jetstream.Msg, d handlers.Del
 		c.log.Warn("settling message failed; the server will redeliver it", "action", disp.Action.String(),
 			"subject", d.Subject, "stream_seq", d.StreamSeq, "error", err)
 	}
+}
+
+// term terminates msg, with reason where the server understands it. A server before 2.10 ignores
+// "+TERM <reason>" altogether (the message would come back after every ack wait), and when the
+// version is unknown (disconnected) the plain form is the one every server takes.
+func (c *Consumer) term(msg jetstream.Msg, reason string) error {
+	if f, err := Features(c.js.Conn()); err == nil && f.TermReason {
+		return msg.TermWithReason(reason)
+	}
+	return msg.Term()
 }
 
 // heartbeat sends InProgress for one message every interval until stopped or until the
