@@ -291,13 +291,21 @@ type outcomeLog struct {
 func followOutcomes(t *testing.T, js jetstream.JetStream, subj messages.Subjects) *outcomeLog {
 	t.Helper()
 	l := &outcomeLog{}
+	features, err := natsbus.Features(js.Conn())
+	if err != nil {
+		t.Fatal(err)
+	}
+	flt := features.Filter(subj.Prefix+".completed.>", subj.Prefix+".failed.>")
 	cons, err := js.OrderedConsumer(context.Background(), "PATHLING_SYNC", jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{subj.Prefix + ".completed.>", subj.Prefix + ".failed.>"},
+		FilterSubjects: flt.Subjects,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	cc, err := cons.Consume(func(m jetstream.Msg) {
+		if !flt.Matches(m.Subject()) {
+			return
+		}
 		md, _ := m.Metadata()
 		var seq uint64
 		if md != nil {

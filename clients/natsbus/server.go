@@ -51,7 +51,7 @@ func FeaturesOf(version string) (ServerFeatures, error) {
 	}
 	atLeast := func(ma, mi int) bool { return major > ma || (major == ma && minor >= mi) }
 	if !atLeast(2, 9) {
-		return ServerFeatures{}, fmt.Errorf("%w: nats-server %s; pathling-sync needs nats-server %s or later (with JetStream)",
+		return ServerFeatures{}, fmt.Errorf("%w: this one is %s, pathling-sync needs nats-server %s or later",
 			ErrServerTooOld, version, MinServerVersion)
 	}
 	return ServerFeatures{Version: version, MultiFilter: atLeast(2, 10), TermReason: atLeast(2, 10)}, nil

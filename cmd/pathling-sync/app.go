@@ -351,6 +351,15 @@ func connectNATS(c config.NATSConfig, name string, log *slog.Logger) (*nats.Conn
 	if err != nil {
 		return nil, fmt.Errorf("%w: NATS %s: %v", errInfra, c.URL, err)
 	}
+	// A server older than the minimum is refused here, for every command, with
+	// a message naming the minimum (exit 2: a deployment to fix, not an outage).
+	if _, err := natsbus.Features(nc); err != nil {
+		nc.Close()
+		if errors.Is(err, natsbus.ErrServerTooOld) {
+			return nil, usageError{fmt.Errorf("NATS %s: %w", c.URL, err)}
+		}
+		return nil, fmt.Errorf("%w: NATS %s: %v", errInfra, c.URL, err)
+	}
 	return nc, nil
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
+	"github.com/pathling-sync/pathling-sync/clients/natsbus"
 	"github.com/pathling-sync/pathling-sync/messages"
 )
 
@@ -139,6 +140,17 @@ func eventFilters(target string, types []string, s messages.Subjects) ([]string,
 	return filters, nil
 }
 
+// serverFilter is the consumer filter selecting filters on the connected
+// server: exact there from nats-server 2.10, wider before and narrowed here
+// (natsbus.Filter).
+func serverFilter(js jetstream.JetStream, filters []string) (natsbus.Filter, error) {
+	f, err := natsbus.Features(js.Conn())
+	if err != nil {
+		return natsbus.Filter{}, err
+	}
+	return f.Filter(filters...), nil
+}
+
 // streamEvent is one message as read from the stream.
 type streamEvent struct {
 	Stream  string
@@ -200,8 +212,11 @@ func scanStream(ctx context.Context, js jetstream.JetStream, stream string, filt
 	if end == 0 || r.FromSeq > end {
 		return nil
 	}
+	flt, err := serverFilter(js, filters)
+	if err != nil {
+		return fmt.Errorf("%w: read stream %s: %v", errInfra, stream, err)
+	}
 	cc := jetstream.ConsumerConfig{
-		FilterSubjects:    filters,
 		DeliverPolicy:     jetstream.DeliverAllPolicy,
 		AckPolicy:         jetstream.AckNonePolicy,
 		InactiveThreshold: time.Minute, // gone soon even if this process dies mid-scan
@@ -215,6 +230,7 @@ func scanStream(ctx context.Context, js jetstream.JetStream, stream string, filt
 		since := r.Since
 		cc.DeliverPolicy, cc.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
 	}
+	flt.Apply(&cc)
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	cons, err := s.CreateConsumer(cctx, cc)
 	cancel()
@@ -245,8 +261,10 @@ func scanStream(ctx context.Context, js jetstream.JetStream, stream string, filt
 			if ev.Seq > end || (!r.Until.IsZero() && ev.Stored.After(r.Until)) {
 				return nil
 			}
-			if err := fn(ev); err != nil {
-				return err
+			if flt.Matches(ev.Subject) {
+				if err := fn(ev); err != nil {
+					return err
+				}
 			}
 			if ev.Seq == end {
 				return nil
@@ -271,7 +289,11 @@ func followStream(ctx context.Context, js jetstream.JetStream, stream string, fi
 	if err != nil {
 		return err
 	}
-	oc := jetstream.OrderedConsumerConfig{FilterSubjects: filters, DeliverPolicy: jetstream.DeliverNewPolicy}
+	flt, err := serverFilter(js, filters)
+	if err != nil {
+		return fmt.Errorf("%w: follow stream %s: %v", errInfra, stream, err)
+	}
+	oc := jetstream.OrderedConsumerConfig{FilterSubjects: flt.Subjects, DeliverPolicy: jetstream.DeliverNewPolicy}
 	if !since.IsZero() {
 		oc.DeliverPolicy, oc.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
 	}
@@ -281,6 +303,9 @@ func followStream(ctx context.Context, js jetstream.JetStream, stream string, fi
 	}
 	events := make(chan streamEvent, 64)
 	cc, err := cons.Consume(func(m jetstream.Msg) {
+		if !flt.Matches(m.Subject()) {
+			return
+		}
 		ev, err := eventOf(m)
 		if err != nil {
 			return

@@ -211,14 +211,21 @@ func runRequest(ctx context.Context, g *globals, o *requestOptions) error {
 	results := make(chan jetstream.Msg, 4)
 	if o.wait {
 		// Listen before publishing, so that even a fast outcome is seen.
+		flt, err := serverFilter(js, []string{subjects.Completed(o.target), subjects.Failed(o.target)})
+		if err != nil {
+			return fmt.Errorf("%w: follow outcomes on stream %s: %v", errInfra, cfg.NATS.Stream.Name, err)
+		}
 		cons, err := js.OrderedConsumer(ctx, cfg.NATS.Stream.Name, jetstream.OrderedConsumerConfig{
-			FilterSubjects: []string{subjects.Completed(o.target), subjects.Failed(o.target)},
+			FilterSubjects: flt.Subjects,
 			DeliverPolicy:  jetstream.DeliverNewPolicy,
 		})
 		if err != nil {
 			return fmt.Errorf("%w: follow outcomes on stream %s: %v", errInfra, cfg.NATS.Stream.Name, err)
 		}
 		outcomes, err = cons.Consume(func(m jetstream.Msg) {
+			if !flt.Matches(m.Subject()) {
+				return
+			}
 			if m.Headers().Get(messages.HeaderID) == messages.CompletedID(id) || m.Headers().Get(messages.HeaderID) == messages.FailedID(id) {
 				select {
 				case results <- m:
