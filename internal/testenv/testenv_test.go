@@ -2,6 +2,9 @@ package testenv
 
 import (
 	"context"
+	"os"
+	"os/exec"
+	"strings"
 	"testing"
 
 	"github.com/nats-io/nats.go"
@@ -22,6 +25,16 @@ func TestServersStart(t *testing.T) {
 	}
 	if _, err := js.AccountInfo(context.Background()); err != nil {
 		t.Fatalf("jetstream: %v", err)
+	}
+	// With an external binary, the tests really talk to it.
+	if bin := os.Getenv(NATSServerEnv); bin != "" {
+		out, err := exec.Command(bin, "--version").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v := nc.ConnectedServerVersion(); !strings.Contains(string(out), "v"+v) {
+			t.Fatalf("connected to nats-server %s, but %s is %s", v, bin, out)
+		}
 	}
 	opt, err := redis.ParseURL(Redis(t))
 	if err != nil {
