@@ -140,9 +140,9 @@ func eventFilters(target string, types []string, s messages.Subjects) ([]string,
 	return filters, nil
 }
 
-// serverFilter is the consumer filter selecting filters on the connected
-// server: exact there from nats-server 2.10, wider before and narrowed here
-// (natsbus.Filter).
+// serverFilter is how a consumer on the connected server selects filters:
+// exactly from nats-server 2.10; before, with one wider filter, so the
+// consumer's user must drop what Matches refuses (natsbus.Filter).
 func serverFilter(js jetstream.JetStream, filters []string) (natsbus.Filter, error) {
 	f, err := natsbus.Features(js.Conn())
 	if err != nil {
