@@ -50,6 +50,8 @@ type Error struct {
 	// Description is the server's error_description, shortened and with any
 	// secret of ours removed.
 	Description string
+	// URI is the server's error_uri, a page about the error, if it sent one.
+	URI string
 	// Retryable tells whether trying again later may succeed.
 	Retryable bool
 	// Err is the underlying cause (a network error, a decoding error), if any.
@@ -67,6 +69,39 @@ func (e *Error) Error() string {
 	}
 	if e.Description != "" {
 		msg += ": " + e.Description
+	}
+	if e.URI != "" {
+		msg += " (" + e.URI + ")"
+	}
+	if e.Err != nil {
+		msg += ": " + e.Err.Error()
+	}
+	return msg
+}
+
+// Reason says for an operator why no token could be had, without the
+// "auth:" prefix: the server's refusal as RFC 6749 §5.2 words it
+// ("token server refused: invalid_scope: <description> (<error_uri>)"), else
+// the HTTP status or the cause. Never a secret, assertion or token.
+func (e *Error) Reason() string {
+	what := "token server"
+	if e.Op == "discovery" {
+		what = "SMART configuration discovery"
+	}
+	var msg string
+	switch {
+	case e.Code != "":
+		msg = what + " refused: " + e.Code
+		if e.Description != "" {
+			msg += ": " + e.Description
+		}
+		if e.URI != "" {
+			msg += " (" + e.URI + ")"
+		}
+	case e.Status != 0:
+		msg = fmt.Sprintf("%s answered HTTP %d", what, e.Status)
+	default:
+		msg = what + " failed"
 	}
 	if e.Err != nil {
 		msg += ": " + e.Err.Error()

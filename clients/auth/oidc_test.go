@@ -175,6 +175,7 @@ func TestOIDCProvider(t *testing.T) {
 	}
 	srv := startOIDC(t, map[string]any{
 		"scope":          scope,
+		"knownScopes":    []string{"user/*.write", "system/*.write"},
 		"accessTokenTTL": ttlSeconds,
 		"clients": []any{
 			machine(map[string]any{
@@ -184,6 +185,7 @@ func TestOIDCProvider(t *testing.T) {
 			machine(map[string]any{
 				"client_id": rsClient, "token_endpoint_auth_method": "private_key_jwt",
 				"token_endpoint_auth_signing_alg": "RS384",
+				"scope":                           scope, // what it may ask for: more is invalid_scope
 				"jwks":                            map[string]any{"keys": []any{rsPub}},
 			}),
 			machine(map[string]any{
@@ -285,6 +287,50 @@ func TestOIDCProvider(t *testing.T) {
 		}
 		_, err = ts.Token(ctx)
 		assertRejected(t, err)
+	})
+
+	// The server's refusal reaches the operator: code and description, in
+	// Reason (what the SyncFailed message and the log show), never the
+	// assertion.
+	assertReason := func(t *testing.T, err error, code string) {
+		t.Helper()
+		var ae *Error
+		if !errors.As(err, &ae) {
+			t.Fatalf("want *auth.Error, got %T %v", err, err)
+		}
+		if ae.Code != code || ae.Description == "" || ae.Retryable {
+			t.Errorf("code %q description %q retryable %v, want %s with a description, not retryable", ae.Code, ae.Description, ae.Retryable, code)
+		}
+		want := "token server refused: " + code + ": " + ae.Description
+		if got := ae.Reason(); !strings.HasPrefix(got, want) {
+			t.Errorf("Reason() = %q, want it to start with %q", got, want)
+		}
+		if strings.Contains(ae.Reason(), "eyJ") || strings.Contains(err.Error(), "eyJ") {
+			t.Errorf("error leaks the assertion: %q", ae.Reason())
+		}
+	}
+
+	t.Run("scope the server does not grant is refused with invalid_scope", func(t *testing.T) {
+		ts, err := NewSMARTBackend(SMARTBackendConfig{
+			ClientID: rsClient, TokenURL: srv.tokenURL, PrivateJWK: rsPriv, Scope: "user/*.write",
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = ts.Token(ctx)
+		assertReason(t, err, "invalid_scope")
+	})
+
+	t.Run("assertion with an unknown kid is refused with the reason", func(t *testing.T) {
+		ts, err := NewSMARTBackend(SMARTBackendConfig{
+			ClientID: rsClient, TokenURL: srv.tokenURL, PrivateJWK: rsPriv, KeyID: "rotated-away",
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = ts.Token(ctx)
+		assertReason(t, err, "invalid_client")
+		t.Logf("unknown kid: %s", err)
 	})
 
 	t.Run("reused jti is rejected", func(t *testing.T) {
