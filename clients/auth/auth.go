@@ -119,6 +119,8 @@ type options struct {
 	httpClient     *http.Client
 	now            func() time.Time
 	requestTimeout time.Duration
+	// expiryTolerance, when set, replaces the default renewal margin.
+	expiryTolerance time.Duration
 	// newJTI makes the jti of each client assertion; tests replace it to
 	// replay an identifier.
 	newJTI func() string
@@ -178,6 +180,20 @@ func WithRequestTimeout(d time.Duration) Option {
 			return fmt.Errorf("%w: request timeout must be positive, got %s", ErrInvalidOption, d)
 		}
 		o.requestTimeout = d
+		return nil
+	}
+}
+
+// WithExpiryTolerance renews a cached token once fewer than d remain before
+// its expiry, instead of the default margin (max(10 s, 10 % of the lifetime)),
+// and refuses a token that lives less than d, as Pathling's
+// tokenExpiryTolerance does.
+func WithExpiryTolerance(d time.Duration) Option {
+	return func(o *options) error {
+		if d <= 0 {
+			return fmt.Errorf("%w: expiry tolerance must be positive, got %s", ErrInvalidOption, d)
+		}
+		o.expiryTolerance = d
 		return nil
 	}
 }

@@ -435,6 +435,41 @@ func TestOIDCProvider(t *testing.T) {
 		}
 	})
 
+	t.Run("expiry tolerance sets the renewal margin", func(t *testing.T) {
+		clock := newFakeClock()
+		hc, counter := newCountingClient()
+		ts, err := NewClientCredentials(ClientCredentialsConfig{
+			ClientID: secretClient, ClientSecret: secret, TokenURL: srv.tokenURL,
+		}, WithHTTPClient(hc), WithClock(clock.Now), WithExpiryTolerance(30*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		first, err := ts.Token(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		clock.Advance(29 * time.Second) // 31 s left
+		if same, _ := ts.Token(ctx); same != first || counter.total.Load() != 1 {
+			t.Fatalf("renewed with 31 s left (requests = %d), want reuse until fewer than 30 s remain", counter.total.Load())
+		}
+		clock.Advance(2 * time.Second) // 29 s left
+		if renewed, _ := ts.Token(ctx); renewed == first || counter.total.Load() != 2 {
+			t.Errorf("not renewed with 29 s left (requests = %d)", counter.total.Load())
+		}
+
+		// A token living less than the tolerance is refused, as Pathling's
+		// client refuses it.
+		short, err := NewClientCredentials(ClientCredentialsConfig{
+			ClientID: secretClient, ClientSecret: secret, TokenURL: srv.tokenURL,
+		}, WithExpiryTolerance(120*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := short.Token(ctx); err == nil || !strings.Contains(err.Error(), "shorter than the expiry tolerance") {
+			t.Errorf("60 s token with a 120 s tolerance: err = %v", err)
+		}
+	})
+
 	t.Run("invalidate forces a new fetch", func(t *testing.T) {
 		hc, counter := newCountingClient()
 		ts, err := NewSMARTBackend(SMARTBackendConfig{
