@@ -203,7 +203,7 @@ type AuthConfig struct {
 	ClientID         string `yaml:"clientId" help:"OAuth2 client id"`
 	ClientSecret     Secret `yaml:"clientSecret" help:"OAuth2 client secret (type client_credentials)"`
 	ClientSecretFile string `yaml:"clientSecretFile" help:"file holding the client secret"`
-	Scope            string `yaml:"scope" help:"OAuth2 scope, e.g. user/*.write"`
+	Scope            string `yaml:"scope" help:"OAuth2 scope(s) to request, e.g. system/*.write (SMART v1; v2 system/*.cud); Pathling checks the authorities pathling:import-pnp and pathling:write in the token, not its scope (docs/pathling-prerequisites.md)"`
 	PrivateKey       Secret `yaml:"privateKey" help:"private JWK (JSON, RSA or EC P-384) signing SMART assertions"`
 	PrivateKeyFile   string `yaml:"privateKeyFile" help:"file holding the private JWK"`
 	Alg              string `yaml:"alg" help:"assertion signing algorithm: RS384 or ES384 (default from the key)"`

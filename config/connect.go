@@ -72,6 +72,9 @@ func (n NATSConfig) Options() ([]nats.Option, error) {
 // a single node from the URL, Redis Cluster when Addrs is set, a
 // Sentinel-managed master when Sentinel.MasterName is. The URL always gives
 // the user, password (unless Password is set), database and TLS (rediss://).
+// Every command honours its context's deadline (ContextTimeoutEnabled), so a
+// stalled Redis cannot hold a caller past its own budget (/readyz's 2 s, a
+// lock renewal's slice of the TTL).
 func (r RedisConfig) UniversalOptions() (*redis.UniversalOptions, error) {
 	o, err := redis.ParseURL(r.URL.Reveal())
 	if err != nil {
@@ -99,6 +102,9 @@ func (r RedisConfig) UniversalOptions() (*redis.UniversalOptions, error) {
 		ConnMaxIdleTime: o.ConnMaxIdleTime,
 		ConnMaxLifetime: o.ConnMaxLifetime,
 		TLSConfig:       o.TLSConfig,
+		// Without it go-redis ignores context deadlines and waits for its
+		// own read timeout (3 s by default, per retry).
+		ContextTimeoutEnabled: true,
 	}
 	if r.Password != "" {
 		uo.Password = r.Password.Reveal()

@@ -59,6 +59,14 @@ func TestRedisUniversalOptions(t *testing.T) {
 		t.Errorf("sentinel: %+v", o)
 	}
 
+	// Every topology honours context deadlines (a stalled Redis must not
+	// outlast /readyz's budget or a lock renewal's).
+	for name, rc := range map[string]config.RedisConfig{"single": r, "cluster": c, "sentinel": s} {
+		if o, err := rc.UniversalOptions(); err != nil || !o.ContextTimeoutEnabled {
+			t.Errorf("%s: ContextTimeoutEnabled = false (err %v)", name, err)
+		}
+	}
+
 	tl := base
 	tl.URL = "rediss://cache.example:6380/0"
 	tl.TLS.CAFile = writeCA(t)

@@ -50,6 +50,8 @@ type Error struct {
 	// Description is the server's error_description, shortened and with any
 	// secret of ours removed.
 	Description string
+	// URI is the server's error_uri, a page about the error, if it sent one.
+	URI string
 	// Retryable tells whether trying again later may succeed.
 	Retryable bool
 	// Err is the underlying cause (a network error, a decoding error), if any.
@@ -68,6 +70,39 @@ func (e *Error) Error() string {
 	if e.Description != "" {
 		msg += ": " + e.Description
 	}
+	if e.URI != "" {
+		msg += " (" + e.URI + ")"
+	}
+	if e.Err != nil {
+		msg += ": " + e.Err.Error()
+	}
+	return msg
+}
+
+// Reason says for an operator why no token could be had, without the
+// "auth:" prefix: the server's refusal as RFC 6749 §5.2 words it
+// ("token server refused: invalid_scope: <description> (<error_uri>)"), else
+// the HTTP status or the cause. Never a secret, assertion or token.
+func (e *Error) Reason() string {
+	what := "token server"
+	if e.Op == "discovery" {
+		what = "SMART configuration discovery"
+	}
+	var msg string
+	switch {
+	case e.Code != "":
+		msg = what + " refused: " + e.Code
+		if e.Description != "" {
+			msg += ": " + e.Description
+		}
+		if e.URI != "" {
+			msg += " (" + e.URI + ")"
+		}
+	case e.Status != 0:
+		msg = fmt.Sprintf("%s answered HTTP %d", what, e.Status)
+	default:
+		msg = what + " failed"
+	}
 	if e.Err != nil {
 		msg += ": " + e.Err.Error()
 	}
@@ -84,6 +119,8 @@ type options struct {
 	httpClient     *http.Client
 	now            func() time.Time
 	requestTimeout time.Duration
+	// expiryTolerance, when set, replaces the default renewal margin.
+	expiryTolerance time.Duration
 	// newJTI makes the jti of each client assertion; tests replace it to
 	// replay an identifier.
 	newJTI func() string
@@ -143,6 +180,20 @@ func WithRequestTimeout(d time.Duration) Option {
 			return fmt.Errorf("%w: request timeout must be positive, got %s", ErrInvalidOption, d)
 		}
 		o.requestTimeout = d
+		return nil
+	}
+}
+
+// WithExpiryTolerance renews a cached token once fewer than d remain before
+// its expiry, instead of the default margin (max(10 s, 10 % of the lifetime)),
+// and refuses a token that lives less than d, as Pathling's
+// tokenExpiryTolerance does.
+func WithExpiryTolerance(d time.Duration) Option {
+	return func(o *options) error {
+		if d <= 0 {
+			return fmt.Errorf("%w: expiry tolerance must be positive, got %s", ErrInvalidOption, d)
+		}
+		o.expiryTolerance = d
 		return nil
 	}
 }

@@ -438,3 +438,36 @@ func TestDiscoveryErrors(t *testing.T) {
 		})
 	}
 }
+
+// An RFC 6749 §5.2 error response is kept whole (error, error_description,
+// error_uri) and Reason words it for an operator, without our secret.
+func TestErrorResponseReason(t *testing.T) {
+	const secret = "s3cret-value"
+	_, srv := newTokenEndpoint(t, func(w http.ResponseWriter, _ int64) {
+		writeJSON(w, 400, map[string]string{
+			"error": "invalid_scope", "error_description": "scope user/*.write is not allowed for " + secret,
+			"error_uri": "https://idp.example/errors/invalid_scope",
+		})
+	})
+	ts, err := NewClientCredentials(ClientCredentialsConfig{ClientID: "c", ClientSecret: secret, TokenURL: srv.URL + "/token"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = ts.Token(context.Background())
+	var ae *Error
+	if !errors.As(err, &ae) {
+		t.Fatalf("want *Error, got %T %v", err, err)
+	}
+	const want = "token server refused: invalid_scope: scope user/*.write is not allowed for [REDACTED] (https://idp.example/errors/invalid_scope)"
+	if got := ae.Reason(); got != want {
+		t.Errorf("Reason() = %q\nwant       %q", got, want)
+	}
+	for _, e := range []*Error{
+		{Op: "token", Status: 503, Retryable: true},
+		{Op: "discovery", Err: errors.New("connection refused")},
+	} {
+		if r := e.Reason(); r == "" || strings.HasPrefix(r, "auth:") {
+			t.Errorf("Reason() of %v = %q", e, r)
+		}
+	}
+}

@@ -41,9 +41,10 @@ type flight struct {
 // cachingSource caches the token fetchFunc returns and runs at most one
 // fetch at a time (singleflight).
 type cachingSource struct {
-	fetch   fetchFunc
-	now     func() time.Time
-	timeout time.Duration
+	fetch     fetchFunc
+	now       func() time.Time
+	timeout   time.Duration
+	tolerance time.Duration // 0: the default renewal margin
 
 	mu       sync.Mutex
 	cached   token
@@ -51,7 +52,7 @@ type cachingSource struct {
 }
 
 func newCachingSource(fetch fetchFunc, o options) *cachingSource {
-	return &cachingSource{fetch: fetch, now: o.now, timeout: o.requestTimeout}
+	return &cachingSource{fetch: fetch, now: o.now, timeout: o.requestTimeout, tolerance: o.expiryTolerance}
 }
 
 // Token implements TokenSource.
@@ -91,6 +92,13 @@ func (c *cachingSource) run(ctx context.Context, f *flight) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	tok, err := c.fetch(ctx)
+	if err == nil && c.tolerance > 0 {
+		if lifetime := tok.expires.Sub(c.now()); lifetime < c.tolerance {
+			err = &Error{Op: "token", Status: 200, Err: fmt.Errorf("token lifetime %s is shorter than the expiry tolerance %s", lifetime.Round(time.Second), c.tolerance)}
+		} else {
+			tok.refreshAt = tok.expires.Add(-c.tolerance)
+		}
+	}
 
 	c.mu.Lock()
 	if err == nil {

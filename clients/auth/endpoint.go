@@ -47,6 +47,7 @@ type tokenResponse struct {
 type errorResponse struct {
 	Error            string `json:"error"`
 	ErrorDescription string `json:"error_description"`
+	ErrorURI         string `json:"error_uri"`
 }
 
 // tokenRequest is one POST to a token endpoint.
@@ -131,6 +132,7 @@ func endpointError(op string, status int, body []byte, secrets []string) *Error 
 	if json.Unmarshal(body, &er) == nil {
 		e.Code = sanitize(er.Error, secrets)
 		e.Description = sanitize(er.ErrorDescription, secrets)
+		e.URI = sanitize(er.ErrorURI, secrets)
 	}
 	return e
 }

@@ -175,6 +175,7 @@ func TestOIDCProvider(t *testing.T) {
 	}
 	srv := startOIDC(t, map[string]any{
 		"scope":          scope,
+		"knownScopes":    []string{"user/*.write", "system/*.write"},
 		"accessTokenTTL": ttlSeconds,
 		"clients": []any{
 			machine(map[string]any{
@@ -184,6 +185,7 @@ func TestOIDCProvider(t *testing.T) {
 			machine(map[string]any{
 				"client_id": rsClient, "token_endpoint_auth_method": "private_key_jwt",
 				"token_endpoint_auth_signing_alg": "RS384",
+				"scope":                           scope, // what it may ask for: more is invalid_scope
 				"jwks":                            map[string]any{"keys": []any{rsPub}},
 			}),
 			machine(map[string]any{
@@ -287,6 +289,50 @@ func TestOIDCProvider(t *testing.T) {
 		assertRejected(t, err)
 	})
 
+	// The server's refusal reaches the operator: code and description, in
+	// Reason (what the SyncFailed message and the log show), never the
+	// assertion.
+	assertReason := func(t *testing.T, err error, code string) {
+		t.Helper()
+		var ae *Error
+		if !errors.As(err, &ae) {
+			t.Fatalf("want *auth.Error, got %T %v", err, err)
+		}
+		if ae.Code != code || ae.Description == "" || ae.Retryable {
+			t.Errorf("code %q description %q retryable %v, want %s with a description, not retryable", ae.Code, ae.Description, ae.Retryable, code)
+		}
+		want := "token server refused: " + code + ": " + ae.Description
+		if got := ae.Reason(); !strings.HasPrefix(got, want) {
+			t.Errorf("Reason() = %q, want it to start with %q", got, want)
+		}
+		if strings.Contains(ae.Reason(), "eyJ") || strings.Contains(err.Error(), "eyJ") {
+			t.Errorf("error leaks the assertion: %q", ae.Reason())
+		}
+	}
+
+	t.Run("scope the server does not grant is refused with invalid_scope", func(t *testing.T) {
+		ts, err := NewSMARTBackend(SMARTBackendConfig{
+			ClientID: rsClient, TokenURL: srv.tokenURL, PrivateJWK: rsPriv, Scope: "user/*.write",
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = ts.Token(ctx)
+		assertReason(t, err, "invalid_scope")
+	})
+
+	t.Run("assertion with an unknown kid is refused with the reason", func(t *testing.T) {
+		ts, err := NewSMARTBackend(SMARTBackendConfig{
+			ClientID: rsClient, TokenURL: srv.tokenURL, PrivateJWK: rsPriv, KeyID: "rotated-away",
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = ts.Token(ctx)
+		assertReason(t, err, "invalid_client")
+		t.Logf("unknown kid: %s", err)
+	})
+
 	t.Run("reused jti is rejected", func(t *testing.T) {
 		jti := fmt.Sprintf("replayed-%d", time.Now().UnixNano())
 		ts, err := NewSMARTBackend(SMARTBackendConfig{
@@ -386,6 +432,41 @@ func TestOIDCProvider(t *testing.T) {
 		}
 		if renewed == first || counter.total.Load() != 2 {
 			t.Errorf("token not renewed with 9s left (requests = %d)", counter.total.Load())
+		}
+	})
+
+	t.Run("expiry tolerance sets the renewal margin", func(t *testing.T) {
+		clock := newFakeClock()
+		hc, counter := newCountingClient()
+		ts, err := NewClientCredentials(ClientCredentialsConfig{
+			ClientID: secretClient, ClientSecret: secret, TokenURL: srv.tokenURL,
+		}, WithHTTPClient(hc), WithClock(clock.Now), WithExpiryTolerance(30*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		first, err := ts.Token(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		clock.Advance(29 * time.Second) // 31 s left
+		if same, _ := ts.Token(ctx); same != first || counter.total.Load() != 1 {
+			t.Fatalf("renewed with 31 s left (requests = %d), want reuse until fewer than 30 s remain", counter.total.Load())
+		}
+		clock.Advance(2 * time.Second) // 29 s left
+		if renewed, _ := ts.Token(ctx); renewed == first || counter.total.Load() != 2 {
+			t.Errorf("not renewed with 29 s left (requests = %d)", counter.total.Load())
+		}
+
+		// A token living less than the tolerance is refused, as Pathling's
+		// client refuses it.
+		short, err := NewClientCredentials(ClientCredentialsConfig{
+			ClientID: secretClient, ClientSecret: secret, TokenURL: srv.tokenURL,
+		}, WithExpiryTolerance(120*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := short.Token(ctx); err == nil || !strings.Contains(err.Error(), "shorter than the expiry tolerance") {
+			t.Errorf("60 s token with a 120 s tolerance: err = %v", err)
 		}
 	})
 

@@ -249,16 +249,24 @@ func transportError(ctx context.Context, op string, err error) *Error {
 }
 
 // tokenError wraps a failure to obtain a token: a transient token endpoint
-// problem is KindUnavailable (retryable); a refusal is KindUnauthorized.
+// problem is KindUnavailable (retryable); a refusal is KindUnauthorized. The
+// Message carries the token server's own words (RFC 6749 §5.2 error code,
+// description, URI), which is what an operator needs to fix a scope or a key;
+// auth.Error never holds the assertion, secret or token.
 func tokenError(ctx context.Context, op string, err error) *Error {
+	msg := "cannot obtain an access token"
 	var ae *auth.Error
+	isAuth := errors.As(err, &ae)
+	if isAuth {
+		msg = clip(ae.Reason(), 1000)
+	}
 	switch {
 	case ctx.Err() != nil:
 		return &Error{Op: op, Kind: KindUnavailable, Message: "request abandoned while obtaining a token", Err: err}
-	case errors.As(err, &ae) && ae.Retryable:
-		return &Error{Op: op, Kind: KindUnavailable, Retryable: true, Message: "cannot obtain an access token", Err: err}
+	case isAuth && ae.Retryable:
+		return &Error{Op: op, Kind: KindUnavailable, Retryable: true, Message: msg, Err: err}
 	default:
-		return &Error{Op: op, Kind: KindUnauthorized, Message: "cannot obtain an access token", Err: err}
+		return &Error{Op: op, Kind: KindUnauthorized, Message: msg, Err: err}
 	}
 }
 

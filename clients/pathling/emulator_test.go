@@ -2,6 +2,9 @@ package pathling_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,9 +14,14 @@ import (
 	"testing"
 	"time"
 
+	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/pathling-sync/pathling-sync/clients/auth"
 	"github.com/pathling-sync/pathling-sync/clients/pathling"
 	pathlingemu "github.com/pathling-sync/pathling-sync/emulators/pathling"
 	"github.com/pathling-sync/pathling-sync/emulators/source"
+	"github.com/pathling-sync/pathling-sync/handlers"
+	"github.com/pathling-sync/pathling-sync/messages"
 )
 
 // chain is the client talking to the Pathling emulator in pull mode, which
@@ -320,5 +328,60 @@ func TestChainKickOffRejections(t *testing.T) {
 				t.Fatalf("message %q lacks %q", pe.Message, tc.want)
 			}
 		})
+	}
+}
+
+// A token server's refusal reaches the SyncFailed message and the log in its
+// own words (here the source emulator's SMART token endpoint refusing a write
+// scope), never as a bare "cannot obtain an access token", and without the
+// assertion.
+func TestTokenRefusalReasonReachesThePort(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwk := jose.JSONWebKey{Key: key, KeyID: "sync-1", Algorithm: "ES384", Use: "sig"}
+	tokenServer, err := source.New(source.Config{Seed: 1, Patients: 1, Auth: &source.AuthConfig{
+		Clients: map[string]jose.JSONWebKeySet{"pathling-sync": {Keys: []jose.JSONWebKey{jwk.Public()}}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tokenServer.Close)
+	ts := httptest.NewServer(tokenServer)
+	t.Cleanup(ts.Close)
+	priv, err := jwk.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens, err := auth.NewSMARTBackend(auth.SMARTBackendConfig{
+		ClientID: "pathling-sync", Scope: "user/*.write", FHIRBaseURL: ts.URL + "/fhir", PrivateJWK: priv,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	emu, err := pathlingemu.New(pathlingemu.Config{AllowableExportURLs: []string{"http://source.test/fhir"}, AllowInsecureURLs: true, AllowInternalURLs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(emu.Close)
+	es := httptest.NewServer(emu)
+	t.Cleanup(es.Close)
+	client, err := pathling.New(es.URL+"/fhir", pathling.WithTokenSource(tokens))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	_, err = pathling.NewPort(client).KickOff(context.Background(), handlers.ImportParams{ExportURL: "http://source.test/fhir", SaveMode: "merge"})
+	var pe *handlers.PathlingError
+	if !errors.As(err, &pe) {
+		t.Fatalf("err = %T %v, want *handlers.PathlingError", err, err)
+	}
+	const want = "token server refused: invalid_scope: request at least one system-level read scope, e.g. system/*.read"
+	if pe.Reason != messages.ReasonUnauthorized || pe.Retryable || pe.Message != want {
+		t.Errorf("got %s retryable=%v message %q, want unauthorized, final, %q", pe.Reason, pe.Retryable, pe.Message, want)
+	}
+	if strings.Contains(err.Error(), "eyJ") {
+		t.Errorf("error leaks the client assertion: %v", err)
 	}
 }

@@ -84,6 +84,10 @@ type Config struct {
 	HTTPClient *http.Client
 	// SourceToken, when set, supplies a bearer token for every request to the source.
 	SourceToken func(ctx context.Context) (string, error)
+	// SourceAuth, when set, is Pathling's pathling.import.pnp.* client: pull jobs obtain the
+	// source's bearer token from its token server (SMART Backend Services with a private JWK,
+	// or a client secret). Not together with SourceToken.
+	SourceAuth *SourceAuthConfig
 	// Clock is the emulator's clock (transactionTime, write times). Nil means time.Now.
 	Clock func() time.Time
 	// PollInterval is how often a pull job polls the source when it sends no Retry-After
@@ -137,6 +141,14 @@ func (c *Config) setDefaults() {
 func (c *Config) validate() error {
 	if c.Mode != ModePull && c.Mode != ModeScripted {
 		return fmt.Errorf("%w: unknown mode %d", ErrInvalidConfig, c.Mode)
+	}
+	if c.SourceAuth != nil {
+		if c.SourceToken != nil {
+			return fmt.Errorf("%w: SourceToken and SourceAuth are exclusive", ErrInvalidConfig)
+		}
+		if err := c.SourceAuth.validate(); err != nil {
+			return err
+		}
 	}
 	if c.Auth != nil {
 		if c.Auth.Issuer == "" {

@@ -3,6 +3,7 @@ package pathling
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"sort"
 	"strings"
@@ -14,8 +15,9 @@ import (
 // Emulator stands in for a Pathling server's $import-pnp side. It is an http.Handler serving
 // /fhir/... (the FHIR API) and /_emulator/... (the control API, see README.md).
 type Emulator struct {
-	cfg   Config
-	store *store
+	cfg          Config
+	store        *store
+	sourceTokens *sourceTokens // nil unless Config.SourceAuth is set
 
 	// importMu serialises the table-write phase of imports, like Pathling's import lock.
 	importMu sync.Mutex
@@ -39,6 +41,10 @@ func New(cfg Config) (*Emulator, error) {
 		a := *cfg.Auth
 		cfg.Auth = &a
 	}
+	if cfg.SourceAuth != nil {
+		sa := *cfg.SourceAuth
+		cfg.SourceAuth = &sa
+	}
 	cfg.AllowableExportURLs = append([]string(nil), cfg.AllowableExportURLs...)
 	cfg.setDefaults()
 	if err := cfg.validate(); err != nil {
@@ -55,6 +61,15 @@ func New(cfg Config) (*Emulator, error) {
 		byKey:      map[string]*job{},
 		counters:   newCounters(),
 		scripts:    newScripts(),
+	}
+	if cfg.SourceAuth != nil {
+		e.sourceTokens = newSourceTokens(*cfg.SourceAuth, cfg.HTTPClient)
+		// A key or endpoint that cannot work would fail every job: refuse it now (auth's
+		// errors name no key material).
+		if _, err := e.sourceTokens.newSource("http://config-check.invalid/fhir"); err != nil {
+			cancel()
+			return nil, fmt.Errorf("%w: pathling.import.pnp: %v", ErrInvalidConfig, err)
+		}
 	}
 	return e, nil
 }

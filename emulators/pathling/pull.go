@@ -153,12 +153,16 @@ func (e *Emulator) pullAndImport(j *job) ([]string, error) {
 // deletes the export at the source, the way fhir-bulk-java does for Pathling.
 func (e *Emulator) exportFromSource(ctx context.Context, j *job) ([]sourceFile, error) {
 	kickOffURL := j.req.ExportURL + "/$export?" + exportQuery(j.req)
-	resp, err := e.sourceRequest(ctx, http.MethodGet, kickOffURL, map[string]string{
+	tok, err := e.sourceToken(j.req.ExportURL)
+	if err != nil {
+		return nil, tokenFailure(err)
+	}
+	resp, err := e.sourceRequest(ctx, tok, http.MethodGet, kickOffURL, map[string]string{
 		"Accept": "application/fhir+json",
 		"Prefer": "respond-async",
 	}, sourceRequestTimeout)
 	if err != nil {
-		return nil, systemError(err)
+		return nil, requestFailure(err)
 	}
 	if resp.StatusCode != http.StatusAccepted {
 		if resp.StatusCode == http.StatusOK {
@@ -174,9 +178,9 @@ func (e *Emulator) exportFromSource(ctx context.Context, j *job) ([]sourceFile, 
 	}
 	statusURL := resolveReference(kickOffURL, loc)
 	// The export is deleted at the source whatever happens next.
-	defer e.deleteAtSource(ctx, statusURL)
+	defer e.deleteAtSource(ctx, tok, statusURL)
 
-	m, err := e.pollSource(ctx, statusURL)
+	m, err := e.pollSource(ctx, tok, statusURL)
 	if err != nil {
 		return nil, err
 	}
@@ -193,7 +197,7 @@ func (e *Emulator) exportFromSource(ctx context.Context, j *job) ([]sourceFile, 
 			return nil, failure(fmt.Sprintf("Manifest download URL origin does not match export URL origin: %s (expected origin: %s)", o.URL, origin))
 		}
 	}
-	return e.download(ctx, m)
+	return e.download(ctx, tok, m)
 }
 
 // exportQuery builds the kick-off parameters: lists comma-joined, instants in
@@ -233,16 +237,16 @@ func formatExportInstant(t time.Time) string {
 // transient error (an OperationOutcome whose issues are all "transient"), Retry-After or
 // 2× PollInterval, at most 3 times in a row. Every delay is clamped to [PollInterval, 60 s].
 // There is no overall timeout.
-func (e *Emulator) pollSource(ctx context.Context, statusURL string) (manifest, error) {
+func (e *Emulator) pollSource(ctx context.Context, tok tokenFunc, statusURL string) (manifest, error) {
 	delay := e.cfg.PollInterval
 	transient := 0
 	for {
 		if err := sleep(ctx, delay); err != nil {
 			return manifest{}, err
 		}
-		resp, err := e.sourceRequest(ctx, http.MethodGet, statusURL, map[string]string{"Accept": "application/json"}, sourceRequestTimeout)
+		resp, err := e.sourceRequest(ctx, tok, http.MethodGet, statusURL, map[string]string{"Accept": "application/json"}, sourceRequestTimeout)
 		if err != nil {
-			return manifest{}, systemError(err)
+			return manifest{}, requestFailure(err)
 		}
 		switch resp.StatusCode {
 		case http.StatusOK:
@@ -290,7 +294,7 @@ func (e *Emulator) clampDelay(retryAfter *time.Duration, def time.Duration) time
 
 // download fetches the manifest's output files, up to 10 at a time. Any failure fails the
 // whole download with "Download failed".
-func (e *Emulator) download(ctx context.Context, m manifest) ([]sourceFile, error) {
+func (e *Emulator) download(ctx context.Context, tok tokenFunc, m manifest) ([]sourceFile, error) {
 	files := make([]sourceFile, len(m.Output))
 	errs := make([]error, len(m.Output))
 	sem := make(chan struct{}, maxConcurrentFetches)
@@ -306,7 +310,7 @@ func (e *Emulator) download(ctx context.Context, m manifest) ([]sourceFile, erro
 				return
 			}
 			defer func() { <-sem }()
-			resp, err := e.sourceRequest(ctx, http.MethodGet, o.URL, nil, sourceDownloadTimeout)
+			resp, err := e.sourceRequest(ctx, tok, http.MethodGet, o.URL, nil, sourceDownloadTimeout)
 			if err != nil {
 				errs[i] = err
 				return
@@ -330,6 +334,10 @@ func (e *Emulator) download(ctx context.Context, m manifest) ([]sourceFile, erro
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
+			var te *sourceTokenError
+			if errors.As(err, &te) {
+				return nil, tokenFailure(te.err)
+			}
 			e.cfg.Logger.Info("pathling emulator: download failed", "err", err)
 			return nil, failure("Download failed")
 		}
@@ -339,11 +347,11 @@ func (e *Emulator) download(ctx context.Context, m manifest) ([]sourceFile, erro
 
 // deleteAtSource sends DELETE to the status URL; its outcome is only logged, as in
 // fhir-bulk-java.
-func (e *Emulator) deleteAtSource(ctx context.Context, statusURL string) {
+func (e *Emulator) deleteAtSource(ctx context.Context, tok tokenFunc, statusURL string) {
 	if ctx.Err() != nil {
 		return
 	}
-	resp, err := e.sourceRequest(ctx, http.MethodDelete, statusURL, map[string]string{"Accept": "application/json"}, sourceRequestTimeout)
+	resp, err := e.sourceRequest(ctx, tok, http.MethodDelete, statusURL, map[string]string{"Accept": "application/json"}, sourceRequestTimeout)
 	if err != nil {
 		e.cfg.Logger.Warn("pathling emulator: failed to delete export at source", "err", err)
 		return
@@ -377,9 +385,30 @@ func (r *sourceResponse) retryAfter() *time.Duration {
 	return parseRetryAfter(r.Header.Get("Retry-After"), time.Now())
 }
 
-// sourceRequest sends one request to the source with a deadline and, when configured, the
+// sourceToken returns the token function for an export from exportURL: Config.SourceToken,
+// or the pathling.import.pnp.* client (Config.SourceAuth); nil for an open source.
+func (e *Emulator) sourceToken(exportURL string) (tokenFunc, error) {
+	switch {
+	case e.cfg.SourceToken != nil:
+		return e.cfg.SourceToken, nil
+	case e.sourceTokens != nil:
+		return e.sourceTokens.forExport(exportURL)
+	}
+	return nil, nil
+}
+
+// requestFailure words a failed request to the source as the job's failure cause.
+func requestFailure(err error) error {
+	var te *sourceTokenError
+	if errors.As(err, &te) {
+		return tokenFailure(te.err)
+	}
+	return systemError(err)
+}
+
+// sourceRequest sends one request to the source with a deadline and, when tok is set, the
 // source bearer token.
-func (e *Emulator) sourceRequest(ctx context.Context, method, target string, headers map[string]string, timeout time.Duration) (*sourceResponse, error) {
+func (e *Emulator) sourceRequest(ctx context.Context, tok tokenFunc, method, target string, headers map[string]string, timeout time.Duration) (*sourceResponse, error) {
 	rctx, cancel := context.WithTimeout(ctx, timeout)
 	req, err := http.NewRequestWithContext(rctx, method, target, nil)
 	if err != nil {
@@ -389,13 +418,13 @@ func (e *Emulator) sourceRequest(ctx context.Context, method, target string, hea
 	for k, v := range headers {
 		req.Header.Set(k, v)
 	}
-	if e.cfg.SourceToken != nil {
-		tok, err := e.cfg.SourceToken(rctx)
+	if tok != nil {
+		bearer, err := tok(rctx)
 		if err != nil {
 			cancel()
-			return nil, fmt.Errorf("source token: %w", err)
+			return nil, &sourceTokenError{err: err}
 		}
-		req.Header.Set("Authorization", "Bearer "+tok)
+		req.Header.Set("Authorization", "Bearer "+bearer)
 	}
 	resp, err := e.cfg.HTTPClient.Do(req)
 	if err != nil {

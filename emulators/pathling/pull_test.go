@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pathling-sync/pathling-sync/clients/auth"
 )
 
 func TestPullEndToEnd(t *testing.T) {
@@ -382,5 +384,20 @@ func TestRestartStopsPullJobs(t *testing.T) {
 	h.emu.Close()
 	if len(h.emu.ResourceTypes()) != 0 {
 		t.Fatal("a job forgotten by a restart imported")
+	}
+}
+
+// A source token the token server refuses fails the job with the server's reason, not a bare
+// "System error in bulk export", and the source is never asked.
+func TestPullSourceTokenRefusalIsTheCause(t *testing.T) {
+	fs := newFakeSource(t)
+	fs.setFiles(map[string][]string{"Patient": {patients("p1")}})
+	refused := &auth.Error{Op: "token", Status: 400, Code: "invalid_scope", Description: "system/*.write is not allowed"}
+	h := pullHarness(t, fs, Config{SourceToken: func(context.Context) (string, error) { return "", refused }})
+	loc := h.mustKickOff(t, kickOffHeaders(), body(urlParam(fs.base())))
+	wantError(t, pollUntilDone(t, loc, nil), 400,
+		"Ping and pull import failed: Cannot obtain an access token for the source: token server refused: invalid_scope: system/*.write is not allowed")
+	if kickOffs, _, _, _, _ := fs.counts(); kickOffs != 0 {
+		t.Errorf("source kick-offs = %d without a token, want 0", kickOffs)
 	}
 }

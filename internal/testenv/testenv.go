@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -158,6 +159,37 @@ func tail(b []byte, n int) string {
 // skips elsewhere.
 func Redis(t testing.TB) string {
 	t.Helper()
+	return StartRedis(t).URL
+}
+
+// RedisServer is a running redis-server process started by StartRedis.
+type RedisServer struct {
+	URL  string
+	proc *os.Process
+}
+
+// Pause stops the process with SIGSTOP: it keeps its port and connections
+// but answers nothing, like a Redis stalled by a fork or a full disk. The
+// test's cleanup resumes it (before stopping it), or call Resume.
+func (r *RedisServer) Pause(t testing.TB) {
+	t.Helper()
+	if err := r.proc.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatalf("testenv: pause redis-server: %v", err)
+	}
+	t.Cleanup(func() { _ = r.proc.Signal(syscall.SIGCONT) })
+}
+
+// Resume continues a paused process (SIGCONT).
+func (r *RedisServer) Resume(t testing.TB) {
+	t.Helper()
+	if err := r.proc.Signal(syscall.SIGCONT); err != nil {
+		t.Fatalf("testenv: resume redis-server: %v", err)
+	}
+}
+
+// StartRedis is Redis, returning the process too (see Pause).
+func StartRedis(t testing.TB) *RedisServer {
+	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		if os.Getenv("CI") != "" {
@@ -191,7 +223,7 @@ func Redis(t testing.TB) string {
 		err := c.Ping(pctx).Err()
 		pcancel()
 		if err == nil {
-			return url
+			return &RedisServer{URL: url, proc: cmd.Process}
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("testenv: redis-server on port %d not ready: %v", port, err)

@@ -11,6 +11,7 @@
 //   {
 //     "clients": [ <OAuth client metadata>, ... ],
 //     "scope": "system/*.read",          // scopes the resource server grants
+//     "knownScopes": ["user/*.write"],   // other scopes the server knows (and may refuse)
 //     "accessTokenTTL": 60               // seconds
 //   }
 // Clients use the client_credentials grant and authenticate with
@@ -47,6 +48,9 @@ server.listen(port, '127.0.0.1', () => {
   const issuer = `http://127.0.0.1:${server.address().port}`;
   const provider = new Provider(issuer, {
     clients: cfg.clients,
+    // Scopes the server knows: a client registered with "scope" that asks for
+    // a known scope outside it gets invalid_scope.
+    scopes: ['openid', 'offline_access', ...(cfg.scope ?? 'system/*.read').split(' '), ...(cfg.knownScopes ?? [])],
     jwks: { keys: [signingKey] },
     cookies: { keys: [randomBytes(32).toString('hex')] },
     findAccount: async () => undefined,
