@@ -316,7 +316,7 @@ func TestREADMEVerbatim(t *testing.T) {
 		<-exited
 		t.Fatalf("make run did not stop within 30 s of SIGINT:\n%s", &makeOut)
 	}
-	if strings.Contains(makeOut.String(), "make: ***") || strings.Contains(makeOut.String(), "level=ERROR") {
+	if strings.Contains(makeOut.String(), "make: ***") {
 		t.Errorf("make run reported an error on Ctrl-C:\n%s", &makeOut)
 	}
 }
