@@ -271,7 +271,8 @@ func TestREADMEVerbatim(t *testing.T) {
 	}, "make run to be ready:\n%s", &makeOut)
 	checkOutput(t, "make run", session[0].output, makeOut.String())
 
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	// Minutes only with a cold build cache: the first "go run" compiles.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	for _, c := range session[1:] {
 		if strings.Contains(c.line, " events") {
