@@ -13,8 +13,10 @@ build:
 	$(GO) build -o $(BIN)/ ./cmd/...
 
 ## run: the whole service on embedded defaults (NATS, Redis-protocol store, Pathling and source emulators).
+## Not `go run`: it exits 1 on Ctrl-C whatever the program does, and make would report "Error 1".
 run:
-	$(GO) run ./cmd/pathling-sync dev
+	$(GO) build -o $(BIN)/ ./cmd/pathling-sync
+	$(BIN)/pathling-sync dev
 
 ## test: every test, with the race detector.
 test:

@@ -25,15 +25,9 @@ func Load(path string, env func(string) string) (*Config, error) {
 	if env == nil {
 		env = func(string) string { return "" }
 	}
-	cfg := Default()
-	if path != "" {
-		data, err := os.ReadFile(path)
-		if err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
-		}
-		if err := decodeYAML(data, cfg); err != nil {
-			return nil, fmt.Errorf("%w: %s: %w", ErrInvalid, path, err)
-		}
+	cfg, err := readFile(path)
+	if err != nil {
+		return nil, err
 	}
 	for name, t := range cfg.Targets {
 		if reflect.ValueOf(t).IsZero() { // "name:" with no body
@@ -49,6 +43,23 @@ func Load(path string, env func(string) string) (*Config, error) {
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	return cfg, nil
+}
+
+// readFile returns the defaults overlaid with the YAML file at path (none
+// when path is "").
+func readFile(path string) (*Config, error) {
+	cfg := Default()
+	if path == "" {
+		return cfg, nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if err := decodeYAML(data, cfg); err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrInvalid, path, err)
 	}
 	return cfg, nil
 }
@@ -218,25 +229,24 @@ func suggest(key string, fields map[string]reflect.StructField) string {
 // connections will read exist. Giving a secret both inline and by file is
 // an error.
 func (c *Config) readFiles() Errors {
-	var errs Errors
-	secret := func(path string, value *Secret, file string) {
-		if file == "" {
-			return
-		}
-		if *value != "" {
-			errs.add(path, "set either the value or the File variant, not both")
-			return
-		}
-		data, err := os.ReadFile(file)
-		if err != nil {
-			errs.add(path+"File", err.Error())
-			return
-		}
-		*value = Secret(strings.TrimSpace(string(data)))
-		if *value == "" {
-			errs.add(path+"File", fmt.Sprintf("%s is empty", file))
-		}
+	errs := c.readConnectionFiles()
+	for _, name := range c.TargetNames() {
+		t := c.Targets[name]
+		a := &t.Pathling.Auth
+		p := "targets." + name + ".pathling.auth."
+		readSecretFile(&errs, p+"token", &a.Token, a.TokenFile)
+		readSecretFile(&errs, p+"clientSecret", &a.ClientSecret, a.ClientSecretFile)
+		readSecretFile(&errs, p+"privateKey", &a.PrivateKey, a.PrivateKeyFile)
+		c.Targets[name] = t
 	}
+	return errs
+}
+
+// readConnectionFiles does what readFiles does for the NATS and Redis
+// settings only: all that the client commands read.
+func (c *Config) readConnectionFiles() Errors {
+	var errs Errors
+	secret := func(path string, value *Secret, file string) { readSecretFile(&errs, path, value, file) }
 	exists := func(path, file string) {
 		if file == "" {
 			return
@@ -260,16 +270,28 @@ func (c *Config) readFiles() Errors {
 	secret("redis.password", &r.Password, r.PasswordFile)
 	secret("redis.sentinel.password", &r.Sentinel.Password, r.Sentinel.PasswordFile)
 	tlsFiles("redis.tls", r.TLS)
-	for _, name := range c.TargetNames() {
-		t := c.Targets[name]
-		a := &t.Pathling.Auth
-		p := "targets." + name + ".pathling.auth."
-		secret(p+"token", &a.Token, a.TokenFile)
-		secret(p+"clientSecret", &a.ClientSecret, a.ClientSecretFile)
-		secret(p+"privateKey", &a.PrivateKey, a.PrivateKeyFile)
-		c.Targets[name] = t
-	}
 	return errs
+}
+
+// readSecretFile replaces *value with the content of file (when given),
+// surrounding white space trimmed.
+func readSecretFile(errs *Errors, path string, value *Secret, file string) {
+	if file == "" {
+		return
+	}
+	if *value != "" {
+		errs.add(path, "set either the value or the File variant, not both")
+		return
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		errs.add(path+"File", err.Error())
+		return
+	}
+	*value = Secret(strings.TrimSpace(string(data)))
+	if *value == "" {
+		errs.add(path+"File", fmt.Sprintf("%s is empty", file))
+	}
 }
 
 // fillDefaults sets the defaults that are not constants (the host name) and

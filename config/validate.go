@@ -71,41 +71,8 @@ func (c *Config) Validate() error {
 
 func (c *Config) validateNATS(errs *Errors) {
 	n := c.NATS
-	if n.URL == "" {
-		errs.add("nats.url", "required")
-	}
-	for u := range strings.SplitSeq(n.URL.Reveal(), ",") {
-		if u = strings.TrimSpace(u); u == "" {
-			continue
-		}
-		pu, err := url.Parse(u)
-		if err != nil || pu.Host == "" || !slices.Contains([]string{"nats", "tls", "ws", "wss"}, pu.Scheme) {
-			errs.add("nats.url", fmt.Sprintf("%q is not a nats://, tls://, ws:// or wss:// URL", redactURL(u)))
-		}
-	}
-	methods := 0
-	for _, set := range []bool{n.CredsFile != "", n.NKeySeedFile != "", n.User != "", n.Token != ""} {
-		if set {
-			methods++
-		}
-	}
-	if methods > 1 {
-		errs.add("nats", "credsFile, nkeySeedFile, user and token are alternatives: set only one")
-	}
-	if n.Password != "" && n.User == "" {
-		errs.add("nats.user", "required with nats.password")
-	}
-	validateTLS(errs, "nats.tls", n.TLS)
-
+	n.validateAddress(errs)
 	st := n.Stream
-	if st.Name == "" {
-		errs.add("nats.stream.name", "required")
-	} else if strings.ContainsAny(st.Name, " \t\r\n.*>/\\") {
-		errs.add("nats.stream.name", fmt.Sprintf("%q must not contain white space, '.', '*', '>', '/' or '\\'", st.Name))
-	}
-	if !messages.ValidSubjectPrefix(st.SubjectPrefix) {
-		errs.add("nats.stream.subjectPrefix", fmt.Sprintf("%q is not dot-separated subject tokens without wildcards", st.SubjectPrefix))
-	}
 	positive(errs, "nats.stream.maxAge", st.MaxAge)
 	positive(errs, "nats.stream.duplicates", st.Duplicates)
 	if st.MaxAge > 0 && st.Duplicates > st.MaxAge {
@@ -142,8 +109,59 @@ func (c *Config) validateNATS(errs *Errors) {
 	}
 }
 
+// validateAddress checks what every user of the stream needs, the client
+// commands included: the connection (URL, credentials, TLS), the stream's
+// name and the subject prefix.
+func (n NATSConfig) validateAddress(errs *Errors) {
+	if n.URL == "" {
+		errs.add("nats.url", "required")
+	}
+	for u := range strings.SplitSeq(n.URL.Reveal(), ",") {
+		if u = strings.TrimSpace(u); u == "" {
+			continue
+		}
+		pu, err := url.Parse(u)
+		if err != nil || pu.Host == "" || !slices.Contains([]string{"nats", "tls", "ws", "wss"}, pu.Scheme) {
+			errs.add("nats.url", fmt.Sprintf("%q is not a nats://, tls://, ws:// or wss:// URL", redactURL(u)))
+		}
+	}
+	methods := 0
+	for _, set := range []bool{n.CredsFile != "", n.NKeySeedFile != "", n.User != "", n.Token != ""} {
+		if set {
+			methods++
+		}
+	}
+	if methods > 1 {
+		errs.add("nats", "credsFile, nkeySeedFile, user and token are alternatives: set only one")
+	}
+	if n.Password != "" && n.User == "" {
+		errs.add("nats.user", "required with nats.password")
+	}
+	validateTLS(errs, "nats.tls", n.TLS)
+
+	st := n.Stream
+	if st.Name == "" {
+		errs.add("nats.stream.name", "required")
+	} else if strings.ContainsAny(st.Name, " \t\r\n.*>/\\") {
+		errs.add("nats.stream.name", fmt.Sprintf("%q must not contain white space, '.', '*', '>', '/' or '\\'", st.Name))
+	}
+	if !messages.ValidSubjectPrefix(st.SubjectPrefix) {
+		errs.add("nats.stream.subjectPrefix", fmt.Sprintf("%q is not dot-separated subject tokens without wildcards", st.SubjectPrefix))
+	}
+}
+
 func (c *Config) validateRedis(errs *Errors) {
 	r := c.Redis
+	r.validateConnection(errs)
+	notNegative(errs, "redis.retention", r.Retention)
+	if r.LockTTL < 300*time.Millisecond {
+		errs.add("redis.lockTTL", fmt.Sprintf("%s is shorter than 300ms", formatDuration(r.LockTTL)))
+	}
+}
+
+// validateConnection checks what every user of Redis needs, the client
+// commands included: where it is, how to log in, the key prefix.
+func (r RedisConfig) validateConnection(errs *Errors) {
 	if r.URL == "" {
 		errs.add("redis.url", "required")
 	} else if u, err := url.Parse(r.URL.Reveal()); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") {
@@ -173,10 +191,6 @@ func (c *Config) validateRedis(errs *Errors) {
 	}
 	if strings.ContainsAny(r.KeyPrefix, "{}") {
 		errs.add("redis.keyPrefix", fmt.Sprintf("%q must not contain '{' or '}': the target's hash tag follows it", r.KeyPrefix))
-	}
-	notNegative(errs, "redis.retention", r.Retention)
-	if r.LockTTL < 300*time.Millisecond {
-		errs.add("redis.lockTTL", fmt.Sprintf("%s is shorter than 300ms", formatDuration(r.LockTTL)))
 	}
 	validateTLS(errs, "redis.tls", r.TLS)
 }

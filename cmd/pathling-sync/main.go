@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
 	"github.com/pathling-sync/pathling-sync/config"
@@ -42,10 +43,22 @@ func (e usageError) Error() string { return e.err.Error() }
 func (e usageError) Unwrap() error { return e.err }
 
 func main() {
+	// go-redis logs dial failures itself, through a process-wide logger, to
+	// stderr: a cron log would get four raw lines per unreachable Redis, next
+	// to our own message. Our errors say what matters; its lines go to debug.
+	redis.SetLogger(redisLogger{})
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv)
 	stop()
 	os.Exit(code)
+}
+
+// redisLogger passes go-redis' own log lines to slog's default logger at
+// debug level, which drops them unless a program raises it.
+type redisLogger struct{}
+
+func (redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	slog.Default().DebugContext(ctx, "go-redis: "+fmt.Sprintf(format, v...))
 }
 
 // run executes the command line and maps the outcome to an exit code.

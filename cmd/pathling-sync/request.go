@@ -47,13 +47,18 @@ While waiting it shows live progress read from the run record in Redis: the
 phase (waiting, starting, kicking_off, polling), the polls so far, Pathling's
 X-Progress and the elapsed time. On a terminal that is one line redrawn in
 place; otherwise (cron, a log file) a plain line whenever it changes, and at
-least every 15 s. Without Redis it waits all the same, printing the elapsed time.
+least every 15 s. Redis is optional: without one configured (REDIS_URL,
+--config or a running dev), or when it does not answer, it says so in one line
+and waits all the same, printing the elapsed time.
+
+It needs no Pathling URL and checks none of the service's configuration:
+PATHLING_URL, if set, is ignored.
 
 TRACEPARENT (and TRACESTATE), when set, make the sync continue the caller's trace.
 
-NATS and Redis are found through NATS_URL and REDIS_URL, else --config, else
-the addresses a running "pathling-sync dev" wrote, else 127.0.0.1 on the usual
-ports.`,
+NATS is found through NATS_URL, else --config, else the address a running
+"pathling-sync dev" wrote, else 127.0.0.1:4222; Redis likewise, but never at a
+default address.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runRequest(cmd.Context(), g, o) },
 	}
@@ -133,11 +138,12 @@ func (o *requestOptions) body(env func(string) string) (messages.SyncRequested, 
 // (request, status, events, replay). Each connection comes from the
 // environment (NATS_URL / REDIS_URL, or their PATHLING_SYNC_ forms), else
 // --config, else the addresses a running "pathling-sync dev" wrote to its
-// data folder, else the defaults (127.0.0.1:4222 and :6379).
-func (g *globals) clientConfig() (*config.Config, error) {
-	cfg, err := g.loadConfig()
+// data folder, else the defaults (127.0.0.1:4222 and :6379). Only these are
+// validated: a client never needs a target's Pathling URL or secrets.
+func (g *globals) clientConfig() (*config.Client, error) {
+	cfg, err := config.LoadClient(g.configPath, g.env)
 	if err != nil {
-		return nil, err
+		return nil, usageError{err}
 	}
 	if g.configPath != "" {
 		return cfg, nil
@@ -152,13 +158,14 @@ func (g *globals) clientConfig() (*config.Config, error) {
 	if a.RedisURL != "" && g.env("REDIS_URL") == "" && g.env("PATHLING_SYNC_REDIS_URL") == "" &&
 		len(cfg.Redis.Addrs) == 0 && cfg.Redis.Sentinel.MasterName == "" {
 		cfg.Redis.URL = config.SecretURL(a.RedisURL)
+		cfg.RedisSet = true
 	}
 	return cfg, nil
 }
 
 // openJetStream connects a client command to NATS. Errors wrap errInfra
 // (unreachable) or are configuration errors.
-func openJetStream(cfg *config.Config, name string, g *globals) (*nats.Conn, jetstream.JetStream, error) {
+func openJetStream(cfg *config.Client, name string, g *globals) (*nats.Conn, jetstream.JetStream, error) {
 	nc, err := connectNATS(cfg.NATS, name, newLogger(g.stderr, config.LogConfig{Level: "error"}))
 	if err != nil {
 		return nil, nil, err
@@ -174,7 +181,7 @@ func openJetStream(cfg *config.Config, name string, g *globals) (*nats.Conn, jet
 // openStore connects a client command to Redis, for the read-only views of
 // runs, locks and watermarks. The returned func closes the connection.
 // Errors wrap errInfra (unreachable) or are configuration errors.
-func openStore(ctx context.Context, cfg *config.Config) (*redisstore.Store, func(), error) {
+func openStore(ctx context.Context, cfg *config.Client) (*redisstore.Store, func(), error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	rdb, err := connectRedis(ctx, cfg.Redis)
@@ -182,6 +189,35 @@ func openStore(ctx context.Context, cfg *config.Config) (*redisstore.Store, func
 		return nil, nil, err
 	}
 	return redisstore.New(rdb, redisstore.WithPrefix(cfg.Redis.KeyPrefix)), func() { _ = rdb.Close() }, nil
+}
+
+// openProgressStore connects request --wait to Redis for live progress.
+// Redis is optional there: it is used only when configured. Without it,
+// unavailable says why in a few words (no go-redis detail: the caller goes
+// on without progress).
+func openProgressStore(ctx context.Context, cfg *config.Client) (store *redisstore.Store, closeStore func(), unavailable string) {
+	if !cfg.RedisSet {
+		return nil, nil, "Redis not configured (REDIS_URL)"
+	}
+	store, closeStore, err := openStore(ctx, cfg)
+	switch {
+	case errors.Is(err, errInfra):
+		return nil, nil, fmt.Sprintf("Redis at %s unreachable", redisWhere(cfg.Redis))
+	case err != nil:
+		return nil, nil, fmt.Sprintf("Redis configuration: %v", err)
+	}
+	return store, closeStore, ""
+}
+
+// redisWhere names the configured Redis for messages, without secrets.
+func redisWhere(r config.RedisConfig) string {
+	switch {
+	case len(r.Addrs) > 0:
+		return strings.Join(r.Addrs, ",")
+	case r.Sentinel.MasterName != "":
+		return fmt.Sprintf("%s (Sentinel master %s)", strings.Join(r.Sentinel.Addrs, ","), r.Sentinel.MasterName)
+	}
+	return r.URL.String()
 }
 
 func runRequest(ctx context.Context, g *globals, o *requestOptions) error {
@@ -269,9 +305,9 @@ func runRequest(ctx context.Context, g *globals, o *requestOptions) error {
 	if !o.jsonOut {
 		// Live progress comes from the run record in Redis; without Redis the
 		// wait still works, with elapsed time only.
-		store, closeStore, err := openStore(ctx, cfg)
-		if err != nil {
-			fmt.Fprintf(g.stderr, "no live progress (%v); waiting for the outcome\n", err)
+		store, closeStore, unavailable := openProgressStore(ctx, cfg)
+		if unavailable != "" {
+			fmt.Fprintf(g.stderr, "progress unavailable: %s; waiting for the outcome on NATS only\n", unavailable)
 		} else {
 			defer closeStore()
 			w.runs = store

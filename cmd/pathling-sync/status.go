@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -137,7 +138,7 @@ func runStatus(ctx context.Context, g *globals, o *statusOptions) error {
 	now := time.Now()
 	names := []string{o.target}
 	if o.target == "" {
-		names, err = knownTargets(ctx, cfg.TargetNames(), stream, subjects, store)
+		names, err = knownTargets(ctx, slices.Sorted(maps.Keys(cfg.Targets)), stream, subjects, store)
 		if err != nil {
 			return err
 		}
@@ -149,8 +150,8 @@ func runStatus(ctx context.Context, g *globals, o *statusOptions) error {
 		if err != nil {
 			return err
 		}
-		if tc, ok := cfg.Target(name); ok {
-			ts.Configured, ts.Pathling = true, tc.Pathling.URL
+		if url, ok := cfg.Targets[name]; ok {
+			ts.Configured, ts.Pathling = true, url
 		}
 		rep.Targets = append(rep.Targets, ts)
 	}
