@@ -337,17 +337,18 @@ func (dr *driver) complete(ctx context.Context, st JobStatus, empty bool) error 
 	}
 	wctx, span := s.tracer.Start(ctx, SpanWatermark, trace.WithAttributes(
 		AttrTarget.String(r.Target), AttrRunID.String(r.RunID), AttrWatermark.String(messages.FormatInstant(wm))))
-	if err := s.runs.CommitWatermark(wctx, dr.lease, r.WatermarkKey, wm); err != nil {
+	// The stored watermark may be later than this run's (never backwards),
+	// or not moved by it at all (an explicit since leaving a gap), or absent.
+	wm, stored, err := s.settleWatermark(wctx, dr.lease, r, wm)
+	if err != nil {
 		endSpan(span, err)
 		return err
 	}
-	if stored, ok, err := s.runs.Watermark(wctx, r.Target, r.WatermarkKey); err == nil && ok {
-		wm = stored
+	if stored {
+		span.SetAttributes(attribute.String("pathling_sync.watermark.stored", messages.FormatInstant(wm)))
+		s.observe(ctx, RunEvent{Kind: EventWatermark, Target: r.Target, RequestID: r.RequestID, RunID: r.RunID, Watermark: wm})
 	}
-	// The stored watermark may be later than this run's (never backwards).
-	span.SetAttributes(attribute.String("pathling_sync.watermark.stored", messages.FormatInstant(wm)))
 	span.End()
-	s.observe(ctx, RunEvent{Kind: EventWatermark, Target: r.Target, RequestID: r.RequestID, RunID: r.RunID, Watermark: wm})
 	now := s.now()
 	c := messages.SyncCompleted{
 		RequestID:               r.RequestID,
@@ -358,7 +359,7 @@ func (dr *driver) complete(ctx context.Context, st JobStatus, empty bool) error 
 		Types:                   r.Params.Types,
 		Since:                   formatTime(r.Params.Since),
 		Until:                   formatTime(r.Params.Until),
-		Watermark:               messages.FormatInstant(wm),
+		Watermark:               formatWatermark(wm, stored),
 		PathlingJob:             r.StatusURL,
 		PathlingTransactionTime: st.TransactionTime,
 		Outputs:                 st.Outputs,

@@ -70,6 +70,9 @@ const (
 	EventFinished     = "finished"  // a run's outcome was published (Completed, Reason, Duration, Polls)
 	EventRefused      = "refused"   // a SyncFailed was published for a request that never ran (Reason)
 	EventStopped      = "stopped"   // this replica stopped driving a run, whatever the result
+	// EventDropped: a delivery terminated without an outcome, because its
+	// subject names no target an outcome could be published for (Dropped).
+	EventDropped = "dropped"
 )
 
 // RunEvent is one observable step of a run. Target is empty for a request
@@ -85,6 +88,7 @@ type RunEvent struct {
 	Duration  time.Duration   // for finished
 	Polls     int
 	Watermark time.Time // for watermark_committed: the target's stored watermark for the run's key
+	Dropped   string    // for dropped: why, one of the messages.Subject* constants
 }
 
 // Syncer runs syncs. It is safe for concurrent use: one Handle call per delivery.
@@ -209,12 +213,17 @@ func (s *Syncer) handle(ctx context.Context, d Delivery, in intake) Disposition 
 	}
 
 	if in.bad != nil {
-		log.WarnContext(ctx, "rejecting request", "reason", in.bad.reason, "error", in.bad.message)
 		markOutcome(ctx, true, in.bad.reason)
 		if in.target == "" {
-			// No target in the subject: nowhere to publish. Nothing sane can come of it.
+			// No target in the subject: an outcome's subject and body would carry an
+			// invalid target (the schemas' target pattern has no dots), which its
+			// requester's subscription would not match either. Log and count it.
+			log.WarnContext(ctx, "dropping request: its subject names no target to answer on",
+				"subject", d.Subject, "why", in.dropped, "error", in.bad.message)
+			s.observe(ctx, RunEvent{Kind: EventDropped, RequestID: in.requestID, Dropped: in.dropped})
 			return Disposition{Action: Term}
 		}
+		log.WarnContext(ctx, "rejecting request", "reason", in.bad.reason, "error", in.bad.message)
 		ev, span := s.failedEvent(ctx, in, nil, in.bad.reason, false, in.bad.message, nil)
 		if err := s.publish(ctx, ev, span); err != nil {
 			log.ErrorContext(ctx, "publish SyncFailed", "error", err)
@@ -318,6 +327,7 @@ type intake struct {
 	timeout     time.Duration
 	requestedAt time.Time
 	bad         *badInput
+	dropped     string // why the subject names no target (messages.Subject*), with bad
 }
 
 type badInput struct {
@@ -345,17 +355,18 @@ func (s *Syncer) intake(d Delivery, h natsHeader) intake {
 	if in.requestedAt.IsZero() {
 		in.requestedAt = s.now()
 	}
-	kind, target, ok := s.subjects.TargetOf(d.Subject)
-	if !ok || kind != messages.KindRequested {
-		return intake{requestID: in.requestID, bad: &badInput{messages.ReasonInvalidRequest, fmt.Sprintf("subject %q is not a SyncRequested subject", d.Subject)}}
+	target, problem := s.subjects.RequestedTarget(d.Subject)
+	if problem != "" {
+		return intake{requestID: in.requestID, dropped: problem,
+			bad: &badInput{messages.ReasonInvalidRequest, s.unroutable(d.Subject, problem)}}
 	}
 	in.target = target
 	bad := func(r messages.Reason, format string, args ...any) intake {
 		in.bad = &badInput{r, fmt.Sprintf(format, args...)}
 		return in
 	}
-	if !messages.ValidTarget(target) {
-		return bad(messages.ReasonUnknownTarget, "target %q: name must match [A-Za-z0-9_-]{1,64}", target)
+	if err := env.CheckType(messages.TypeRequested); err != nil {
+		return bad(messages.ReasonInvalidRequest, "invalid SyncRequested envelope: %v", err)
 	}
 	req, err := messages.DecodeRequested(d.Data)
 	if err != nil {
@@ -372,6 +383,12 @@ func (s *Syncer) intake(d Delivery, h natsHeader) intake {
 	if in.req.SaveMode == messages.SaveModeOverwrite && (in.req.Since != "" || in.req.Until != "") {
 		return bad(messages.ReasonInvalidRequest, "saveMode overwrite replaces each imported type's whole table: "+
 			"with since/until it would keep only the resources changed in that window; use merge for incremental syncs")
+	}
+	if since, ok := messages.ParseInstant(in.req.Since); ok {
+		if now := s.now(); since.After(now.Add(clockAllowance)) {
+			return bad(messages.ReasonInvalidRequest, "since: %s is in the future (now is %s): nothing has changed after it yet",
+				messages.FormatInstant(since), messages.FormatInstant(now.Truncate(time.Millisecond)))
+		}
 	}
 	if in.req.ExportURL == "" {
 		return bad(messages.ReasonInvalidRequest, "exportUrl: required (target %q has no default export URL)", target)
@@ -399,6 +416,24 @@ func (s *Syncer) intake(d Delivery, h natsHeader) intake {
 		return bad(messages.ReasonInvalidRequest, `until: cannot be combined with since "auto"`)
 	}
 	return in
+}
+
+// clockAllowance is how far in the future a since may lie: the requester's
+// clock may run ahead of ours.
+const clockAllowance = time.Minute
+
+// unroutable says why a subject names no target, for the log.
+func (s *Syncer) unroutable(subject, problem string) string {
+	rule := fmt.Sprintf("SyncRequested subjects are %s, the target one token matching [A-Za-z0-9_-]{1,64}",
+		s.subjects.Requested("<target>"))
+	switch problem {
+	case messages.SubjectExtraTokens:
+		return fmt.Sprintf("subject %q has tokens after the target: %s", subject, rule)
+	case messages.SubjectInvalidTarget:
+		return fmt.Sprintf("subject %q names no valid target: %s", subject, rule)
+	default:
+		return fmt.Sprintf("subject %q is not a SyncRequested subject: %s", subject, rule)
+	}
 }
 
 // withDefaults fills the request fields left empty from the target's defaults.
@@ -446,7 +481,7 @@ func (s *Syncer) newRun(ctx context.Context, in intake) (*Run, error) {
 		TypeFilters:           in.req.TypeFilters,
 		IncludeAssociatedData: in.req.IncludeAssociatedData,
 	}
-	key := WatermarkKey(in.exportURL, in.req.Types, in.req.TypeFilters)
+	key := WatermarkKey(p)
 	switch in.req.Since {
 	case "":
 	case "auto":
@@ -483,17 +518,6 @@ func (s *Syncer) newRun(ctx context.Context, in intake) (*Run, error) {
 		UpdatedAt:    now,
 		Deadline:     now.Add(in.timeout),
 	}, nil
-}
-
-// WatermarkKey names the watermark a sync reads and writes: one per export
-// URL, type set and type filters, so that a Patient-only sync never moves the
-// watermark of a sync of everything.
-func WatermarkKey(exportURL string, types, typeFilters []string) string {
-	t := slices.Clone(types)
-	slices.Sort(t)
-	f := slices.Clone(typeFilters)
-	slices.Sort(f)
-	return exportURL + "|types=" + strings.Join(t, ",") + "|filters=" + strings.Join(f, "&")
 }
 
 // settleDelay is how long a newly queued request waits before it asks for

@@ -121,6 +121,16 @@ func ReadEnvelope(h Header) (env Envelope, ok bool) {
 	return env, ok
 }
 
+// CheckType reports a ce-type other than want as an invalid request: an event of another type
+// (say a SyncCompleted) published on a subject meant for want. An envelope without ce-type (a
+// headless publish) passes. The error matches ErrInvalidRequest.
+func (e Envelope) CheckType(want string) error {
+	if e.Type == "" || e.Type == want {
+		return nil
+	}
+	return invalid(HeaderType, "%s is not %q: only %s events are accepted here", quote(e.Type), want, want)
+}
+
 // RequestID is the id of a received SyncRequested: its ce-id, else its Nats-Msg-Id, else
 // "<stream>:<stream sequence>" (the contract's rule for headless publishes).
 func RequestID(h Header, stream string, seq uint64) string {

@@ -1,8 +1,10 @@
 package messages_test
 
 import (
+	"errors"
 	"net/http"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -189,5 +191,21 @@ func TestEnvelopeReplayOf(t *testing.T) {
 	// The attribute alone makes a CloudEvents envelope.
 	if _, ok := messages.ReadEnvelope(nats.Header{messages.HeaderReplayOf: {"req-3"}}); !ok {
 		t.Error("ce-replayof alone: ok = false")
+	}
+}
+
+func TestEnvelopeCheckType(t *testing.T) {
+	for _, typ := range []string{"", messages.TypeRequested} {
+		if err := (messages.Envelope{Type: typ}).CheckType(messages.TypeRequested); err != nil {
+			t.Errorf("ce-type %q: %v", typ, err)
+		}
+	}
+	h := nats.Header{}
+	messages.Envelope{ID: "x/completed", Type: messages.TypeCompleted}.WriteTo(h)
+	env, _ := messages.ReadEnvelope(h)
+	err := env.CheckType(messages.TypeRequested)
+	if !errors.Is(err, messages.ErrInvalidRequest) || !strings.Contains(err.Error(), "ce-type") ||
+		!strings.Contains(err.Error(), messages.TypeCompleted) || !strings.Contains(err.Error(), messages.TypeRequested) {
+		t.Fatalf("CheckType of a SyncCompleted: %v", err)
 	}
 }

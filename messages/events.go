@@ -152,8 +152,11 @@ type SyncCompleted struct {
 	// Since is the resolved since (an instant), empty for a full sync.
 	Since string `json:"since,omitempty"`
 	Until string `json:"until,omitempty"`
-	// Watermark is what the next since "auto" will use (kick-off time minus overlap), an instant.
-	Watermark string `json:"watermark"`
+	// Watermark is the stored watermark after the run, an instant: what the next since "auto"
+	// with the same export parameters starts from. The run moved it only if its export covered
+	// everything from the stored watermark on (see handlers.WatermarkKey and the watermark rule
+	// in docs/architecture.md); empty when none is stored.
+	Watermark string `json:"watermark,omitempty"`
 	// PathlingJob is the job's status URL.
 	PathlingJob string `json:"pathlingJob"`
 	// PathlingTransactionTime is Pathling's transactionTime as reported; empty when the export

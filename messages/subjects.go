@@ -89,3 +89,26 @@ func (s Subjects) TargetOf(subject string) (kind, target string, ok bool) {
 		return "", "", false
 	}
 }
+
+// Why a subject is not the SyncRequested subject of a valid target (RequestedTarget). A small,
+// fixed set: they are metric label values.
+const (
+	SubjectNotRequested  = "not_requested"  // outside <prefix>.requested.
+	SubjectExtraTokens   = "extra_tokens"   // tokens after the target: <prefix>.requested.a.b
+	SubjectInvalidTarget = "invalid_target" // one token, but not a valid target name
+)
+
+// RequestedTarget returns the target of a SyncRequested subject, <prefix>.requested.<target>;
+// for any other subject, target is empty and problem says why (a Subject* constant).
+func (s Subjects) RequestedTarget(subject string) (target, problem string) {
+	rest, found := strings.CutPrefix(subject, s.prefix()+"."+KindRequested+".")
+	switch {
+	case !found:
+		return "", SubjectNotRequested
+	case strings.Contains(rest, "."):
+		return "", SubjectExtraTokens
+	case !ValidTarget(rest):
+		return "", SubjectInvalidTarget
+	}
+	return rest, ""
+}

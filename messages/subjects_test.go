@@ -95,3 +95,28 @@ func TestValidSubjectPrefix(t *testing.T) {
 		}
 	}
 }
+
+func TestSubjectsRequestedTarget(t *testing.T) {
+	custom := messages.Subjects{Prefix: "acme.fhir"}
+	tests := []struct {
+		s                        messages.Subjects
+		subject, target, problem string
+	}{
+		{messages.Subjects{}, "pathling.sync.requested.default", "default", ""},
+		{custom, "acme.fhir.requested.lab_2", "lab_2", ""},
+		{messages.Subjects{}, "pathling.sync.requested.a.b", "", messages.SubjectExtraTokens},
+		{messages.Subjects{}, "pathling.sync.requested.default.", "", messages.SubjectExtraTokens},
+		{messages.Subjects{}, "pathling.sync.requested.bad$name", "", messages.SubjectInvalidTarget},
+		{messages.Subjects{}, "pathling.sync.requested." + strings.Repeat("x", 65), "", messages.SubjectInvalidTarget},
+		{messages.Subjects{}, "pathling.sync.requested.", "", messages.SubjectInvalidTarget},
+		{messages.Subjects{}, "pathling.sync.completed.default", "", messages.SubjectNotRequested},
+		{messages.Subjects{}, "pathling.sync.requested", "", messages.SubjectNotRequested},
+		{custom, "pathling.sync.requested.default", "", messages.SubjectNotRequested},
+	}
+	for _, tc := range tests {
+		target, problem := tc.s.RequestedTarget(tc.subject)
+		if target != tc.target || problem != tc.problem {
+			t.Errorf("RequestedTarget(%q) = %q, %q; want %q, %q", tc.subject, target, problem, tc.target, tc.problem)
+		}
+	}
+}

@@ -35,6 +35,7 @@ const (
 	metricWatermarkAge     = "pathling_sync.watermark_age"             // pathling_sync_watermark_age_seconds{target}
 	metricRequests         = "pathling_sync.pathling.requests"         // pathling_sync_pathling_requests_total{target,kind,status_code}
 	metricRequestsDuration = "pathling_sync.pathling.request.duration" // pathling_sync_pathling_request_duration_seconds{target,kind}
+	metricDropped          = "pathling_sync.requests_dropped"          // pathling_sync_requests_dropped_total{reason}
 )
 
 // Label (attribute) keys of the metrics. Request and run ids are never labels.
@@ -92,6 +93,7 @@ type Metrics struct {
 	losses       metric.Int64Counter
 	redeliveries metric.Int64Counter
 	adoptions    metric.Int64Counter
+	dropped      metric.Int64Counter
 	requests     metric.Int64Counter
 	reqDuration  metric.Float64Histogram
 
@@ -132,6 +134,7 @@ func NewMetrics(mp metric.MeterProvider, cfg MetricsConfig) (*Metrics, error) {
 	m.losses = counter(metricLockLosses, "{loss}", "Runs this replica stopped driving because another driver took its lock over.")
 	m.redeliveries = counter(metricRedeliveries, "{delivery}", "SyncRequested deliveries after the first of their message.")
 	m.adoptions = counter(metricAdoptions, "{run}", "Runs taken over from a previous driver (crash, shutdown, pause).")
+	m.dropped = counter(metricDropped, "{request}", "SyncRequested deliveries dropped without an outcome because their subject names no target to answer on, by reason (extra_tokens, invalid_target, not_requested).")
 	m.requests = counter(metricRequests, "{request}", "HTTP requests to Pathling (and its token endpoint), by target, kind and response status code.")
 	var err error
 	m.duration, err = meter.Float64Histogram(metricSyncDuration, metric.WithUnit("s"),
@@ -168,6 +171,9 @@ func NewMetrics(mp metric.MeterProvider, cfg MetricsConfig) (*Metrics, error) {
 	}
 
 	ctx := context.Background()
+	for _, r := range []string{messages.SubjectExtraTokens, messages.SubjectInvalidTarget, messages.SubjectNotRequested} {
+		m.dropped.Add(ctx, 0, metric.WithAttributes(labelReason.String(r)))
+	}
 	for _, t := range cfg.Targets {
 		tl := labelTarget.String(t)
 		m.syncs.Add(ctx, 0, metric.WithAttributes(tl, labelOutcome.String(outcomeCompleted)))
@@ -213,6 +219,9 @@ func (m *Metrics) RunEvent(ctx context.Context, ev handlers.RunEvent) {
 			m.watermarks[target] = ev.Watermark
 		}
 		m.mu.Unlock()
+	case handlers.EventDropped:
+		// No target label: the subject named none. The reason is one of a fixed few.
+		m.dropped.Add(ctx, 1, metric.WithAttributes(labelReason.String(ev.Dropped)))
 	case handlers.EventRefused:
 		m.syncs.Add(ctx, 1, metric.WithAttributes(labelTarget.String(target),
 			labelOutcome.String(outcomeFailed), labelReason.String(string(ev.Reason))))

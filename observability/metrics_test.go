@@ -54,6 +54,11 @@ func TestMetricsNamesAndStartAtZero(t *testing.T) {
 			t.Errorf("/metrics contains %q:\n%s", bad, text)
 		}
 	}
+	for _, r := range []string{"extra_tokens", "invalid_target", "not_requested"} {
+		if v := mustSample(t, fams, "pathling_sync_requests_dropped_total", map[string]string{"reason": r}); v != 0 {
+			t.Errorf("pathling_sync_requests_dropped_total{reason=%q} = %v at start, want 0", r, v)
+		}
+	}
 	if _, ok := fams["target_info"]; !ok {
 		t.Errorf("no target_info (resource) in /metrics")
 	}
@@ -98,6 +103,9 @@ func TestMetricsFromRunEvents(t *testing.T) {
 	// A subject naming an unconfigured target must not become a label value.
 	m.RunEvent(ctx, handlers.RunEvent{Kind: handlers.EventRefused, Target: "x-attacker-chosen", Reason: messages.ReasonUnknownTarget})
 
+	// A subject with tokens after the target: counted by reason, never by subject.
+	m.RunEvent(ctx, handlers.RunEvent{Kind: handlers.EventDropped, Dropped: messages.SubjectExtraTokens})
+
 	fams, text := scrape(t, tel.MetricsHandler())
 	main := map[string]string{"target": "main"}
 	want := []struct {
@@ -120,6 +128,7 @@ func TestMetricsFromRunEvents(t *testing.T) {
 		{"pathling_sync_last_success_timestamp_seconds", main, float64(now.Unix())},
 		// The newest stored watermark is 90 minutes old.
 		{"pathling_sync_watermark_age_seconds", main, 5400},
+		{"pathling_sync_requests_dropped_total", map[string]string{"reason": "extra_tokens"}, 1},
 	}
 	for _, w := range want {
 		if got := mustSample(t, fams, w.name, w.labels); got != w.value {

@@ -449,7 +449,11 @@ func summarize(kind string, data []byte, replayOf string) string {
 		if c.Empty {
 			what = "no changes"
 		}
-		parts = append(parts, fmt.Sprintf("%s in %s, %s, watermark %s", what, time.Duration(c.DurationMs)*time.Millisecond, plural(c.Polls, "poll"), c.Watermark))
+		wm := "watermark " + c.Watermark
+		if c.Watermark == "" {
+			wm = "no watermark stored"
+		}
+		parts = append(parts, fmt.Sprintf("%s in %s, %s, %s", what, time.Duration(c.DurationMs)*time.Millisecond, plural(c.Polls, "poll"), wm))
 	case messages.KindFailed:
 		var f messages.SyncFailed
 		if err := json.Unmarshal(data, &f); err != nil {

@@ -156,3 +156,14 @@ func TestParseWhen(t *testing.T) {
 		}
 	}
 }
+
+// A SyncCompleted without a watermark (an explicit since with none stored)
+// says so instead of printing an empty instant.
+func TestSummarizeCompletedWithoutWatermark(t *testing.T) {
+	body := `{"requestId":"r","runId":"x","target":"main","exportUrl":"http://s/fhir","saveMode":"merge",` +
+		`"since":"2025-01-01T00:00:00Z","pathlingJob":"j","outputs":2,"empty":false,"durationMs":1500,"polls":3,"attempts":1}`
+	got := summarize(messages.KindCompleted, []byte(body), "")
+	if !strings.Contains(got, "no watermark stored") || strings.Contains(got, "watermark ,") {
+		t.Fatalf("summary %q", got)
+	}
+}

@@ -373,8 +373,12 @@ func printOutcome(g *globals, o *requestOptions, m jetstream.Msg) error {
 		if c.Empty {
 			empty = ", no changes"
 		}
+		next := c.Watermark
+		if next == "" {
+			next = "a full export (no watermark stored)"
+		}
 		fmt.Fprintf(g.stdout, "SyncCompleted in %s: %s imported%s, %s; next since=auto: %s\n",
-			time.Duration(c.DurationMs)*time.Millisecond, plural(c.Outputs, "file"), empty, plural(c.Polls, "poll"), c.Watermark)
+			time.Duration(c.DurationMs)*time.Millisecond, plural(c.Outputs, "file"), empty, plural(c.Polls, "poll"), next)
 		fmt.Fprintln(g.stdout, indentJSON(m.Data()))
 	}
 	if failed {

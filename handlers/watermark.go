@@ -1,0 +1,83 @@
+package handlers
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/pathling-sync/pathling-sync/messages"
+)
+
+// WatermarkKey names the watermark a sync reads and writes: one per export
+// URL and per set of parameters that narrow what an export returns (types,
+// type filters, elements, associated data), so that a Patient-only sync, or
+// an Observation sync of ids only, never moves the watermark of a sync of
+// everything. until narrows the export too; it caps the committed value
+// instead (see driver.complete). Elements and associated data are appended
+// only when set, so the keys of syncs without them are those written before
+// they were part of the key.
+func WatermarkKey(p ImportParams) string {
+	key := p.ExportURL + "|types=" + sortedJoin(p.Types, ",") + "|filters=" + sortedJoin(p.TypeFilters, "&")
+	if len(p.Elements) > 0 {
+		key += "|elements=" + sortedJoin(p.Elements, ",")
+	}
+	if len(p.IncludeAssociatedData) > 0 {
+		key += "|associated=" + sortedJoin(p.IncludeAssociatedData, ",")
+	}
+	return key
+}
+
+func sortedJoin(values []string, sep string) string {
+	v := slices.Clone(values)
+	slices.Sort(v)
+	return strings.Join(v, sep)
+}
+
+// watermarkMoves reports whether a finished run may move its key's stored
+// watermark: only when what it imported covers everything from the stored
+// watermark (from the beginning when none is stored) up to the new value,
+// since a later since "auto" sync starts from there and would skip any gap.
+// A full export (no since) covers everything; a since "auto" run starts at
+// the stored watermark; an explicit since covers the gap only when it is not
+// after the stored watermark.
+func watermarkMoves(since *time.Time, stored time.Time, hasStored bool) bool {
+	if since == nil {
+		return true
+	}
+	return hasStored && !since.After(stored)
+}
+
+// settleWatermark commits wm as the run's watermark when the run covers the
+// gap (watermarkMoves; the store keeps the later of the two), and returns
+// the stored watermark after it: ok is false when none is stored.
+func (s *Syncer) settleWatermark(ctx context.Context, l Lease, r *Run, wm time.Time) (stored time.Time, ok bool, err error) {
+	stored, ok, err = s.runs.Watermark(ctx, r.Target, r.WatermarkKey)
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("read watermark: %w", err)
+	}
+	if !watermarkMoves(r.Params.Since, stored, ok) {
+		return stored, ok, nil
+	}
+	if err := s.runs.CommitWatermark(ctx, l, r.WatermarkKey, wm); err != nil {
+		return time.Time{}, false, fmt.Errorf("commit watermark: %w", err)
+	}
+	if after, found, err := s.runs.Watermark(ctx, r.Target, r.WatermarkKey); err == nil && found {
+		return after, true, nil
+	}
+	// Committed, but not read back: the store kept the later of the two.
+	if ok && stored.After(wm) {
+		return stored, true, nil
+	}
+	return wm, true, nil
+}
+
+// formatWatermark is SyncCompleted's watermark: the stored one after the
+// run, empty when none is stored.
+func formatWatermark(wm time.Time, stored bool) string {
+	if !stored {
+		return ""
+	}
+	return messages.FormatInstant(wm)
+}
