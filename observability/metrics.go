@@ -37,6 +37,9 @@ const (
 	metricRequestsDuration = "pathling_sync.pathling.request.duration" // pathling_sync_pathling_request_duration_seconds{target,kind}
 )
 
+// metricClockSkew is pathling_sync_clock_skew_seconds{target}.
+const metricClockSkew = "pathling_sync.clock_skew"
+
 // Label (attribute) keys of the metrics. Request and run ids are never labels.
 const (
 	labelTarget     = attribute.Key("target")
@@ -94,6 +97,7 @@ type Metrics struct {
 	adoptions    metric.Int64Counter
 	requests     metric.Int64Counter
 	reqDuration  metric.Float64Histogram
+	clockSkew    metric.Float64Gauge
 
 	mu          sync.Mutex
 	lastSuccess map[string]time.Time
@@ -145,6 +149,9 @@ func NewMetrics(mp metric.MeterProvider, cfg MetricsConfig) (*Metrics, error) {
 	m.reqDuration, err = meter.Float64Histogram(metricRequestsDuration, metric.WithUnit("s"),
 		metric.WithDescription("Duration of HTTP requests to Pathling (and its token endpoint), by target and kind."),
 		metric.WithExplicitBucketBoundaries(requestBuckets...))
+	errs = append(errs, err)
+	m.clockSkew, err = meter.Float64Gauge(metricClockSkew, metric.WithUnit("s"),
+		metric.WithDescription("This replica's clock minus the target Pathling's (its Date header), whole seconds, at the last response read; positive: this replica is ahead."))
 	errs = append(errs, err)
 	m.inFlight, err = meter.Int64UpDownCounter(metricInFlight, metric.WithUnit("{sync}"),
 		metric.WithDescription("Runs this replica is driving now."))
@@ -213,6 +220,8 @@ func (m *Metrics) RunEvent(ctx context.Context, ev handlers.RunEvent) {
 			m.watermarks[target] = ev.Watermark
 		}
 		m.mu.Unlock()
+	case handlers.EventClockSkew:
+		m.clockSkew.Record(ctx, ev.ClockSkew.Seconds(), tl)
 	case handlers.EventRefused:
 		m.syncs.Add(ctx, 1, metric.WithAttributes(labelTarget.String(target),
 			labelOutcome.String(outcomeFailed), labelReason.String(string(ev.Reason))))

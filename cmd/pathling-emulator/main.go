@@ -64,6 +64,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(addr s
 		audience      = fs.String("auth-audience", "", "with --auth-jwks: required token audience")
 		javaPrefix    = fs.Bool("java-error-prefix", false, "prefix validation/failure diagnostics with the Java exception class name")
 		logLevel      = fs.String("log-level", "info", "debug, info, warn or error")
+		clockSkew     = fs.Duration("clock-skew", 0, "shift the emulator's clock (Date headers, transactionTime), e.g. -10m for a Pathling whose clock is behind")
 		allowed       stringList
 	)
 	fs.Var(&allowed, "allow-export-url", "allowed export URL prefix (pathling.import.pnp.allowableExportUrls); repeatable. None: every exportUrl is refused, as in Pathling 2.x")
@@ -87,6 +88,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(addr s
 		Mode:                m,
 		PollInterval:        *pollInterval,
 		JavaErrorPrefix:     *javaPrefix,
+		ClockSkew:           *clockSkew,
 		Logger:              logger,
 		HTTPClient:          &http.Client{},
 	}
