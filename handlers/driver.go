@@ -29,6 +29,7 @@ type driver struct {
 	pause     time.Duration // wait before the next step instead of the cadence (Retry-After, retry backoff)
 	lastErr   string        // last retryable failure, for the timeout message
 	deleted   bool          // the current job was deleted already
+	skew      time.Duration // largest positive clock skew (local − Pathling) seen in this drive
 
 	// pubSpan is the producer span of the outcome built by complete or
 	// fail: the outcome's traceparent. It ends once the outcome is
@@ -95,6 +96,7 @@ func (dr *driver) kickOff(ctx context.Context) error {
 		}
 		dr.pause = 0
 	}
+	dr.deleteLeftBehind(ctx)
 	r.State = RunKicking
 	r.Attempts++
 	if err := s.save(ctx, dr.lease, r); err != nil {
@@ -103,10 +105,10 @@ func (dr *driver) kickOff(ctx context.Context) error {
 	sctx, span := s.tracer.Start(ctx, SpanKickOff, trace.WithAttributes(
 		AttrTarget.String(r.Target), AttrRunID.String(r.RunID), AttrAttempt.Int(r.Attempts)))
 	kctx, cancel := context.WithDeadline(sctx, r.Deadline)
-	url, err := dr.t.Pathling.KickOff(kctx, r.Params)
+	ko, err := dr.t.Pathling.KickOff(kctx, r.Params)
 	cancel()
 	if err == nil {
-		span.SetAttributes(AttrJobURL.String(url))
+		span.SetAttributes(AttrJobURL.String(ko.StatusURL))
 	}
 	endSpan(span, err)
 	if err != nil {
@@ -114,6 +116,11 @@ func (dr *driver) kickOff(ctx context.Context) error {
 			return ctx.Err()
 		}
 		return dr.failedCall(ctx, "kick-off", err)
+	}
+	url := ko.StatusURL
+	dr.noteSkew(ctx, ko.ServerDate)
+	if err := dr.recordJob(ctx, url); err != nil {
+		return err
 	}
 	dr.failures = 0
 	dr.polls = 0
@@ -154,6 +161,7 @@ func (dr *driver) poll(ctx context.Context) error {
 		}
 		return dr.failedCall(ctx, "poll", err)
 	}
+	dr.noteSkew(ctx, st.ServerDate)
 	dr.polls++
 	r.Polls++
 	s.observe(ctx, RunEvent{Kind: EventPolled, Target: r.Target, RequestID: r.RequestID, RunID: r.RunID, Status: st, Polls: r.Polls})
@@ -293,18 +301,137 @@ func (dr *driver) deleteJob(ctx context.Context) {
 	dr.cancelJob(ctx)
 }
 
-// cancelJob DELETEs the current job once: Pathling's cancel, and how it
-// frees a finished job's memory.
+// Bounds of deleting jobs: cancelJob's tries of one DELETE, and the sweep of
+// jobs left behind before a kick-off (it must never hold a run up for long).
+const (
+	deleteTries   = 4
+	deleteBudget  = 30 * time.Second
+	sweepBudget   = 10 * time.Second
+	sweepMaxJobs  = 10
+	registryBound = 5 * time.Second // one registry write after the run's context may have ended
+)
+
+// cancelJob DELETEs the current job: Pathling's cancel, and how it frees a
+// finished job's memory. It tries a few times within a short bound; a job it
+// could not delete is marked undeleted in the registry, so that the next
+// kick-off for the target deletes it first (else Pathling could hand that
+// kick-off this job, with its older export).
 func (dr *driver) cancelJob(ctx context.Context) {
-	if dr.deleted || dr.run.StatusURL == "" {
+	url := dr.run.StatusURL
+	if dr.deleted || url == "" {
 		return
 	}
 	dr.deleted = true
-	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), deleteBudget)
 	defer cancel()
-	if err := dr.t.Pathling.Delete(dctx, dr.run.StatusURL); err != nil {
-		dr.log.WarnContext(ctx, "delete Pathling job", "status_url", dr.run.StatusURL, "error", err)
+	var err error
+	for try := 0; try < deleteTries; try++ {
+		if try > 0 {
+			timer := time.NewTimer(dr.t.DeleteRetry.Next(try - 1))
+			select {
+			case <-dctx.Done():
+			case <-timer.C:
+			}
+			timer.Stop()
+			if dctx.Err() != nil {
+				break
+			}
+		}
+		if err = dr.t.Pathling.Delete(dctx, url); err == nil {
+			dr.forgetJob(ctx, url)
+			return
+		}
+		var pe *PathlingError
+		if errors.As(err, &pe) && !pe.Retryable {
+			break
+		}
 	}
+	dr.log.WarnContext(ctx, "delete Pathling job failed; the next kick-off for the target deletes it", "status_url", url, "error", err)
+	if dr.s.jobs == nil {
+		return
+	}
+	mctx, mcancel := context.WithTimeout(context.WithoutCancel(ctx), registryBound)
+	defer mcancel()
+	if err := dr.s.jobs.MarkUndeleted(mctx, dr.run.Target, url); err != nil {
+		dr.log.ErrorContext(ctx, "record undeleted Pathling job", "status_url", url, "error", err)
+	}
+}
+
+func (dr *driver) forgetJob(ctx context.Context, url string) {
+	if dr.s.jobs == nil {
+		return
+	}
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), registryBound)
+	defer cancel()
+	if err := dr.s.jobs.ForgetJob(fctx, dr.run.Target, url); err != nil {
+		dr.log.WarnContext(ctx, "forget deleted Pathling job", "status_url", url, "error", err)
+	}
+}
+
+// deleteLeftBehind DELETEs the jobs earlier runs could not delete (Pathling
+// unreachable at a timeout, a failure, a finish), before a kick-off Pathling
+// could otherwise answer with one of them. Bounded in time and count; what
+// still fails stays for the next kick-off.
+func (dr *driver) deleteLeftBehind(ctx context.Context) {
+	jobs := dr.s.jobs
+	if jobs == nil {
+		return
+	}
+	sctx, cancel := context.WithTimeout(ctx, sweepBudget)
+	defer cancel()
+	urls, err := jobs.UndeletedJobs(sctx, dr.run.Target, sweepMaxJobs)
+	if err != nil {
+		dr.log.WarnContext(ctx, "list undeleted Pathling jobs", "error", err)
+		return
+	}
+	for _, url := range urls {
+		if err := dr.t.Pathling.Delete(sctx, url); err != nil {
+			dr.log.WarnContext(ctx, "delete Pathling job left behind; trying again before the next kick-off", "status_url", url, "error", err)
+			if sctx.Err() != nil {
+				return
+			}
+			continue
+		}
+		dr.log.InfoContext(ctx, "deleted Pathling job left behind by an earlier run", "status_url", url)
+		if err := jobs.ForgetJob(sctx, dr.run.Target, url); err != nil {
+			dr.log.WarnContext(ctx, "forget deleted Pathling job", "status_url", url, "error", err)
+		}
+	}
+}
+
+// recordJob registers the job a kick-off returned, with the run's watermark
+// base (its first kick-off: no later than this one). When Pathling handed back
+// a job an earlier run started (an identical request), the data come from
+// that job's export: the run's watermark base moves back to that run's.
+func (dr *driver) recordJob(ctx context.Context, url string) error {
+	if dr.s.jobs == nil {
+		return nil
+	}
+	r := dr.run
+	earliest, err := dr.s.jobs.RecordJob(ctx, r.Target, url, r.FirstKickOff)
+	if err != nil {
+		// Without the record a reused job would go unnoticed: try again later
+		// (the identical kick-off gets the same job back).
+		return fmt.Errorf("record Pathling job: %w", err)
+	}
+	if earliest.Before(r.FirstKickOff.Truncate(time.Millisecond)) { // the registry keeps milliseconds
+		dr.log.WarnContext(ctx, "Pathling returned an existing job: its export started before this run's kick-off; the watermark starts from that job's kick-off",
+			"status_url", url, "job_kicked_off_at", earliest, "run_kicked_off_at", r.FirstKickOff)
+		r.FirstKickOff = earliest
+	}
+	return nil
+}
+
+// noteSkew measures the clock skew from a response's Date header: local
+// clock minus Pathling's, in whole seconds (the header's resolution).
+func (dr *driver) noteSkew(ctx context.Context, serverDate time.Time) {
+	if serverDate.IsZero() {
+		return
+	}
+	skew := dr.s.now().Sub(serverDate).Truncate(time.Second)
+	dr.skew = max(dr.skew, skew)
+	r := dr.run
+	dr.s.observe(ctx, RunEvent{Kind: EventClockSkew, Target: r.Target, RequestID: r.RequestID, RunID: r.RunID, ClockSkew: skew})
 }
 
 func (dr *driver) timeout(ctx context.Context) Disposition {
@@ -330,7 +457,16 @@ func (dr *driver) complete(ctx context.Context, st JobStatus, empty bool) error 
 	if r.FirstKickOff.IsZero() {
 		r.FirstKickOff = r.StartedAt // adopted from a record written before kick-off
 	}
-	wm := r.FirstKickOff.Add(-dr.t.Overlap).UTC()
+	overlap := dr.t.Overlap
+	if dr.skew > overlap/2 {
+		// This replica's clock is ahead of Pathling's (and likely the
+		// source's): its kick-off time reads late, and the overlap would not
+		// cover the difference.
+		dr.log.WarnContext(ctx, "clock ahead of Pathling's: widening this run's watermark overlap by the skew",
+			"clock_skew", dr.skew, "overlap", overlap, "widened_overlap", overlap+dr.skew)
+		overlap += dr.skew
+	}
+	wm := r.FirstKickOff.Add(-overlap).UTC()
 	if r.Params.Until != nil && r.Params.Until.Before(wm) {
 		// A bounded export covers nothing after until.
 		wm = r.Params.Until.UTC()

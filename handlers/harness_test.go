@@ -3,6 +3,7 @@ package handlers_test
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -34,6 +35,8 @@ type env struct {
 	rdb      *redis.Client
 	store    *redisstore.Store
 	emu      *pathlingemu.Emulator
+	emuMu    sync.Mutex // guards emuSrv (pathlingDown may run in a driver's observer)
+	emuSrv   *httptest.Server
 	emuURL   string // Pathling FHIR base
 	src      *source.Server
 	srcURL   string // source FHIR base
@@ -43,8 +46,9 @@ type env struct {
 }
 
 type envOptions struct {
-	pull     bool // Pathling emulator really pulls from a source emulator
-	patients int
+	pull      bool // Pathling emulator really pulls from a source emulator
+	patients  int
+	clockSkew time.Duration // Pathling's clock minus the real one
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
@@ -95,15 +99,19 @@ func newEnv(t *testing.T, o envOptions) *env {
 	}
 	e.emu, err = pathlingemu.New(pathlingemu.Config{
 		AllowableExportURLs: allowed, AllowInsecureURLs: true, AllowInternalURLs: true,
-		Mode: mode, PollInterval: 20 * time.Millisecond,
+		Mode: mode, PollInterval: 20 * time.Millisecond, ClockSkew: o.clockSkew,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(e.emu.Close)
-	emuSrv := httptest.NewServer(e.emu)
-	t.Cleanup(emuSrv.Close)
-	e.emuURL = emuSrv.URL + "/fhir"
+	e.emuSrv = httptest.NewServer(e.emu)
+	t.Cleanup(func() {
+		e.emuMu.Lock()
+		defer e.emuMu.Unlock()
+		e.emuSrv.Close()
+	})
+	e.emuURL = e.emuSrv.URL + "/fhir"
 
 	p, err := natsbus.NewPublisher(e.nc)
 	if err != nil {
@@ -112,6 +120,30 @@ func newEnv(t *testing.T, o envOptions) *env {
 	e.pub = &countingPublisher{Publisher: p}
 	e.outcomes = followOutcomes(t, e.js, e.subjects)
 	return e
+}
+
+// pathlingDown closes Pathling's listener and connections: every request
+// then meets "connection refused" until pathlingUp.
+func (e *env) pathlingDown() {
+	e.emuMu.Lock()
+	defer e.emuMu.Unlock()
+	e.emuSrv.Close()
+}
+
+// pathlingUp serves Pathling again on the same address, jobs intact.
+func (e *env) pathlingUp() {
+	e.t.Helper()
+	e.emuMu.Lock()
+	defer e.emuMu.Unlock()
+	ln, err := net.Listen("tcp", e.emuSrv.Listener.Addr().String())
+	if err != nil {
+		e.t.Fatalf("listen again on Pathling's address: %v", err)
+	}
+	srv := httptest.NewUnstartedServer(e.emu)
+	srv.Listener.Close()
+	srv.Listener = ln
+	srv.Start()
+	e.emuSrv = srv
 }
 
 func connect(t *testing.T, url string) *nats.Conn {
@@ -161,6 +193,7 @@ type syncerOptions struct {
 	lockTTL  time.Duration
 	observer handlers.Observer
 	driver   string
+	now      func() time.Time // the service's clock; nil: time.Now
 }
 
 func (e *env) syncer(o syncerOptions, targets ...handlers.Target) *handlers.Syncer {
@@ -174,7 +207,7 @@ func (e *env) syncer(o syncerOptions, targets ...handlers.Target) *handlers.Sync
 	s, err := handlers.New(handlers.Config{
 		Targets: targets, Subjects: e.subjects, LockTTL: o.lockTTL,
 		QueueRetry: 30 * time.Millisecond, StoreRetry: 50 * time.Millisecond,
-		Driver: o.driver, Observer: o.observer,
+		Driver: o.driver, Observer: o.observer, Now: o.now, Jobs: e.store,
 	}, e.store, e.store, e.pub)
 	if err != nil {
 		e.t.Fatal(err)

@@ -49,6 +49,15 @@ type JobStatus struct {
 	Outputs         int
 	// Failed:
 	Failure *PathlingError
+	// ServerDate is the response's Date header (Pathling's clock, whole
+	// seconds); zero when absent. The driver measures clock skew with it.
+	ServerDate time.Time
+}
+
+// KickedOff is Pathling's answer to an accepted kick-off.
+type KickedOff struct {
+	StatusURL  string
+	ServerDate time.Time // the response's Date header; zero when absent
 }
 
 // PathlingError is a failure reported by or while talking to Pathling,
@@ -74,7 +83,7 @@ func (e *PathlingError) Error() string {
 // Pathling is what a run needs of one Pathling server. Errors returned are
 // *PathlingError (or a context error); job outcomes come in JobStatus.
 type Pathling interface {
-	KickOff(ctx context.Context, p ImportParams) (statusURL string, err error)
+	KickOff(ctx context.Context, p ImportParams) (KickedOff, error)
 	Status(ctx context.Context, statusURL string) (JobStatus, error)
 	Delete(ctx context.Context, statusURL string) error
 }
@@ -192,6 +201,30 @@ type Runs interface {
 	// (conflict, queue timeout) unless it has a record; reports whether it
 	// wrote. A redelivery then re-publishes that outcome instead of running.
 	RecordOutcome(ctx context.Context, r *Run) (bool, error)
+}
+
+// Jobs is a per-target registry of the Pathling jobs kick-offs returned.
+// Pathling hands an identical kick-off the job it already has (running,
+// finished or failed), so a run can end up with a job an earlier run started:
+// its data come from that earlier export. The registry tells such a job by its
+// status URL, and keeps the jobs whose DELETE failed so that a later run can
+// delete them before its own kick-off.
+//
+// Writes are not fenced by a lease: each records a fact about Pathling that
+// stays true whoever writes it (a stale driver's kick-off did return that job;
+// its DELETE did fail), and a refused write would lose the only trace of a
+// job left behind.
+type Jobs interface {
+	// RecordJob notes that a kick-off sent at kickedOffAt returned statusURL
+	// and returns the earliest kick-off time recorded for it (the earliest
+	// writer wins), which is kickedOffAt for a new job.
+	RecordJob(ctx context.Context, target, statusURL string, kickedOffAt time.Time) (time.Time, error)
+	// MarkUndeleted notes that the job's DELETE failed: it may still exist.
+	MarkUndeleted(ctx context.Context, target, statusURL string) error
+	// UndeletedJobs returns up to n jobs marked undeleted, oldest first.
+	UndeletedJobs(ctx context.Context, target string, n int) ([]string, error)
+	// ForgetJob drops a job Pathling no longer has (DELETE answered 2xx or 404).
+	ForgetJob(ctx context.Context, target, statusURL string) error
 }
 
 // Event is an outgoing CloudEvent: subject, envelope (headers) and JSON body.

@@ -40,6 +40,10 @@ type Config struct {
 	// Now and NewID are the clock and run-id source; tests replace them.
 	Now   func() time.Time
 	NewID func() string
+	// Jobs, when set, is the registry of Pathling jobs that keeps runs from
+	// taking an earlier run's export for their own and deletes jobs left
+	// behind (see Jobs). cmd always sets it; without it neither happens.
+	Jobs Jobs
 	// Observer, when set, sees each step of every run (metrics).
 	Observer Observer
 	// TracerProvider makes the spans of each delivery (see tracing.go).
@@ -75,6 +79,9 @@ const (
 	EventDropped = "dropped"
 )
 
+// EventClockSkew: a Pathling response's Date header was read (ClockSkew).
+const EventClockSkew = "clock_skew"
+
 // RunEvent is one observable step of a run. Target is empty for a request
 // naming no configured target.
 type RunEvent struct {
@@ -89,6 +96,9 @@ type RunEvent struct {
 	Polls     int
 	Watermark time.Time // for watermark_committed: the target's stored watermark for the run's key
 	Dropped   string    // for dropped: why, one of the messages.Subject* constants
+	// ClockSkew, for clock_skew, is the local clock minus Pathling's (its
+	// Date header), in whole seconds: positive when this replica is ahead.
+	ClockSkew time.Duration
 }
 
 // Syncer runs syncs. It is safe for concurrent use: one Handle call per delivery.
@@ -96,6 +106,7 @@ type Syncer struct {
 	targets    map[string]*Target
 	locker     Locker
 	runs       Runs
+	jobs       Jobs
 	pub        Publisher
 	subjects   messages.Subjects
 	source     string
@@ -119,6 +130,7 @@ func New(cfg Config, locker Locker, runs Runs, pub Publisher) (*Syncer, error) {
 		targets:    make(map[string]*Target, len(cfg.Targets)),
 		locker:     locker,
 		runs:       runs,
+		jobs:       cfg.Jobs,
 		pub:        pub,
 		subjects:   cfg.Subjects,
 		source:     cfg.Source,

@@ -30,6 +30,7 @@ type Target struct {
 	Overlap      time.Duration // watermark = first kick-off − overlap (config's default: 2m)
 	Poll         Backoff       // status poll cadence; default 5s ×1.5 ≤ 60s, 10% jitter
 	Retry        Backoff       // after a retryable failure; default 30s ×2 ≤ 5m
+	DeleteRetry  Backoff       // between tries of a job's DELETE; default 1s ×2 ≤ 4s
 	MaxJobLosses int           // 404s of our job before job_lost; default 3
 	KeepJobs     bool          // false: DELETE the Pathling job after its final result
 }
@@ -70,7 +71,10 @@ func (t *Target) setDefaults() {
 	if t.Retry.Initial <= 0 {
 		t.Retry = Backoff{Initial: 30 * time.Second, Factor: 2, Max: 5 * time.Minute, Jitter: 0.1}
 	}
-	for _, b := range []*Backoff{&t.Poll, &t.Retry} {
+	if t.DeleteRetry.Initial <= 0 {
+		t.DeleteRetry = Backoff{Initial: time.Second, Factor: 2, Max: 4 * time.Second, Jitter: 0.1}
+	}
+	for _, b := range []*Backoff{&t.Poll, &t.Retry, &t.DeleteRetry} {
 		if b.Factor < 1 {
 			b.Factor = 1
 		}

@@ -38,6 +38,9 @@ const (
 	metricDropped          = "pathling_sync.requests_dropped"          // pathling_sync_requests_dropped_total{reason}
 )
 
+// metricClockSkew is pathling_sync_clock_skew_seconds{target}.
+const metricClockSkew = "pathling_sync.clock_skew"
+
 // Label (attribute) keys of the metrics. Request and run ids are never labels.
 const (
 	labelTarget     = attribute.Key("target")
@@ -96,6 +99,7 @@ type Metrics struct {
 	dropped      metric.Int64Counter
 	requests     metric.Int64Counter
 	reqDuration  metric.Float64Histogram
+	clockSkew    metric.Float64Gauge
 
 	mu          sync.Mutex
 	lastSuccess map[string]time.Time
@@ -148,6 +152,9 @@ func NewMetrics(mp metric.MeterProvider, cfg MetricsConfig) (*Metrics, error) {
 	m.reqDuration, err = meter.Float64Histogram(metricRequestsDuration, metric.WithUnit("s"),
 		metric.WithDescription("Duration of HTTP requests to Pathling (and its token endpoint), by target and kind."),
 		metric.WithExplicitBucketBoundaries(requestBuckets...))
+	errs = append(errs, err)
+	m.clockSkew, err = meter.Float64Gauge(metricClockSkew, metric.WithUnit("s"),
+		metric.WithDescription("This replica's clock minus the target Pathling's (its Date header), whole seconds, at the last response read; positive: this replica is ahead."))
 	errs = append(errs, err)
 	m.inFlight, err = meter.Int64UpDownCounter(metricInFlight, metric.WithUnit("{sync}"),
 		metric.WithDescription("Runs this replica is driving now."))
@@ -222,6 +229,8 @@ func (m *Metrics) RunEvent(ctx context.Context, ev handlers.RunEvent) {
 	case handlers.EventDropped:
 		// No target label: the subject named none. The reason is one of a fixed few.
 		m.dropped.Add(ctx, 1, metric.WithAttributes(labelReason.String(ev.Dropped)))
+	case handlers.EventClockSkew:
+		m.clockSkew.Record(ctx, ev.ClockSkew.Seconds(), tl)
 	case handlers.EventRefused:
 		m.syncs.Add(ctx, 1, metric.WithAttributes(labelTarget.String(target),
 			labelOutcome.String(outcomeFailed), labelReason.String(string(ev.Reason))))

@@ -100,6 +100,8 @@ func TestMetricsFromRunEvents(t *testing.T) {
 	ev(handlers.RunEvent{Kind: handlers.EventFinished, Completed: true, Duration: 90 * time.Second, Polls: 7})
 	ev(handlers.RunEvent{Kind: handlers.EventFinished, Reason: messages.ReasonTimeout, Duration: 2 * time.Hour, Polls: 120})
 	ev(handlers.RunEvent{Kind: handlers.EventRefused, Reason: messages.ReasonConflict})
+	ev(handlers.RunEvent{Kind: handlers.EventClockSkew, ClockSkew: 3 * time.Second})
+	ev(handlers.RunEvent{Kind: handlers.EventClockSkew, ClockSkew: 600 * time.Second}) // the last one counts
 	// A subject naming an unconfigured target must not become a label value.
 	m.RunEvent(ctx, handlers.RunEvent{Kind: handlers.EventRefused, Target: "x-attacker-chosen", Reason: messages.ReasonUnknownTarget})
 
@@ -129,6 +131,7 @@ func TestMetricsFromRunEvents(t *testing.T) {
 		// The newest stored watermark is 90 minutes old.
 		{"pathling_sync_watermark_age_seconds", main, 5400},
 		{"pathling_sync_requests_dropped_total", map[string]string{"reason": "extra_tokens"}, 1},
+		{"pathling_sync_clock_skew_seconds", main, 600},
 	}
 	for _, w := range want {
 		if got := mustSample(t, fams, w.name, w.labels); got != w.value {

@@ -152,6 +152,7 @@ type response struct {
 	status int
 	header http.Header
 	body   []byte
+	date   time.Time // the Date header (the server's clock, whole seconds); zero when absent or unparsable
 }
 
 // send performs one logical request: it attaches a token, and after a 401
@@ -232,7 +233,11 @@ func (c *Client) once(ctx context.Context, op, method, target string, body []byt
 		return nil, &Error{Op: op, Kind: KindProtocol, HTTPStatus: resp.StatusCode,
 			Message: fmt.Sprintf("response body larger than %d bytes", maxBodyBytes)}
 	}
-	return &response{status: resp.StatusCode, header: resp.Header, body: data}, nil
+	r := &response{status: resp.StatusCode, header: resp.Header, body: data}
+	if d, err := http.ParseTime(resp.Header.Get("Date")); err == nil {
+		r.date = d
+	}
+	return r, nil
 }
 
 // transportError wraps a failure to get a response. It is retryable unless

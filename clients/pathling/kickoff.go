@@ -160,10 +160,26 @@ func (r ImportRequest) Parameters() ([]byte, error) {
 //   - KindProtocol: a 2xx other than 202, or 202 without a usable
 //     Content-Location.
 func (c *Client) KickOff(ctx context.Context, req ImportRequest) (string, error) {
+	a, err := c.Start(ctx, req)
+	return a.StatusURL, err
+}
+
+// Accepted is Pathling's answer to an accepted kick-off.
+type Accepted struct {
+	// StatusURL is the job's status URL (Content-Location, made absolute).
+	StatusURL string
+	// ServerDate is the response's Date header (the server's clock, whole
+	// seconds), zero when absent: callers measure clock skew with it.
+	ServerDate time.Time
+}
+
+// Start is KickOff returning the whole answer: the status URL and the
+// server's Date. Errors as for KickOff.
+func (c *Client) Start(ctx context.Context, req ImportRequest) (Accepted, error) {
 	const op = "kick-off"
 	body, err := req.Parameters()
 	if err != nil {
-		return "", &Error{Op: op, Kind: KindRejected, Message: err.Error()}
+		return Accepted{}, &Error{Op: op, Kind: KindRejected, Message: err.Error()}
 	}
 	header := http.Header{
 		"Content-Type": {fhirJSON},
@@ -171,18 +187,22 @@ func (c *Client) KickOff(ctx context.Context, req ImportRequest) (string, error)
 	}
 	r, err := c.send(ctx, op, http.MethodPost, c.kickOffURL, body, header)
 	if err != nil {
-		return "", err
+		return Accepted{}, err
 	}
 	switch {
 	case r.status == http.StatusAccepted:
-		return c.statusURL(op, r)
+		url, err := c.statusURL(op, r)
+		if err != nil {
+			return Accepted{}, err
+		}
+		return Accepted{StatusURL: url, ServerDate: r.date}, nil
 	case r.status == http.StatusBadRequest:
 		e := &Error{Op: op, Kind: KindRejected, HTTPStatus: r.status}
 		describe(e, r)
-		return "", e
+		return Accepted{}, e
 	}
 	if e := c.statusError(op, r); e != nil {
-		return "", e
+		return Accepted{}, e
 	}
 	kind := KindProtocol
 	if r.status >= 400 && r.status < 500 {
@@ -190,7 +210,7 @@ func (c *Client) KickOff(ctx context.Context, req ImportRequest) (string, error)
 	}
 	e := &Error{Op: op, Kind: kind, HTTPStatus: r.status}
 	describe(e, r)
-	return "", e
+	return Accepted{}, e
 }
 
 // statusURL reads Content-Location from a 202, resolving a relative value

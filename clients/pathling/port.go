@@ -19,8 +19,8 @@ var _ handlers.Pathling = Port{}
 func NewPort(c *Client) Port { return Port{c: c} }
 
 // KickOff starts an import. Errors: *handlers.PathlingError, or ctx's error.
-func (p Port) KickOff(ctx context.Context, ip handlers.ImportParams) (string, error) {
-	url, err := p.c.KickOff(ctx, ImportRequest{
+func (p Port) KickOff(ctx context.Context, ip handlers.ImportParams) (handlers.KickedOff, error) {
+	a, err := p.c.Start(ctx, ImportRequest{
 		ExportURL:             ip.ExportURL,
 		SaveMode:              ip.SaveMode,
 		Types:                 ip.Types,
@@ -31,9 +31,9 @@ func (p Port) KickOff(ctx context.Context, ip handlers.ImportParams) (string, er
 		Until:                 ip.Until,
 	})
 	if err != nil {
-		return "", portError(ctx, err)
+		return handlers.KickedOff{}, portError(ctx, err)
 	}
-	return url, nil
+	return handlers.KickedOff{StatusURL: a.StatusURL, ServerDate: a.ServerDate}, nil
 }
 
 // Status polls a job. Errors: *handlers.PathlingError, or ctx's error.
@@ -42,7 +42,7 @@ func (p Port) Status(ctx context.Context, statusURL string) (handlers.JobStatus,
 	if err != nil {
 		return handlers.JobStatus{}, portError(ctx, err)
 	}
-	out := handlers.JobStatus{Progress: st.Progress, RetryAfter: st.RetryAfter}
+	out := handlers.JobStatus{Progress: st.Progress, RetryAfter: st.RetryAfter, ServerDate: st.ServerDate}
 	switch st.State {
 	case StateRunning:
 		out.State = handlers.JobRunning

@@ -57,6 +57,9 @@ type JobStatus struct {
 	Failure *Error
 	// HTTPStatus is the status code received.
 	HTTPStatus int
+	// ServerDate is the response's Date header (the server's clock, whole
+	// seconds), zero when absent: callers measure clock skew with it.
+	ServerDate time.Time
 }
 
 // Status polls a job: GET statusURL with Accept: application/fhir+json.
@@ -97,6 +100,7 @@ func (c *Client) Status(ctx context.Context, statusURL string) (JobStatus, error
 	}
 	st := JobStatus{
 		HTTPStatus: r.status,
+		ServerDate: r.date,
 		Progress:   strings.TrimSpace(r.header.Get("X-Progress")),
 		RetryAfter: parseRetryAfter(r.header.Get("Retry-After"), c.now()),
 	}

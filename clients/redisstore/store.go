@@ -16,6 +16,8 @@
 //	<prefix>{<target>}:wm              hash  watermark key -> unix ms
 //	<prefix>{<target>}:queue           zset  queued request ids, scored by Queue.Seq
 //	<prefix>{<target>}:queue:deadline  hash  queued request id -> ticket deadline (unix ms, 0 = none)
+//	<prefix>{<target>}:jobs            zset  Pathling status URLs -> earliest kick-off (unix ms); bounded
+//	<prefix>{<target>}:jobs:undeleted  zset  status URLs whose DELETE failed -> when (unix ms); bounded
 //
 // Redis must run with maxmemory-policy noeviction and persistence: an evicted
 // lock or fence counter breaks the guarantees above.
@@ -73,6 +75,8 @@ var (
 	recordOutcomeLua string
 	//go:embed lua/commit_watermark.lua
 	commitWatermarkLua string
+	//go:embed lua/record_job.lua
+	recordJobLua string
 
 	scriptAcquire         = redis.NewScript(acquireLua)
 	scriptRenew           = redis.NewScript(renewLua)
@@ -81,6 +85,7 @@ var (
 	scriptSaveRun         = redis.NewScript(saveRunLua)
 	scriptCommitWatermark = redis.NewScript(commitWatermarkLua)
 	scriptRecordOutcome   = redis.NewScript(recordOutcomeLua)
+	scriptRecordJob       = redis.NewScript(recordJobLua)
 )
 
 // Store implements handlers.Locker and handlers.Runs on Redis. It is safe
@@ -137,6 +142,8 @@ func (k targetKeys) runs() string              { return k.base + "runs" }
 func (k targetKeys) watermarks() string        { return k.base + "wm" }
 func (k targetKeys) queue() string             { return k.base + "queue" }
 func (k targetKeys) queueDeadlines() string    { return k.base + "queue:deadline" }
+func (k targetKeys) jobs() string              { return k.base + "jobs" }
+func (k targetKeys) undeletedJobs() string     { return k.base + "jobs:undeleted" }
 
 // checkTarget refuses targets that would break the hash tag. Configured
 // target names match [A-Za-z0-9_-]{1,64}; this only guards the key layout.

@@ -89,6 +89,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		javaPrefix    = fs.Bool("java-error-prefix", false, "prefix validation/failure diagnostics with the Java exception class name")
 		logLevel      = fs.String("log-level", "info", "debug, info, warn or error")
 		pnpKeyFile    = fs.String("pnp-private-key-jwk-file", "", "emulator only: read pathling.import.pnp.privateKeyJwk from this file")
+		clockSkew     = fs.Duration("clock-skew", 0, "shift the emulator's clock (Date headers, transactionTime), e.g. -10m for a Pathling whose clock is behind")
 		allowed       stringList
 		pnp           = map[string]*string{}
 	)
@@ -127,6 +128,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		Mode:                m,
 		PollInterval:        *pollInterval,
 		JavaErrorPrefix:     *javaPrefix,
+		ClockSkew:           *clockSkew,
 		Logger:              logger,
 		HTTPClient:          &http.Client{},
 		SourceAuth:          sourceAuth,

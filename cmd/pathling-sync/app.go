@@ -158,6 +158,7 @@ func NewService(ctx context.Context, cfg *config.Config, log *slog.Logger, opts 
 		QueueRetry: cfg.Service.QueueRetry,
 		Driver:     cfg.Service.InstanceID,
 		Logger:     log,
+		Jobs:       s.store,
 
 		Observer:       s.metrics,
 		TracerProvider: s.tel.TracerProvider(),

@@ -217,6 +217,7 @@ targets:
 		`pathling_sync_syncs_in_flight{target="main"} 0`,
 		`pathling_sync_last_success_timestamp_seconds{target="main"}`,
 		`pathling_sync_watermark_age_seconds{target="main"}`,
+		`pathling_sync_clock_skew_seconds{target="main"}`,
 		`pathling_sync_sync_duration_seconds_bucket{outcome="completed",target="main",le="+Inf"} 1`,
 	} {
 		if !strings.Contains(metrics, want) {

@@ -88,8 +88,12 @@ type Config struct {
 	// source's bearer token from its token server (SMART Backend Services with a private JWK,
 	// or a client secret). Not together with SourceToken.
 	SourceAuth *SourceAuthConfig
-	// Clock is the emulator's clock (transactionTime, write times). Nil means time.Now.
+	// Clock is the emulator's clock (Date headers, transactionTime, write times). Nil means
+	// time.Now.
 	Clock func() time.Time
+	// ClockSkew shifts Clock: a Pathling whose clock is off (negative: behind). Tests of
+	// clock-skew handling set it.
+	ClockSkew time.Duration
 	// PollInterval is how often a pull job polls the source when it sends no Retry-After
 	// (fhir-bulk-java's minPoolingDelay: 1 s, the default). It is also the floor for
 	// Retry-After; the delay after a 429 is 10×, after a transient error 2×, as in
@@ -126,6 +130,10 @@ func (c *Config) setDefaults() {
 	}
 	if c.Clock == nil {
 		c.Clock = time.Now
+	}
+	if c.ClockSkew != 0 {
+		clock, skew := c.Clock, c.ClockSkew
+		c.Clock = func() time.Time { return clock().Add(skew) }
 	}
 	if c.PollInterval <= 0 {
 		c.PollInterval = defaultPollInterval

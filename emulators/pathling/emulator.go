@@ -136,6 +136,9 @@ func (e *Emulator) ResourceTypes() []string {
 
 // ServeHTTP routes /fhir/... and /_emulator/....
 func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// Pathling's servlet container dates every response; from the emulator's
+	// clock, so that a skewed clock (Config.ClockSkew) shows on the wire.
+	w.Header().Set("Date", e.cfg.Clock().UTC().Format(http.TimeFormat))
 	p := r.URL.Path
 	switch {
 	case p == "/fhir" || strings.HasPrefix(p, "/fhir/"):

@@ -1,0 +1,15 @@
+-- Record the kick-off time of a Pathling job; the earliest time wins.
+-- KEYS[1] jobs (zset: status URL -> earliest kick-off unix ms)
+-- ARGV[1] status URL  ARGV[2] kick-off unix ms  ARGV[3] drop entries kicked off before this (unix ms)
+-- ARGV[4] most entries kept (the newest)
+-- Returns the earliest kick-off unix ms recorded for the job.
+local t = tonumber(ARGV[2])
+local cur = tonumber(redis.call("ZSCORE", KEYS[1], ARGV[1]) or "")
+if cur and cur <= t then
+  t = cur
+else
+  redis.call("ZADD", KEYS[1], t, ARGV[1])
+end
+redis.call("ZREMRANGEBYSCORE", KEYS[1], "-inf", "(" .. ARGV[3])
+redis.call("ZREMRANGEBYRANK", KEYS[1], 0, -(tonumber(ARGV[4]) + 1))
+return t
