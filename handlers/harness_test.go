@@ -3,6 +3,7 @@ package handlers_test
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -31,6 +32,7 @@ type env struct {
 	natsURL  string
 	nc       *nats.Conn
 	js       jetstream.JetStream
+	redis    *testenv.RedisServer
 	rdb      *redis.Client
 	store    *redisstore.Store
 	emu      *pathlingemu.Emulator
@@ -65,7 +67,8 @@ func newEnv(t *testing.T, o envOptions) *env {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	opt, err := redis.ParseURL(testenv.Redis(t))
+	e.redis = testenv.StartRedis(t)
+	opt, err := redis.ParseURL(e.redis.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,6 +164,8 @@ type syncerOptions struct {
 	lockTTL  time.Duration
 	observer handlers.Observer
 	driver   string
+	store    *redisstore.Store // default e.store
+	log      *slog.Logger
 }
 
 func (e *env) syncer(o syncerOptions, targets ...handlers.Target) *handlers.Syncer {
@@ -171,11 +176,14 @@ func (e *env) syncer(o syncerOptions, targets ...handlers.Target) *handlers.Sync
 	if o.lockTTL == 0 {
 		o.lockTTL = 3 * time.Second
 	}
+	if o.store == nil {
+		o.store = e.store
+	}
 	s, err := handlers.New(handlers.Config{
 		Targets: targets, Subjects: e.subjects, LockTTL: o.lockTTL,
 		QueueRetry: 30 * time.Millisecond, StoreRetry: 50 * time.Millisecond,
-		Driver: o.driver, Observer: o.observer,
-	}, e.store, e.store, e.pub)
+		Driver: o.driver, Observer: o.observer, Logger: o.log,
+	}, o.store, o.store, e.pub)
 	if err != nil {
 		e.t.Fatal(err)
 	}

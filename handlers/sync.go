@@ -162,6 +162,7 @@ func New(cfg Config, locker Locker, runs Runs, pub Publisher) (*Syncer, error) {
 	if locker == nil || runs == nil || pub == nil {
 		return nil, errors.New("handlers: locker, runs and publisher are required")
 	}
+	s.runs = retryingRuns{Runs: runs, s: s}
 	for i := range cfg.Targets {
 		t := cfg.Targets[i]
 		t.setDefaults()
@@ -259,6 +260,7 @@ func (s *Syncer) lock(ctx context.Context, log *slog.Logger, d Delivery, in inta
 	lctx, span := s.tracer.Start(ctx, SpanLock, trace.WithAttributes(
 		AttrTarget.String(t.Name), attribute.String("pathling_sync.concurrency", in.req.Concurrency)))
 	defer span.End()
+	granted := s.now()
 	lease, err := s.locker.Acquire(lctx, acq)
 	if err != nil {
 		var held *LockHeldError
@@ -274,6 +276,7 @@ func (s *Syncer) lock(ctx context.Context, log *slog.Logger, d Delivery, in inta
 		return nil, Lease{}, s.notAcquired(ctx, log, d, in, err), false
 	}
 	span.SetAttributes(AttrLockResult.String(lockAcquired), AttrLockToken.Int64(lease.Token))
+	lease.Expires = granted.Add(s.lockTTL)
 
 	run, err = s.runs.LoadRun(lctx, t.Name, in.requestID)
 	switch {
@@ -590,7 +593,8 @@ func (s *Syncer) save(ctx context.Context, l Lease, r *Run) error {
 }
 
 // storeFailed decides after a failed store write: a lost lock means another
-// driver owns the run (do nothing); anything else, try again later.
+// driver owns the run (do nothing); anything else (also a lock that vanished
+// again and again), try again later.
 func (s *Syncer) storeFailed(ctx context.Context, log *slog.Logger, run *Run, err error) Disposition {
 	if errors.Is(err, ErrLockLost) {
 		log.WarnContext(ctx, "lock lost; leaving the run to its new driver", "run_id", run.RunID)
