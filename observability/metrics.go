@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -35,6 +36,7 @@ const (
 	metricWatermarkAge     = "pathling_sync.watermark_age"             // pathling_sync_watermark_age_seconds{target}
 	metricRequests         = "pathling_sync.pathling.requests"         // pathling_sync_pathling_requests_total{target,kind,status_code}
 	metricRequestsDuration = "pathling_sync.pathling.request.duration" // pathling_sync_pathling_request_duration_seconds{target,kind}
+	metricRedisPersistence = "pathling_sync.redis.persistence_enabled" // pathling_sync_redis_persistence_enabled
 )
 
 // Label (attribute) keys of the metrics. Request and run ids are never labels.
@@ -94,6 +96,9 @@ type Metrics struct {
 	adoptions    metric.Int64Counter
 	requests     metric.Int64Counter
 	reqDuration  metric.Float64Histogram
+
+	// redisPersistence is the start-up check's answer: 0 not checked, 1 off, 2 on.
+	redisPersistence atomic.Int32
 
 	mu          sync.Mutex
 	lastSuccess map[string]time.Time
@@ -164,6 +169,23 @@ func NewMetrics(mp metric.MeterProvider, cfg MetricsConfig) (*Metrics, error) {
 		m.observeGauges(ctx, o, lastSuccess, watermarkAge)
 		return nil
 	}, lastSuccess, watermarkAge); err != nil {
+		return nil, fmt.Errorf("observability: metrics: %w", err)
+	}
+
+	persistence, err := meter.Int64ObservableGauge(metricRedisPersistence,
+		metric.WithDescription("1 when Redis persists its data (AOF or RDB snapshots, as CONFIG GET reported at start-up), 0 when a Redis restart loses every lock, run record and watermark; absent when it could not be checked."))
+	if err != nil {
+		return nil, fmt.Errorf("observability: metrics: %w", err)
+	}
+	if _, err := meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		switch m.redisPersistence.Load() {
+		case 1:
+			o.ObserveInt64(persistence, 0)
+		case 2:
+			o.ObserveInt64(persistence, 1)
+		}
+		return nil
+	}, persistence); err != nil {
 		return nil, fmt.Errorf("observability: metrics: %w", err)
 	}
 
@@ -259,6 +281,16 @@ func (m *Metrics) PathlingRequest(ctx context.Context, target, kind string, stat
 	}
 	m.requests.Add(ctx, 1, metric.WithAttributes(labelTarget.String(target), labelKind.String(kind), labelStatusCode.String(code)))
 	m.reqDuration.Record(ctx, d.Seconds(), metric.WithAttributes(labelTarget.String(target), labelKind.String(kind)))
+}
+
+// SetRedisPersistence records the start-up check of Redis' persistence,
+// reported as pathling_sync_redis_persistence_enabled (absent until set).
+func (m *Metrics) SetRedisPersistence(enabled bool) {
+	if enabled {
+		m.redisPersistence.Store(2)
+	} else {
+		m.redisPersistence.Store(1)
+	}
 }
 
 // observeGauges reports the last success time and the watermark age of each
