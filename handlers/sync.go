@@ -388,7 +388,7 @@ func (s *Syncer) intake(d Delivery, h natsHeader) intake {
 		in.exportURL = u
 	}
 	if !t.exportURLAllowed(in.exportURL) {
-		return bad(messages.ReasonExportURLNotAllowed, "exportUrl %q is not among the source URLs allowed for target %q", in.exportURL, target)
+		return bad(messages.ReasonExportURLNotAllowed, "exportUrl %q is not among the source URLs allowed for target %q", messages.RedactURL(in.exportURL), target)
 	}
 	in.timeout = t.Timeout
 	if in.req.Timeout != "" {
@@ -646,7 +646,7 @@ func (s *Syncer) failedEvent(ctx context.Context, in intake, run *Run, reason me
 	f := messages.SyncFailed{
 		RequestID:     in.requestID,
 		Target:        in.target,
-		ExportURL:     in.exportURL,
+		ExportURL:     messages.RedactURL(in.exportURL),
 		SaveMode:      in.req.SaveMode,
 		Types:         in.req.Types,
 		Since:         in.req.Since,
@@ -658,7 +658,8 @@ func (s *Syncer) failedEvent(ctx context.Context, in intake, run *Run, reason me
 		RequestedBy:   in.req.RequestedBy,
 	}
 	if f.ExportURL == "" {
-		f.ExportURL = in.req.ExportURL
+		// Refused before normalization (say, for its userinfo): show it without credentials.
+		f.ExportURL = messages.RedactURL(in.req.ExportURL)
 	}
 	if run != nil {
 		f.RunID = run.RunID

@@ -150,7 +150,7 @@ func runStatus(ctx context.Context, g *globals, o *statusOptions) error {
 			return err
 		}
 		if tc, ok := cfg.Target(name); ok {
-			ts.Configured, ts.Pathling = true, tc.Pathling.URL
+			ts.Configured, ts.Pathling = true, messages.RedactURL(tc.Pathling.URL)
 		}
 		rep.Targets = append(rep.Targets, ts)
 	}
@@ -260,7 +260,7 @@ func lastOutcome(ctx context.Context, stream jetstream.Stream, subjects messages
 	_, rid := ev.ids(kind)
 	v := &outcomeView{Kind: kind, Seq: ev.Seq, Time: ev.time(env), RequestID: rid, Summary: summarize(kind, ev.Data, env.ReplayOf)}
 	if json.Valid(ev.Data) {
-		v.Body = ev.Data
+		v.Body = redactBody(ev.Data)
 	}
 	return v, nil
 }
