@@ -137,8 +137,10 @@ func (dr *driver) retake(ctx context.Context) Disposition {
 		return dr.stop(ctx, err)
 	}
 	if r.State.Terminal() {
-		// The terminal record was refused before the job's DELETE (finish).
+		// The terminal record was refused before the job's DELETE (finish):
+		// finish the finish, whatever the clock says now.
 		dr.deleteJob(ctx)
+		return dr.finishDisposition(ctx)
 	}
 	return dr.drive(ctx)
 }

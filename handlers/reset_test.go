@@ -208,3 +208,59 @@ func TestRedisPauseWithinLockValidityKeepsRun(t *testing.T) {
 		t.Errorf("no write met the pause (no retry logged):\n%s", logs.String())
 	}
 }
+
+// flushBeforeTerminalSave empties Redis once, just before the first write
+// of a terminal run record: the data loss at the worst moment, between the
+// watermark and the outcome's record.
+type flushBeforeTerminalSave struct {
+	*redisstore.Store
+	rdb  *redis.Client
+	once sync.Once
+}
+
+func (f *flushBeforeTerminalSave) SaveRun(ctx context.Context, l handlers.Lease, r *handlers.Run) error {
+	if r.State.Terminal() {
+		f.once.Do(func() {
+			if err := f.rdb.FlushAll(ctx).Err(); err != nil {
+				panic(err)
+			}
+		})
+	}
+	return f.Store.SaveRun(ctx, l, r)
+}
+
+// Redis loses its data as the run records its outcome: the driver takes the
+// lock again, records the outcome, DELETEs the job once and publishes once.
+func TestRedisFlushBeforeOutcomeRecordedStillFinishes(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	if err := e.emu.SetDefaultScript(pathlingemu.Script{Polls: 2}); err != nil {
+		t.Fatal(err)
+	}
+	evs, logs := &runEvents{}, &testenv.Buffer{}
+	runs := &flushBeforeTerminalSave{Store: e.store, rdb: e.rdb}
+	s, err := handlers.New(handlers.Config{
+		Targets: []handlers.Target{e.target()}, Subjects: e.subjects, LockTTL: 3 * time.Second,
+		StoreRetry: 50 * time.Millisecond, Observer: evs, Logger: jsonLogger(logs),
+	}, e.store, runs, e.pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.start(e.js, s, 0)
+	e.request("t1", "r1", req{})
+	oneUninterruptedRun(t, e, evs, "r1")
+	for id, j := range e.emu.Counters().Jobs {
+		if j.Deletes != 1 {
+			t.Errorf("job %s deleted %d times, want 1", id, j.Deletes)
+		}
+	}
+	run, err := e.store.LoadRun(context.Background(), "t1", "r1")
+	if err != nil || run.State != handlers.RunCompleted {
+		t.Fatalf("record after the run: %+v, %v", run, err)
+	}
+	if _, held, _ := e.store.Lock(context.Background(), "t1"); held {
+		t.Error("the target is still locked")
+	}
+	if !hasLog(logs, "ERROR", "Redis lost data under a live run") {
+		t.Errorf("no error log about the data loss in:\n%s", logs.String())
+	}
+}
