@@ -103,14 +103,17 @@ func (dr *driver) retake(ctx context.Context) Disposition {
 	s := dr.s
 	r := dr.run
 	dr.retakes++
-	if _, err := s.runs.LoadRun(ctx, r.Target, r.RequestID); errors.Is(err, ErrRunNotFound) {
+	switch _, err := s.runs.LoadRun(ctx, r.Target, r.RequestID); {
+	case errors.Is(err, ErrRunNotFound):
 		dr.log.ErrorContext(ctx, "Redis lost data under a live run: its lock and run record are gone "+
 			"(restarted without persistence, flushed, or failed over to an empty replica?); "+
 			"taking the lock again and re-saving the record from memory",
 			"state", r.State, "status_url", r.StatusURL)
-	} else {
+	case err == nil:
 		dr.log.WarnContext(ctx, "the run's lock vanished (expired while this driver was paused?); taking it again",
 			"state", r.State, "status_url", r.StatusURL)
+	default:
+		dr.log.WarnContext(ctx, "the run's lock vanished; taking it again", "state", r.State, "status_url", r.StatusURL, "error", err)
 	}
 	granted := s.now()
 	var lease Lease

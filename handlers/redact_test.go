@@ -97,12 +97,12 @@ func TestNoSecretInEventsLogsOrSpans(t *testing.T) {
 		var b strings.Builder
 		fmt.Fprint(&b, sp.Name(), sp.Status().Description)
 		for _, kv := range sp.Attributes() {
-			fmt.Fprint(&b, kv.Key, kv.Value.Emit())
+			fmt.Fprint(&b, kv.Key, kv.Value.String())
 		}
 		for _, ev := range sp.Events() {
 			fmt.Fprint(&b, ev.Name)
 			for _, kv := range ev.Attributes {
-				fmt.Fprint(&b, kv.Key, kv.Value.Emit())
+				fmt.Fprint(&b, kv.Key, kv.Value.String())
 			}
 		}
 		if strings.Contains(b.String(), secret) {

@@ -41,8 +41,10 @@ func (s *Syncer) retryStore(ctx context.Context, l Lease, what string, op func(c
 			}
 			return fmt.Errorf("%s: gave up after %d attempts, the lock's validity running out: %w", what, attempt, err)
 		}
-		s.log.WarnContext(ctx, "store write failed; retrying while the lock is valid",
-			"target", l.Target, "request_id", l.RequestID, "op", what, "attempt", attempt, "error", err)
+		if attempt == 1 { // once per write: a Redis outage must not flood the logs
+			s.log.WarnContext(ctx, "store write failed; retrying while the lock is valid",
+				"target", l.Target, "request_id", l.RequestID, "op", what, "valid_until", l.Expires, "error", err)
+		}
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():

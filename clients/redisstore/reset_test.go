@@ -98,7 +98,7 @@ func TestReacquireRefusesRunDrivenByAnother(t *testing.T) {
 	s, _ := newStore(t)
 
 	// Expired, record still the lease's own: taken again.
-	l := acquire(t, s, "tgt", "req-1", 50*time.Millisecond)
+	l := acquire(t, s, "tgt", "req-1", 500*time.Millisecond) // long enough for the save below under load
 	if err := s.SaveRun(ctx, l, newRun(l, handlers.RunPolling)); err != nil {
 		t.Fatal(err)
 	}
