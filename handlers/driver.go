@@ -30,6 +30,7 @@ type driver struct {
 	lastErr   string        // last retryable failure, for the timeout message
 	deleted   bool          // the current job was deleted already
 	skew      time.Duration // largest positive clock skew (local − Pathling) seen in this drive
+	retakes   int           // times the lock vanished and was taken again (retake)
 
 	// pubSpan is the producer span of the outcome built by complete or
 	// fail: the outcome's traceparent. It ends once the outcome is
@@ -65,8 +66,15 @@ func (dr *driver) drive(ctx context.Context) Disposition {
 	}
 }
 
+// maxRetakes bounds how often one drive takes a vanished lock again: a store
+// that keeps losing its data is not one to drive a run on.
+const maxRetakes = 3
+
 // stop turns an error that ends the drive early into a disposition.
 func (dr *driver) stop(ctx context.Context, err error) Disposition {
+	if errors.Is(err, ErrLockVanished) && dr.retakes < maxRetakes && ctx.Err() == nil {
+		return dr.retake(ctx)
+	}
 	if dr.pubSpan != nil {
 		endSpan(dr.pubSpan, err)
 		dr.pubSpan = nil
@@ -82,6 +90,63 @@ func (dr *driver) stop(ctx context.Context, err error) Disposition {
 	default:
 		return dr.s.storeFailed(ctx, dr.log, dr.run, err)
 	}
+}
+
+// retake answers ErrLockVanished: the run's lock (or, while another request
+// holds the target, its record) is gone from the store under this live
+// driver: Redis restarted without persistence or was flushed, or the lock
+// expired while the driver was paused. It takes the lock again for this run,
+// re-saves the record and drives on. When another request holds the target
+// by then, it DELETEs this run's Pathling job (best effort) before leaving,
+// so that two imports never run on one target; when another driver of the
+// request took the run, it leaves it to that one.
+func (dr *driver) retake(ctx context.Context) Disposition {
+	s := dr.s
+	r := dr.run
+	dr.retakes++
+	switch _, err := s.runs.LoadRun(ctx, r.Target, r.RequestID); {
+	case errors.Is(err, ErrRunNotFound):
+		dr.log.ErrorContext(ctx, "Redis lost data under a live run: its lock and run record are gone "+
+			"(restarted without persistence, flushed, or failed over to an empty replica?); "+
+			"taking the lock again and re-saving the record from memory",
+			"state", r.State, "status_url", r.StatusURL)
+	case err == nil:
+		dr.log.WarnContext(ctx, "the run's lock vanished (expired while this driver was paused?); taking it again",
+			"state", r.State, "status_url", r.StatusURL)
+	default:
+		dr.log.WarnContext(ctx, "the run's lock vanished; taking it again", "state", r.State, "status_url", r.StatusURL, "error", err)
+	}
+	granted := s.now()
+	var lease Lease
+	err := s.retryStore(ctx, dr.lease, "reacquire lock", func(ctx context.Context) error {
+		var err error
+		lease, err = s.locker.Reacquire(ctx, dr.lease, s.lockTTL)
+		return err
+	})
+	var held *LockHeldError
+	switch {
+	case errors.As(err, &held):
+		dr.log.ErrorContext(ctx, "another request took the target while the store had lost this run's lock; "+
+			"cancelling this run's Pathling job so that two imports never run on one target",
+			"holder", held.RequestID, "status_url", r.StatusURL)
+		dr.cancelJob(ctx)
+		return dr.stop(ctx, ErrLockLost)
+	case err != nil:
+		return dr.stop(ctx, err)
+	}
+	lease.Expires = granted.Add(s.lockTTL)
+	dr.lease = lease
+	dr.log.InfoContext(ctx, "took the vanished lock again", "new_token", lease.Token)
+	if err := s.save(ctx, dr.lease, r); err != nil {
+		return dr.stop(ctx, err)
+	}
+	if r.State.Terminal() {
+		// The terminal record was refused before the job's DELETE (finish):
+		// finish the finish, whatever the clock says now.
+		dr.deleteJob(ctx)
+		return dr.finishDisposition(ctx)
+	}
+	return dr.drive(ctx)
 }
 
 func (dr *driver) kickOff(ctx context.Context) error {
@@ -265,7 +330,7 @@ func (dr *driver) wait(ctx context.Context, d time.Duration) error {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
-				if errors.Is(err, ErrLockLost) {
+				if errors.Is(err, ErrLockLost) || errors.Is(err, ErrLockVanished) {
 					return err
 				}
 				// Redis blip: try again soon; the TTL leaves two more chances.
@@ -273,6 +338,7 @@ func (dr *driver) wait(ctx context.Context, d time.Duration) error {
 				dr.nextRenew = now.Add(s.lockTTL / 10)
 			} else {
 				dr.nextRenew = now.Add(s.lockTTL / 3)
+				dr.lease.Expires = now.Add(s.lockTTL) // now was taken before the call
 			}
 		}
 		if !now.Before(until) {
@@ -490,7 +556,7 @@ func (dr *driver) complete(ctx context.Context, st JobStatus, empty bool) error 
 		RequestID:               r.RequestID,
 		RunID:                   r.RunID,
 		Target:                  r.Target,
-		ExportURL:               r.Params.ExportURL,
+		ExportURL:               messages.RedactURL(r.Params.ExportURL),
 		SaveMode:                r.Params.SaveMode,
 		Types:                   r.Params.Types,
 		Since:                   formatTime(r.Params.Since),
@@ -525,7 +591,7 @@ func (dr *driver) fail(ctx context.Context, reason messages.Reason, retryable bo
 		RequestID:     r.RequestID,
 		RunID:         r.RunID,
 		Target:        r.Target,
-		ExportURL:     r.Params.ExportURL,
+		ExportURL:     messages.RedactURL(r.Params.ExportURL),
 		SaveMode:      r.Params.SaveMode,
 		Types:         r.Params.Types,
 		Since:         formatTime(r.Params.Since),

@@ -3,6 +3,7 @@ package handlers_test
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"net"
 	"net/http/httptest"
 	"strings"
@@ -32,6 +33,7 @@ type env struct {
 	natsURL  string
 	nc       *nats.Conn
 	js       jetstream.JetStream
+	redis    *testenv.RedisServer
 	rdb      *redis.Client
 	store    *redisstore.Store
 	emu      *pathlingemu.Emulator
@@ -69,7 +71,8 @@ func newEnv(t *testing.T, o envOptions) *env {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	opt, err := redis.ParseURL(testenv.Redis(t))
+	e.redis = testenv.StartRedis(t)
+	opt, err := redis.ParseURL(e.redis.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,7 +196,9 @@ type syncerOptions struct {
 	lockTTL  time.Duration
 	observer handlers.Observer
 	driver   string
-	now      func() time.Time // the service's clock; nil: time.Now
+	now      func() time.Time  // the service's clock; nil: time.Now
+	store    *redisstore.Store // default e.store
+	log      *slog.Logger
 }
 
 func (e *env) syncer(o syncerOptions, targets ...handlers.Target) *handlers.Syncer {
@@ -204,11 +209,14 @@ func (e *env) syncer(o syncerOptions, targets ...handlers.Target) *handlers.Sync
 	if o.lockTTL == 0 {
 		o.lockTTL = 3 * time.Second
 	}
+	if o.store == nil {
+		o.store = e.store
+	}
 	s, err := handlers.New(handlers.Config{
 		Targets: targets, Subjects: e.subjects, LockTTL: o.lockTTL,
 		QueueRetry: 30 * time.Millisecond, StoreRetry: 50 * time.Millisecond,
-		Driver: o.driver, Observer: o.observer, Now: o.now, Jobs: e.store,
-	}, e.store, e.store, e.pub)
+		Driver: o.driver, Observer: o.observer, Now: o.now, Jobs: o.store, Logger: o.log,
+	}, o.store, o.store, e.pub)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -132,6 +132,11 @@ type Lease struct {
 	Target    string
 	RequestID string
 	Token     int64
+	// Expires is when the lock lapses unless renewed, by the holder's clock:
+	// the time before the call that granted or last renewed it, plus the TTL.
+	// Store writes that fail for a transient reason are retried until
+	// shortly before it; zero means unknown (no retries). Stores ignore it.
+	Expires time.Time
 }
 
 // AcquireRequest asks for a target's lock on behalf of a request.
@@ -158,7 +163,13 @@ type QueueTicket struct {
 var (
 	ErrRunNotFound = errors.New("run not found")
 	ErrLockLost    = errors.New("lock lost: another driver holds the run")
-	ErrNotYourTurn = errors.New("an earlier queued request goes first")
+	// ErrLockVanished says the lease's lock is gone without anyone having
+	// taken it over (it expired under a paused driver, or Redis lost its
+	// data: a restart without persistence, a flush), or that another request
+	// holds it while the run's record is gone (Redis lost its data and the
+	// free lock was taken). The driver may take it again (Locker.Reacquire).
+	ErrLockVanished = errors.New("lock vanished: the lock or the run record is gone from the store")
+	ErrNotYourTurn  = errors.New("an earlier queued request goes first")
 )
 
 // LockHeldError says the target's lock is held by another request.
@@ -174,8 +185,15 @@ type Locker interface {
 	// token. If the lock is held by the same request (a redelivery), it is
 	// taken over with a new token. Errors: *LockHeldError, ErrNotYourTurn.
 	Acquire(ctx context.Context, req AcquireRequest) (Lease, error)
-	// Renew extends the lease by ttl. ErrLockLost when the token no longer holds it.
+	// Renew extends the lease by ttl. ErrLockLost when another token holds
+	// it, ErrLockVanished when it is gone.
 	Renew(ctx context.Context, l Lease, ttl time.Duration) error
+	// Reacquire takes the lock again, with a new token, for a lease that met
+	// ErrLockVanished, unless the run was driven by someone else meanwhile.
+	// Errors: *LockHeldError (another request holds the target now),
+	// ErrLockLost (another driver of the request holds the lock or wrote
+	// the run record).
+	Reacquire(ctx context.Context, l Lease, ttl time.Duration) (Lease, error)
 	// Release frees the lock if the lease still holds it (else nil) and
 	// drops the request's queue ticket.
 	Release(ctx context.Context, l Lease) error
@@ -186,7 +204,9 @@ type Locker interface {
 }
 
 // Runs stores run records and watermarks; writes are compare-and-set on the
-// lease's fencing token and fail with ErrLockLost when the lease is stale.
+// lease's fencing token and fail with ErrLockLost when the lease is stale,
+// ErrLockVanished when its lock (or, under another holder, the run's record)
+// is gone.
 type Runs interface {
 	// LoadRun returns the record or ErrRunNotFound.
 	LoadRun(ctx context.Context, target, requestID string) (*Run, error)

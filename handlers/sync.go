@@ -178,6 +178,7 @@ func New(cfg Config, locker Locker, runs Runs, pub Publisher) (*Syncer, error) {
 	if locker == nil || runs == nil || pub == nil {
 		return nil, errors.New("handlers: locker, runs and publisher are required")
 	}
+	s.runs = retryingRuns{Runs: runs, s: s}
 	for i := range cfg.Targets {
 		t := cfg.Targets[i]
 		t.setDefaults()
@@ -280,6 +281,7 @@ func (s *Syncer) lock(ctx context.Context, log *slog.Logger, d Delivery, in inta
 	lctx, span := s.tracer.Start(ctx, SpanLock, trace.WithAttributes(
 		AttrTarget.String(t.Name), attribute.String("pathling_sync.concurrency", in.req.Concurrency)))
 	defer span.End()
+	granted := s.now()
 	lease, err := s.locker.Acquire(lctx, acq)
 	if err != nil {
 		var held *LockHeldError
@@ -295,6 +297,7 @@ func (s *Syncer) lock(ctx context.Context, log *slog.Logger, d Delivery, in inta
 		return nil, Lease{}, s.notAcquired(ctx, log, d, in, err), false
 	}
 	span.SetAttributes(AttrLockResult.String(lockAcquired), AttrLockToken.Int64(lease.Token))
+	lease.Expires = granted.Add(s.lockTTL)
 
 	run, err = s.runs.LoadRun(lctx, t.Name, in.requestID)
 	switch {
@@ -414,7 +417,7 @@ func (s *Syncer) intake(d Delivery, h natsHeader) intake {
 		in.exportURL = u
 	}
 	if !t.exportURLAllowed(in.exportURL) {
-		return bad(messages.ReasonExportURLNotAllowed, "exportUrl %q is not among the source URLs allowed for target %q", in.exportURL, target)
+		return bad(messages.ReasonExportURLNotAllowed, "exportUrl %q is not among the source URLs allowed for target %q", messages.RedactURL(in.exportURL), target)
 	}
 	in.timeout = t.Timeout
 	if in.req.Timeout != "" {
@@ -626,7 +629,8 @@ func (s *Syncer) save(ctx context.Context, l Lease, r *Run) error {
 }
 
 // storeFailed decides after a failed store write: a lost lock means another
-// driver owns the run (do nothing); anything else, try again later.
+// driver owns the run (do nothing); anything else (also a lock that vanished
+// again and again), try again later.
 func (s *Syncer) storeFailed(ctx context.Context, log *slog.Logger, run *Run, err error) Disposition {
 	if errors.Is(err, ErrLockLost) {
 		log.WarnContext(ctx, "lock lost; leaving the run to its new driver", "run_id", run.RunID)
@@ -678,7 +682,7 @@ func (s *Syncer) failedEvent(ctx context.Context, in intake, run *Run, reason me
 	f := messages.SyncFailed{
 		RequestID:     in.requestID,
 		Target:        in.target,
-		ExportURL:     in.exportURL,
+		ExportURL:     messages.RedactURL(in.exportURL),
 		SaveMode:      in.req.SaveMode,
 		Types:         in.req.Types,
 		Since:         in.req.Since,
@@ -690,7 +694,8 @@ func (s *Syncer) failedEvent(ctx context.Context, in intake, run *Run, reason me
 		RequestedBy:   in.req.RequestedBy,
 	}
 	if f.ExportURL == "" {
-		f.ExportURL = in.req.ExportURL
+		// Refused before normalization (say, for its userinfo): show it without credentials.
+		f.ExportURL = messages.RedactURL(in.req.ExportURL)
 	}
 	if run != nil {
 		f.RunID = run.RunID

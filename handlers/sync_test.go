@@ -297,6 +297,12 @@ func TestPausedDriverIsFenced(t *testing.T) {
 		t.Fatalf("watermark after B: %v %v", ok, err)
 	}
 
+	// A third request holds the target when A wakes. (Were the lock free, A
+	// would take it again for its own run, whose record no one else wrote:
+	// see TestReacquireRefusesRunDrivenByAnother in clients/redisstore.)
+	if _, err := e.store.Acquire(ctx, handlers.AcquireRequest{Target: "t1", RequestID: "third", TTL: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
 	close(gate.release) // A wakes up.
 	select {
 	case d := <-resA:

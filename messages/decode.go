@@ -398,36 +398,19 @@ func (r SyncRequested) validate(present map[string]bool) ValidationErrors {
 }
 
 func validateExportURL(s string) *ValidationError {
-	shown := quote(redactUserInfo(s)) // never echo a password
+	shown := quote(RedactURL(s)) // never echo a credential
 	u, err := url.Parse(s)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" ||
 		u.Opaque != "" || strings.ContainsFunc(s, unicode.IsSpace) {
 		return invalid("exportUrl", "%s is not an absolute http(s) URL", shown)
 	}
 	if u.User != nil {
-		return invalid("exportUrl", "%s must not contain user info", shown)
+		return invalid("exportUrl", "%s must not contain user info (shown without it)", shown)
 	}
 	if u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || strings.ContainsAny(s, "?#") {
-		return invalid("exportUrl", "%s must not contain a query or fragment", shown)
+		return invalid("exportUrl", "%s must not contain a query or fragment (shown without them)", shown)
 	}
 	return nil
-}
-
-// redactUserInfo masks anything that looks like user info ("user:password@") in a URL that may
-// not even parse, so that an error message cannot leak a credential.
-func redactUserInfo(s string) string {
-	start := 0
-	if i := strings.Index(s, "//"); i >= 0 {
-		start = i + 2
-	}
-	end := len(s)
-	if j := strings.IndexAny(s[start:], "/?#"); j >= 0 {
-		end = start + j
-	}
-	if at := strings.LastIndex(s[start:end], "@"); at >= 0 {
-		return s[:start] + "xxxxx" + s[start+at:]
-	}
-	return s
 }
 
 func validateTimeout(s string) *ValidationError {

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -36,6 +37,7 @@ const (
 	metricRequests         = "pathling_sync.pathling.requests"         // pathling_sync_pathling_requests_total{target,kind,status_code}
 	metricRequestsDuration = "pathling_sync.pathling.request.duration" // pathling_sync_pathling_request_duration_seconds{target,kind}
 	metricDropped          = "pathling_sync.requests_dropped"          // pathling_sync_requests_dropped_total{reason}
+	metricRedisPersistence = "pathling_sync.redis.persistence_enabled" // pathling_sync_redis_persistence_enabled
 )
 
 // metricClockSkew is pathling_sync_clock_skew_seconds{target}.
@@ -100,6 +102,9 @@ type Metrics struct {
 	requests     metric.Int64Counter
 	reqDuration  metric.Float64Histogram
 	clockSkew    metric.Float64Gauge
+
+	// redisPersistence is the start-up check's answer: 0 not checked, 1 off, 2 on.
+	redisPersistence atomic.Int32
 
 	mu          sync.Mutex
 	lastSuccess map[string]time.Time
@@ -174,6 +179,23 @@ func NewMetrics(mp metric.MeterProvider, cfg MetricsConfig) (*Metrics, error) {
 		m.observeGauges(ctx, o, lastSuccess, watermarkAge)
 		return nil
 	}, lastSuccess, watermarkAge); err != nil {
+		return nil, fmt.Errorf("observability: metrics: %w", err)
+	}
+
+	persistence, err := meter.Int64ObservableGauge(metricRedisPersistence,
+		metric.WithDescription("1 when Redis persists its data (AOF or RDB snapshots, as CONFIG GET reported at start-up), 0 when a Redis restart loses every lock, run record and watermark; absent when it could not be checked."))
+	if err != nil {
+		return nil, fmt.Errorf("observability: metrics: %w", err)
+	}
+	if _, err := meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		switch m.redisPersistence.Load() {
+		case 1:
+			o.ObserveInt64(persistence, 0)
+		case 2:
+			o.ObserveInt64(persistence, 1)
+		}
+		return nil
+	}, persistence); err != nil {
 		return nil, fmt.Errorf("observability: metrics: %w", err)
 	}
 
@@ -277,6 +299,16 @@ func (m *Metrics) PathlingRequest(ctx context.Context, target, kind string, stat
 	}
 	m.requests.Add(ctx, 1, metric.WithAttributes(labelTarget.String(target), labelKind.String(kind), labelStatusCode.String(code)))
 	m.reqDuration.Record(ctx, d.Seconds(), metric.WithAttributes(labelTarget.String(target), labelKind.String(kind)))
+}
+
+// SetRedisPersistence records the start-up check of Redis' persistence,
+// reported as pathling_sync_redis_persistence_enabled (absent until set).
+func (m *Metrics) SetRedisPersistence(enabled bool) {
+	if enabled {
+		m.redisPersistence.Store(2)
+	} else {
+		m.redisPersistence.Store(1)
+	}
 }
 
 // observeGauges reports the last success time and the watermark age of each

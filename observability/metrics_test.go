@@ -166,3 +166,23 @@ func TestMetricsFromRunEvents(t *testing.T) {
 		t.Errorf("last success moved back to %v", got)
 	}
 }
+
+// The Redis persistence gauge is absent until the start-up check sets it.
+func TestRedisPersistenceGauge(t *testing.T) {
+	tel, m := newTestMetrics(t, MetricsConfig{Targets: []string{"a"}})
+	const name = "pathling_sync_redis_persistence_enabled"
+	fams, _ := scrape(t, tel.MetricsHandler())
+	if _, ok := sample(fams, name, nil); ok {
+		t.Fatalf("%s reported before the check", name)
+	}
+	m.SetRedisPersistence(false)
+	fams, _ = scrape(t, tel.MetricsHandler())
+	if v := mustSample(t, fams, name, nil); v != 0 {
+		t.Fatalf("%s = %v without persistence, want 0", name, v)
+	}
+	m.SetRedisPersistence(true)
+	fams, _ = scrape(t, tel.MetricsHandler())
+	if v := mustSample(t, fams, name, nil); v != 1 {
+		t.Fatalf("%s = %v with persistence, want 1", name, v)
+	}
+}

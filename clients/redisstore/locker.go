@@ -10,7 +10,8 @@ import (
 )
 
 // Acquire takes the target's lock for req.RequestID with a new fencing token
-// (strictly greater than every token granted before on the target). A lock
+// (strictly greater than every token granted before on the target, also
+// across a loss of Redis' data: see the package comment). A lock
 // held by the same request is taken over with a new token, which makes the
 // old lease stale.
 //
@@ -73,9 +74,11 @@ func (s *Store) Acquire(ctx context.Context, req handlers.AcquireRequest) (handl
 	return handlers.Lease{}, fmt.Errorf("redisstore: acquire: unexpected script reply code %d", code)
 }
 
-// Renew extends the lease by ttl. Errors: handlers.ErrLockLost when the
-// lease's token no longer holds the lock (expired, taken over or released),
-// ErrInvalidArgument, or a wrapped Redis error.
+// Renew extends the lease by ttl. Errors: handlers.ErrLockLost when another
+// token holds the lock (taken over), handlers.ErrLockVanished when the lock is
+// gone (expired, released, or Redis lost its data) or another request holds
+// it while the lease's run record is gone, ErrInvalidArgument, or a wrapped
+// Redis error.
 func (s *Store) Renew(ctx context.Context, l handlers.Lease, ttl time.Duration) error {
 	if err := checkLease(l); err != nil {
 		return fmt.Errorf("redisstore: renew: %w", err)
@@ -84,15 +87,66 @@ func (s *Store) Renew(ctx context.Context, l handlers.Lease, ttl time.Duration) 
 	if err != nil {
 		return fmt.Errorf("redisstore: renew: %w", err)
 	}
-	n, err := scriptRenew.Run(ctx, s.client, []string{s.keys(l.Target).lock()},
+	k := s.keys(l.Target)
+	n, err := scriptRenew.Run(ctx, s.client, []string{k.lock(), k.run(l.RequestID)},
 		l.RequestID, l.Token, ms).Int64()
 	if err != nil {
 		return fmt.Errorf("redisstore: renew: %w", err)
 	}
-	if n != 1 {
-		return handlers.ErrLockLost
+	return fencedReply(n)
+}
+
+// fencedReply maps the reply of a fenced script: 1 done, 0 lost, -1 vanished.
+func fencedReply(n int64) error {
+	switch n {
+	case 1:
+		return nil
+	case -1:
+		return handlers.ErrLockVanished
 	}
-	return nil
+	return handlers.ErrLockLost
+}
+
+// Reacquire takes the lock again, with a new token, for a lease whose lock
+// vanished (handlers.ErrLockVanished): granted when the lock is free (or
+// still the lease's) and the run record is absent or was last written under
+// the lease's token. It drops the request's queue ticket, if any. Errors:
+// *handlers.LockHeldError when another request holds the lock,
+// handlers.ErrLockLost when another driver of the request holds it or wrote
+// the run record, ErrInvalidArgument, or a wrapped Redis error.
+func (s *Store) Reacquire(ctx context.Context, l handlers.Lease, ttl time.Duration) (handlers.Lease, error) {
+	if err := checkLease(l); err != nil {
+		return handlers.Lease{}, fmt.Errorf("redisstore: reacquire: %w", err)
+	}
+	ms, err := ttlMillis(ttl)
+	if err != nil {
+		return handlers.Lease{}, fmt.Errorf("redisstore: reacquire: %w", err)
+	}
+	k := s.keys(l.Target)
+	v, err := scriptReacquire.Run(ctx, s.client,
+		[]string{k.lock(), k.fence(), k.run(l.RequestID), k.queue(), k.queueDeadlines()},
+		l.RequestID, l.Token, ms).Result()
+	if err != nil {
+		return handlers.Lease{}, fmt.Errorf("redisstore: reacquire: %w", err)
+	}
+	code, val, err := scriptReply(v)
+	if err != nil {
+		return handlers.Lease{}, fmt.Errorf("redisstore: reacquire: %w", err)
+	}
+	switch code {
+	case 1:
+		token, ok := val.(int64)
+		if !ok {
+			return handlers.Lease{}, fmt.Errorf("redisstore: reacquire: unexpected token %T", val)
+		}
+		return handlers.Lease{Target: l.Target, RequestID: l.RequestID, Token: token}, nil
+	case 0:
+		holder, _ := val.(string)
+		return handlers.Lease{}, &handlers.LockHeldError{RequestID: holder}
+	case 3:
+		return handlers.Lease{}, handlers.ErrLockLost
+	}
+	return handlers.Lease{}, fmt.Errorf("redisstore: reacquire: unexpected script reply code %d", code)
 }
 
 // Release frees the lock if the lease still holds it (else there is nothing

@@ -44,8 +44,10 @@ func (s *Store) LoadRun(ctx context.Context, target, requestID string) (*handler
 // record abandoned mid-run cannot stay forever; a live run writes far more
 // often than that. With retention off (WithRetention(0)) records persist.
 //
-// Errors: handlers.ErrLockLost when the lease is stale, ErrInvalidArgument,
-// or a wrapped Redis or encoding error.
+// Errors: handlers.ErrLockLost when the lease is stale (another token holds
+// the lock or wrote the record), handlers.ErrLockVanished when the lock is
+// gone (or held by another request while the record is gone),
+// ErrInvalidArgument, or a wrapped Redis or encoding error.
 func (s *Store) SaveRun(ctx context.Context, l handlers.Lease, r *handlers.Run) error {
 	if err := checkLease(l); err != nil {
 		return fmt.Errorf("redisstore: save run: %w", err)
@@ -75,8 +77,8 @@ func (s *Store) SaveRun(ctx context.Context, l handlers.Lease, r *handlers.Run) 
 	if err != nil {
 		return fmt.Errorf("redisstore: save run: %w", err)
 	}
-	if n != 1 {
-		return handlers.ErrLockLost
+	if err := fencedReply(n); err != nil {
+		return err
 	}
 	r.Token = l.Token
 	return nil
@@ -135,8 +137,9 @@ func (s *Store) Watermark(ctx context.Context, target, key string) (time.Time, b
 // CommitWatermark sets the watermark for key on l's target to max(stored, t),
 // so it never moves backwards. t is stored with millisecond precision,
 // rounded down (an earlier since only widens the overlap).
-// Errors: handlers.ErrLockLost when the lease is stale, ErrInvalidArgument,
-// or a wrapped Redis error.
+// Errors: handlers.ErrLockLost when the lease is stale,
+// handlers.ErrLockVanished when its lock is gone (as for SaveRun),
+// ErrInvalidArgument, or a wrapped Redis error.
 func (s *Store) CommitWatermark(ctx context.Context, l handlers.Lease, key string, t time.Time) error {
 	if err := checkLease(l); err != nil {
 		return fmt.Errorf("redisstore: commit watermark: %w", err)
@@ -149,13 +152,10 @@ func (s *Store) CommitWatermark(ctx context.Context, l handlers.Lease, key strin
 	}
 	ms := t.Truncate(time.Millisecond).UnixMilli()
 	k := s.keys(l.Target)
-	n, err := scriptCommitWatermark.Run(ctx, s.client, []string{k.lock(), k.watermarks()},
+	n, err := scriptCommitWatermark.Run(ctx, s.client, []string{k.lock(), k.watermarks(), k.run(l.RequestID)},
 		l.RequestID, l.Token, key, ms).Int64()
 	if err != nil {
 		return fmt.Errorf("redisstore: commit watermark: %w", err)
 	}
-	if n != 1 {
-		return handlers.ErrLockLost
-	}
-	return nil
+	return fencedReply(n)
 }

@@ -20,7 +20,30 @@
 //	<prefix>{<target>}:jobs:undeleted  zset  status URLs whose DELETE failed -> when (unix ms); bounded
 //
 // Redis must run with maxmemory-policy noeviction and persistence: an evicted
-// lock or fence counter breaks the guarantees above.
+// lock or fence counter breaks the guarantees above. CheckPersistence tells
+// at start-up whether it does.
+//
+// # When Redis loses its data anyway
+//
+// A restart without persistence, a FLUSHALL or a failover to an empty node
+// drops the locks, the fence counters and the run records while drivers are
+// live. Two rules keep one import per target across that:
+//
+//   - Tokens never repeat. A missing fence counter is seeded from Redis'
+//     clock (TIME, in microseconds) before its first INCR, so the tokens
+//     granted after a data loss are greater than every token granted before
+//     it (a counter gains one per grant; the clock gains a million a second).
+//     No epoch travels beside the token: the token alone orders every lease
+//     ever granted, which keeps every comparison a single number. It relies
+//     on Redis' clock not going back by more than the grants since.
+//   - A live driver notices. A renewal or fenced write that finds its lock
+//     gone, or held by another request while its own run record is gone,
+//     fails with handlers.ErrLockVanished rather than handlers.ErrLockLost.
+//     The driver then takes the lock again (Reacquire), which refuses when
+//     another driver of the request holds the lock or wrote the run record
+//     under another token, and answers with the holder when another request
+//     holds the target. A record written under a later token than the
+//     writer's lease is never overwritten.
 package redisstore
 
 import (
@@ -77,6 +100,8 @@ var (
 	commitWatermarkLua string
 	//go:embed lua/record_job.lua
 	recordJobLua string
+	//go:embed lua/reacquire.lua
+	reacquireLua string
 
 	scriptAcquire         = redis.NewScript(acquireLua)
 	scriptRenew           = redis.NewScript(renewLua)
@@ -86,6 +111,7 @@ var (
 	scriptCommitWatermark = redis.NewScript(commitWatermarkLua)
 	scriptRecordOutcome   = redis.NewScript(recordOutcomeLua)
 	scriptRecordJob       = redis.NewScript(recordJobLua)
+	scriptReacquire       = redis.NewScript(reacquireLua)
 )
 
 // Store implements handlers.Locker and handlers.Runs on Redis. It is safe

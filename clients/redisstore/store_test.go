@@ -123,8 +123,8 @@ func TestAcquireRenewRelease(t *testing.T) {
 	if _, ok, _ := s.Lock(ctx, "tgt"); ok {
 		t.Fatal("lock still held after release")
 	}
-	if err := s.Renew(ctx, l, time.Minute); !errors.Is(err, handlers.ErrLockLost) {
-		t.Fatalf("renew after release: %v", err)
+	if err := s.Renew(ctx, l, time.Minute); !errors.Is(err, handlers.ErrLockVanished) {
+		t.Fatalf("renew after release: %v, want ErrLockVanished", err)
 	}
 	if err := s.Release(ctx, l); err != nil {
 		t.Fatalf("second release: %v", err)
@@ -376,7 +376,7 @@ func TestWatermark(t *testing.T) {
 	if err := s.Release(ctx, l); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.CommitWatermark(ctx, l, "k", t3.Add(time.Hour)); !errors.Is(err, handlers.ErrLockLost) {
+	if err := s.CommitWatermark(ctx, l, "k", t3.Add(time.Hour)); !errors.Is(err, handlers.ErrLockVanished) {
 		t.Fatalf("stale commit: %v", err)
 	}
 	if got, _, _ := s.Watermark(ctx, "tgt", "k"); !got.Equal(t3) {
@@ -535,7 +535,7 @@ func TestReleaseFinished(t *testing.T) {
 	if _, ok, _ := s.Lock(ctx, "tgt"); ok {
 		t.Fatal("lock still held")
 	}
-	if err := s.Renew(ctx, l, time.Minute); !errors.Is(err, handlers.ErrLockLost) {
+	if err := s.Renew(ctx, l, time.Minute); !errors.Is(err, handlers.ErrLockVanished) {
 		t.Fatalf("renew after ReleaseFinished: %v", err)
 	}
 

@@ -141,6 +141,7 @@ func NewService(ctx context.Context, cfg *config.Config, log *slog.Logger, opts 
 	if err != nil {
 		return nil, err
 	}
+	s.checkRedisPersistence(sctx)
 
 	pub, err := natsbus.NewPublisher(s.nc, natsbus.WithPublisherLogger(log))
 	if err != nil {
@@ -331,6 +332,28 @@ func (s *Service) notReady(ctx context.Context) string {
 		return "Redis unreachable"
 	}
 	return ""
+}
+
+// checkRedisPersistence says once at start-up, loudly, when Redis keeps
+// nothing across a restart, and sets the persistence gauge.
+func (s *Service) checkRedisPersistence(ctx context.Context) {
+	p, err := redisstore.CheckPersistence(ctx, s.rdb)
+	switch {
+	case errors.Is(err, redisstore.ErrConfigUnavailable):
+		s.log.Info("could not check whether Redis persists its data (CONFIG GET is not allowed or not supported); "+
+			"make sure it runs with appendonly yes", "error", err)
+	case err != nil:
+		s.log.Warn("could not check whether Redis persists its data", "error", err)
+	case !p.Enabled():
+		s.metrics.SetRedisPersistence(false)
+		s.log.Error("Redis runs without persistence (appendonly no, no save schedule): a Redis restart loses every " +
+			"lock, run record and watermark. Running syncs then take their locks back, but a request arriving in " +
+			"between can start a second import on the same Pathling (the first one is then cancelled), and the next " +
+			"since=auto syncs are full exports. Run Redis with appendonly yes (docs/deploying.md).")
+	default:
+		s.metrics.SetRedisPersistence(true)
+		s.log.Info("Redis persists its data", "appendonly", p.AOF, "save", p.RDB)
+	}
 }
 
 func connectNATS(c config.NATSConfig, name string, log *slog.Logger) (*nats.Conn, error) {

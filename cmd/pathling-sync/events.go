@@ -384,7 +384,7 @@ func (ev streamEvent) view(s messages.Subjects) eventView {
 	}
 	v.ID, v.RequestID = ev.ids(kind)
 	if json.Valid(ev.Data) {
-		v.Body = ev.Data
+		v.Body = redactBody(ev.Data)
 	} else {
 		v.RawBody = string(ev.Data)
 	}
@@ -434,7 +434,7 @@ func summarize(kind string, data []byte, replayOf string) string {
 		add("types", strings.Join(r.Types, ","))
 		add("concurrency", r.Concurrency)
 		add("timeout", r.Timeout)
-		add("exportUrl", r.ExportURL)
+		add("exportUrl", messages.RedactURL(r.ExportURL))
 		add("requestedBy", r.RequestedBy)
 		add("correlationId", r.CorrelationID)
 		if len(parts) == 0 {

@@ -34,14 +34,14 @@ func TestReadyzAnswersWithinDeadlineWhenRedisStalls(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- svc.Run(ctx) }()
 	defer func() {
-		rs.Resume(t) // let the shutdown's Redis calls finish promptly
+		rs.Resume() // let the shutdown's Redis calls finish promptly
 		cancel()
 		<-done
 	}()
 	testenv.Eventually(t, 20*time.Second, func() bool { code, _ := get(t, base+"/readyz"); return code == 200 },
 		"ready with NATS and Redis up: %s", logs.String())
 
-	rs.Pause(t)
+	rs.Pause()
 	// The probe's own deadline: 2 s of readiness budget plus slack for a
 	// loaded machine, still under the Kubernetes probe's 3 s.
 	const budget = 2500 * time.Millisecond

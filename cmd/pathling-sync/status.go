@@ -151,7 +151,7 @@ func runStatus(ctx context.Context, g *globals, o *statusOptions) error {
 			return err
 		}
 		if url, ok := cfg.Targets[name]; ok {
-			ts.Configured, ts.Pathling = true, url
+			ts.Configured, ts.Pathling = true, messages.RedactURL(url)
 		}
 		rep.Targets = append(rep.Targets, ts)
 	}
@@ -261,7 +261,7 @@ func lastOutcome(ctx context.Context, stream jetstream.Stream, subjects messages
 	_, rid := ev.ids(kind)
 	v := &outcomeView{Kind: kind, Seq: ev.Seq, Time: ev.time(env), RequestID: rid, Summary: summarize(kind, ev.Data, env.ReplayOf)}
 	if json.Valid(ev.Data) {
-		v.Body = ev.Data
+		v.Body = redactBody(ev.Data)
 	}
 	return v, nil
 }

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -162,32 +163,24 @@ func Redis(t testing.TB) string {
 	return StartRedis(t).URL
 }
 
-// RedisServer is a running redis-server process started by StartRedis.
+// RedisServer is a redis-server process a test can pause (a Redis that stops
+// answering), resume and restart (losing its data: it runs without
+// persistence). It is stopped when the test ends.
 type RedisServer struct {
-	URL  string
-	proc *os.Process
+	URL string
+
+	t    testing.TB
+	bin  string
+	port int
+	dir  string
+
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	cancel context.CancelFunc
 }
 
-// Pause stops the process with SIGSTOP: it keeps its port and connections
-// but answers nothing, like a Redis stalled by a fork or a full disk. The
-// test's cleanup resumes it (before stopping it), or call Resume.
-func (r *RedisServer) Pause(t testing.TB) {
-	t.Helper()
-	if err := r.proc.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatalf("testenv: pause redis-server: %v", err)
-	}
-	t.Cleanup(func() { _ = r.proc.Signal(syscall.SIGCONT) })
-}
-
-// Resume continues a paused process (SIGCONT).
-func (r *RedisServer) Resume(t testing.TB) {
-	t.Helper()
-	if err := r.proc.Signal(syscall.SIGCONT); err != nil {
-		t.Fatalf("testenv: resume redis-server: %v", err)
-	}
-}
-
-// StartRedis is Redis, returning the process too (see Pause).
+// StartRedis starts a redis-server on a free loopback port (no persistence,
+// noeviction). Without the binary it fails under CI and skips elsewhere.
 func StartRedis(t testing.TB) *RedisServer {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
@@ -197,24 +190,29 @@ func StartRedis(t testing.TB) *RedisServer {
 		}
 		t.Skip("redis-server not installed")
 	}
-	port := freePort(t)
-	dir := t.TempDir()
+	r := &RedisServer{t: t, bin: bin, port: freePort(t), dir: t.TempDir()}
+	r.URL = fmt.Sprintf("redis://127.0.0.1:%d/0", r.port)
+	t.Cleanup(r.stop)
+	r.start()
+	return r
+}
+
+func (r *RedisServer) start() {
+	r.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, bin,
-		"--bind", "127.0.0.1", "--port", strconv.Itoa(port),
-		"--save", "", "--appendonly", "no", "--dir", dir,
+	cmd := exec.CommandContext(ctx, r.bin,
+		"--bind", "127.0.0.1", "--port", strconv.Itoa(r.port),
+		"--save", "", "--appendonly", "no", "--dir", r.dir,
 		"--maxmemory-policy", "noeviction",
-		"--logfile", filepath.Join(dir, "redis.log"))
+		"--logfile", filepath.Join(r.dir, "redis.log"))
 	if err := cmd.Start(); err != nil {
 		cancel()
-		t.Fatalf("testenv: start redis-server: %v", err)
+		r.t.Fatalf("testenv: start redis-server: %v", err)
 	}
-	t.Cleanup(func() {
-		cancel()
-		_ = cmd.Wait()
-	})
-	url := fmt.Sprintf("redis://127.0.0.1:%d/0", port)
-	opt, _ := redis.ParseURL(url)
+	r.mu.Lock()
+	r.cmd, r.cancel = cmd, cancel
+	r.mu.Unlock()
+	opt, _ := redis.ParseURL(r.URL)
 	c := redis.NewClient(opt)
 	defer c.Close()
 	deadline := time.Now().Add(10 * time.Second)
@@ -223,13 +221,54 @@ func StartRedis(t testing.TB) *RedisServer {
 		err := c.Ping(pctx).Err()
 		pcancel()
 		if err == nil {
-			return &RedisServer{URL: url, proc: cmd.Process}
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("testenv: redis-server on port %d not ready: %v", port, err)
+			r.t.Fatalf("testenv: redis-server on port %d not ready: %v", r.port, err)
 		}
 		time.Sleep(20 * time.Millisecond) // readiness probe backoff, not a wait-for-result sleep
 	}
+}
+
+// stop kills the server (also a paused one) and waits for it.
+func (r *RedisServer) stop() {
+	r.mu.Lock()
+	cmd, cancel := r.cmd, r.cancel
+	r.cmd, r.cancel = nil, nil
+	r.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	cancel() // SIGKILL, which also ends a stopped process
+	_ = cmd.Wait()
+}
+
+func (r *RedisServer) signal(sig os.Signal) {
+	r.t.Helper()
+	r.mu.Lock()
+	cmd := r.cmd
+	r.mu.Unlock()
+	if cmd == nil || cmd.Process == nil {
+		r.t.Fatalf("testenv: redis-server not running")
+	}
+	if err := cmd.Process.Signal(sig); err != nil {
+		r.t.Fatalf("testenv: signal redis-server: %v", err)
+	}
+}
+
+// Pause stops the server process (SIGSTOP): connections stay open, nothing
+// is answered, new connections hang in the listen backlog.
+func (r *RedisServer) Pause() { r.t.Helper(); r.signal(syscall.SIGSTOP) }
+
+// Resume continues a paused server (SIGCONT).
+func (r *RedisServer) Resume() { r.t.Helper(); r.signal(syscall.SIGCONT) }
+
+// Restart kills the server and starts a new one on the same port. Without
+// persistence it comes back empty, as a Redis restarted without AOF or RDB.
+func (r *RedisServer) Restart() {
+	r.t.Helper()
+	r.stop()
+	r.start()
 }
 
 func freePort(t testing.TB) int {

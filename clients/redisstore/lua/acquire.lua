@@ -40,6 +40,12 @@ if queued and not holder then
 end
 
 -- Granted (fresh, or a takeover by the same request): the fence only moves on a grant.
+-- A missing fence (a new target, or a Redis that lost its data) starts from Redis' clock in
+-- microseconds, so that tokens keep growing across a data loss and never repeat.
+if redis.call("EXISTS", KEYS[2]) == 0 then
+  local now = redis.call("TIME")
+  redis.call("SET", KEYS[2], string.format("%d", tonumber(now[1]) * 1000000 + tonumber(now[2])))
+end
 local token = redis.call("INCR", KEYS[2])
 redis.call("DEL", KEYS[1])
 redis.call("HSET", KEYS[1], "request", req, "token", string.format("%d", token))

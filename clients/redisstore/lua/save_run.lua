@@ -2,12 +2,18 @@
 -- KEYS[1] lock  KEYS[2] run (hash: token, run)  KEYS[3] runs index (zset: request -> expiry unix ms)
 -- ARGV[1] request id  ARGV[2] token  ARGV[3] record JSON  ARGV[4] retention ms (0 = keep forever)
 -- ARGV[5] index score (expiry unix ms or "+inf")  ARGV[6] now unix ms
--- Returns 1 written | 0 lock lost (lease stale, or a later token already wrote the record).
+-- Returns 1 written | 0 lock lost (lease stale, or a later token already wrote the record) |
+-- -1 vanished (the lock is gone, or another request holds it while this record is gone).
 local token = tonumber(ARGV[2])
 local v = redis.call("HMGET", KEYS[1], "request", "token")
 if v[1] ~= ARGV[1] or tonumber(v[2]) ~= token then
+  if not v[1] or (v[1] ~= ARGV[1] and redis.call("EXISTS", KEYS[2]) == 0) then
+    return -1
+  end
   return 0
 end
+-- A record written under a later token than the lock's: another driver wrote it (or Redis lost
+-- the lock and fence but not the record). Either way this lease must not overwrite it.
 local stored = tonumber(redis.call("HGET", KEYS[2], "token") or "0")
 if stored > token then
   return 0

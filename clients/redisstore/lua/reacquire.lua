@@ -1,0 +1,30 @@
+-- Take the lock again for a lease that found it vanished (expired under a paused driver, or
+-- Redis lost its data), unless someone else drove the run or holds the target meanwhile.
+-- KEYS[1] lock  KEYS[2] fence  KEYS[3] the lease's run record  KEYS[4] queue  KEYS[5] queue deadlines
+-- ARGV[1] request id  ARGV[2] the lease's token  ARGV[3] ttl ms
+-- Returns {1, token} taken with a new token | {0, holder} another request holds the lock |
+--         {3, ""} lost: another driver of this request holds the lock or wrote the run record.
+local req, old = ARGV[1], tonumber(ARGV[2])
+local v = redis.call("HMGET", KEYS[1], "request", "token")
+if v[1] and v[1] ~= req then
+  return {0, v[1]}
+end
+if v[1] and tonumber(v[2]) ~= old then
+  return {3, ""}
+end
+local stored = redis.call("HGET", KEYS[3], "token")
+if stored and tonumber(stored) ~= old then
+  return {3, ""}
+end
+-- As in acquire.lua: a missing fence starts from Redis' clock in microseconds.
+if redis.call("EXISTS", KEYS[2]) == 0 then
+  local now = redis.call("TIME")
+  redis.call("SET", KEYS[2], string.format("%d", tonumber(now[1]) * 1000000 + tonumber(now[2])))
+end
+local token = redis.call("INCR", KEYS[2])
+redis.call("DEL", KEYS[1])
+redis.call("HSET", KEYS[1], "request", req, "token", string.format("%d", token))
+redis.call("PEXPIRE", KEYS[1], ARGV[3])
+redis.call("ZREM", KEYS[4], req)
+redis.call("HDEL", KEYS[5], req)
+return {1, token}
