@@ -388,7 +388,9 @@ func (dr *driver) cancelJob(ctx context.Context) {
 		return
 	}
 	dr.deleted = true
-	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), deleteBudget)
+	// Retries never outlast the lease: a DELETE still failing is left to the
+	// next kick-off's sweep rather than costing the run its lock.
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), dr.withinLease(ctx, deleteBudget))
 	defer cancel()
 	var err error
 	for try := 0; try < deleteTries; try++ {
@@ -423,6 +425,24 @@ func (dr *driver) cancelJob(ctx context.Context) {
 	}
 }
 
+// withinLease renews the lease (best effort: a failure shows at the next
+// fenced write) and cuts d to two thirds of what then remains, so that a
+// bounded side task (DELETE retries, the sweep) never lets the lock lapse
+// before the writes that follow it.
+func (dr *driver) withinLease(ctx context.Context, d time.Duration) time.Duration {
+	s := dr.s
+	now := s.now()
+	if err := s.locker.Renew(context.WithoutCancel(ctx), dr.lease, s.lockTTL); err == nil {
+		dr.lease.Expires = now.Add(s.lockTTL)
+		dr.nextRenew = now.Add(s.lockTTL / 3)
+	}
+	if dr.lease.Expires.IsZero() {
+		return d
+	}
+	left := dr.lease.Expires.Sub(now) * 2 / 3
+	return max(min(d, left), 100*time.Millisecond)
+}
+
 func (dr *driver) forgetJob(ctx context.Context, url string) {
 	if dr.s.jobs == nil {
 		return
@@ -443,7 +463,7 @@ func (dr *driver) deleteLeftBehind(ctx context.Context) {
 	if jobs == nil {
 		return
 	}
-	sctx, cancel := context.WithTimeout(ctx, sweepBudget)
+	sctx, cancel := context.WithTimeout(ctx, dr.withinLease(ctx, sweepBudget))
 	defer cancel()
 	urls, err := jobs.UndeletedJobs(sctx, dr.run.Target, sweepMaxJobs)
 	if err != nil {

@@ -2,6 +2,7 @@ package handlers_test
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -175,4 +176,37 @@ func TestNoClockSkewKeepsOverlap(t *testing.T) {
 	if want := messages.FormatInstant(run.FirstKickOff.Add(-2 * time.Minute).Truncate(time.Millisecond)); done.Watermark != want {
 		t.Fatalf("watermark %s, want kick-off − overlap %s", done.Watermark, want)
 	}
+}
+
+// A DELETE that keeps failing is retried only while the lease holds: with a
+// lock TTL shorter than the DELETE retries' backoff (1 s, 2 s, 4 s), retrying
+// on would let the lock lapse, the outcome's fenced write fail, and the run be
+// adopted and time out again and again with no outcome. The job is left to
+// the next kick-off's sweep instead.
+func TestDeleteRetriesStayWithinLease(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	if err := e.emu.SetDefaultScript(pathlingemu.Script{Polls: 3}); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	obs := observerFunc(func(_ context.Context, ev handlers.RunEvent) {
+		if ev.Kind == handlers.EventPolled && ev.RequestID == "short" {
+			once.Do(e.pathlingDown)
+		}
+	})
+	var logs testenv.Buffer
+	e.start(e.js, e.syncer(syncerOptions{observer: obs, lockTTL: 1500 * time.Millisecond, log: jsonLogger(&logs)}, e.target()), 0)
+	e.request("t1", "short", req{"timeout": "1s"})
+	if f := e.outcomes.of(t, "short", waitLong).failedBody(t); f.Reason != messages.ReasonTimeout {
+		t.Fatalf("want timeout, got %+v", f)
+	}
+	left, err := e.store.UndeletedJobs(context.Background(), "t1", 10)
+	if err != nil || len(left) != 1 {
+		t.Fatalf("undeleted jobs %v (%v), want the timed-out job", left, err)
+	}
+	// The lease never lapsed: no lock to take back, no false alarm of lost data.
+	if strings.Contains(logs.String(), "lock vanished") || strings.Contains(logs.String(), "lost data") {
+		t.Fatalf("the lease lapsed during DELETE retries:\n%s", logs.String())
+	}
+	e.pathlingUp()
 }
