@@ -49,7 +49,10 @@ func (e event) String() string {
 	return fmt.Sprintf("#%d %s", e.seq, e.kind)
 }
 
-// defaultBody is a merge sync from the source; fields override or add.
+// requesterSource is the ce-source of the requests the suite publishes.
+const requesterSource = "faults"
+
+// body is a merge sync from the source; fields override or add.
 func (h *harness) body(fields map[string]any) map[string]any {
 	b := map[string]any{"exportUrl": h.sourceBase + "/fhir", "saveMode": "merge"}
 	for k, v := range fields {
@@ -75,7 +78,7 @@ func (h *harness) publish(id, subject string, data []byte, edit func(nats.Header
 	h.t.Helper()
 	msg := nats.NewMsg(subject)
 	msg.Data = data
-	messages.Envelope{ID: id, Source: "faults", Type: messages.TypeRequested, Subject: target,
+	messages.Envelope{ID: id, Source: requesterSource, Type: messages.TypeRequested, Subject: target,
 		Time: time.Now()}.WriteTo(msg.Header)
 	if edit != nil {
 		edit(msg.Header)
@@ -570,6 +573,9 @@ func (h *harness) scanSecrets() []string {
 	}
 	h.mu.Lock()
 	for _, e := range h.events {
+		if e.header.Get(messages.HeaderSource) == requesterSource {
+			continue // a request the suite published: it carries the secret on purpose
+		}
 		var hdr bytes.Buffer
 		for k, vs := range e.header {
 			fmt.Fprintf(&hdr, "%s: %s\n", k, strings.Join(vs, ","))

@@ -3,6 +3,7 @@ package faults
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -361,7 +362,8 @@ func badInput(h *harness) {
 	outs := h.outcomes()
 	for _, c := range cases {
 		evs := outs["bad-"+c.name]
-		h.expect(len(evs) == 1 && evs[0].kind == messages.KindFailed, "%s: want one SyncFailed, got %v", c.name, evs)
+		h.expect(len(evs) == 1 && evs[0].kind == messages.KindFailed && finalRefusal(evs[0]),
+			"%s: want one SyncFailed invalid_request, unknown_target or export_url_not_allowed, got %v", c.name, evs)
 	}
 	info, err := h.consumerInfo()
 	if err != nil {
@@ -408,24 +410,14 @@ func secretScan(h *harness) {
 		if err != nil {
 			h.t.Fatal(err)
 		}
-		var b strings.Builder
-		_, _ = fmt.Fprint(&b, readAll(resp))
-		h.saveOutput(r.id+"-metrics.out", []byte(b.String()))
+		metrics, err := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		h.saveOutput(r.id+"-metrics.out", metrics)
 	}
 	h.finalSync()
-}
-
-func readAll(resp *http.Response) string {
-	defer resp.Body.Close()
-	var b strings.Builder
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := resp.Body.Read(buf)
-		b.Write(buf[:n])
-		if err != nil {
-			return b.String()
-		}
-	}
 }
 
 // saveOutput keeps a command's output for the secret scan.
@@ -438,4 +430,18 @@ func (h *harness) saveOutput(name string, out []byte) {
 	h.mu.Lock()
 	h.extraScan = append(h.extraScan, path)
 	h.mu.Unlock()
+}
+
+// finalRefusal reports whether an outcome is a refusal of bad input (not, say, a conflict with
+// another request that happened to run).
+func finalRefusal(e event) bool {
+	var body struct {
+		Reason messages.Reason `json:"reason"`
+	}
+	_ = json.Unmarshal(e.data, &body)
+	switch body.Reason {
+	case messages.ReasonInvalidRequest, messages.ReasonUnknownTarget, messages.ReasonExportURLNotAllowed:
+		return true
+	}
+	return false
 }
