@@ -167,6 +167,7 @@ type setup struct {
 	redis       string        // "plain" (default, no persistence), "aof" or "cluster"
 	exportDelay time.Duration // how long each source export stays in progress (default 2s)
 	clockOffset time.Duration // added to the source's and Pathling's clocks
+	staggered   bool          // start the replicas one after another (each ready first)
 	replica     replicaOptions
 }
 
@@ -197,7 +198,13 @@ func (h *harness) start(s setup) {
 	}
 	h.startSource(sourceOptions{exportDelay: s.exportDelay, clockOffset: s.clockOffset})
 	h.startPathling(s.clockOffset)
-	h.startReplicas(s.replicas, s.replica)
+	if s.staggered {
+		for range s.replicas {
+			h.startReplicas(1, s.replica)
+		}
+	} else {
+		h.startReplicas(s.replicas, s.replica)
+	}
 	h.connectBus()
 	h.samples.start(h)
 }

@@ -160,6 +160,7 @@ func freePort(t testing.TB) int {
 func (h *harness) waitFor(timeout time.Duration, what string, cond func() (bool, error)) {
 	h.t.Helper()
 	if err := h.tryWaitFor(timeout, cond); err != nil {
+		h.row.notes = append(h.row.notes, fmt.Sprintf("%s: %v", what, err))
 		h.t.Fatalf("%s: %v", what, err)
 	}
 }

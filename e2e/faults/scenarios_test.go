@@ -40,6 +40,7 @@ func scenarios() []scenario {
 		{"nats-kill-restart", false, natsRestart},
 		{"nats-cluster-node-loss", false, func(h *harness) { natsClusterLoss(h, false) }},
 		{"nats-cluster-leader-loss", false, func(h *harness) { natsClusterLoss(h, true) }},
+		{"nats-cluster-cold-start", false, natsClusterColdStart},
 		{"redis-cluster-happy", false, redisClusterHappy},
 		{"redis-cluster-master-paused", false, redisClusterPaused},
 		{"duplicate-storm-same-id", true, stormSameID},
@@ -108,22 +109,25 @@ func pathlingRestart(h *harness) {
 	h.finalSync()
 }
 
-// pathlingOutage (issue #8 item 1): Pathling stops answering (SIGSTOP) for longer than a sync's
-// timeout, so the timeout's DELETE fails and the job lives on. Changes are made at the source;
-// the next identical since:auto request must not end up with a watermark past the data it
-// imported, and the final sync must bring Pathling level with the source.
+// pathlingOutage (issue #8 item 1): Pathling answers 503 to every poll and DELETE for longer
+// than a sync's timeout, so the timeout's DELETE fails and the job lives on. Changes are made at
+// the source, the outage ends, and the next identical since:auto request follows: it must not
+// take the orphan's older export for its own (its watermark would be past the data), and the
+// final sync must bring Pathling level with the source.
 func pathlingOutage(h *harness) {
-	h.start(setup{exportDelay: 15 * time.Second})
+	h.start(setup{exportDelay: 12 * time.Second})
 	h.request("base", map[string]any{"since": "auto"})
 	ev := h.waitOutcome("base", 90*time.Second)
 	h.expect(ev.kind == messages.KindCompleted, "base: %s", ev)
 	h.request("timed-out", map[string]any{"since": "auto", "timeout": "4s"})
 	h.waitDriving("timed-out")
-	h.pathling.signal(h.t, syscall.SIGSTOP)
+	inject := h.pathlingBase + "/_emulator/inject"
+	h.mustSend(http.MethodPost, inject, map[string]any{"target": "poll", "status": 503, "count": 100000})
+	h.mustSend(http.MethodPost, inject, map[string]any{"target": "delete", "status": 503, "count": 100000})
 	ev = h.waitOutcome("timed-out", 60*time.Second)
 	h.expect(ev.kind == messages.KindFailed, "timed-out: %s", ev)
 	h.touch(3) // after the orphan's export snapshot
-	h.pathling.signal(h.t, syscall.SIGCONT)
+	h.mustSend(http.MethodDelete, h.pathlingBase+"/_emulator/injections", nil)
 	h.request("next", map[string]any{"since": "auto"})
 	ev = h.waitOutcome("next", 90*time.Second)
 	h.expect(ev.kind == messages.KindCompleted, "next: %s", ev)
@@ -206,7 +210,7 @@ func natsRestart(h *harness) {
 // natsClusterLoss: a 3-node JetStream cluster, stream with 3 replicas; mid-poll one node is
 // killed (-9): a follower, or the stream's leader. Two nodes keep the quorum.
 func natsClusterLoss(h *harness, leader bool) {
-	h.start(setup{exportDelay: 4 * time.Second, natsNodes: 3})
+	h.start(setup{exportDelay: 4 * time.Second, natsNodes: 3, staggered: true})
 	h.request("r1", nil)
 	h.waitDriving("r1")
 	s, err := h.js.Stream(h.ctx, streamName)
@@ -233,6 +237,16 @@ func natsClusterLoss(h *harness, leader bool) {
 	h.expect(ev.kind == messages.KindCompleted, "r1: %s", ev)
 	h.waitSettled(60 * time.Second)
 	h.expect(h.mustJobsCreated() == 1, "%d Pathling jobs for one request", h.mustJobsCreated())
+	h.finalSync()
+}
+
+// natsClusterColdStart: two replicas start at the same moment against a fresh 3-node cluster,
+// both creating the R3 stream; both must come up and sync.
+func natsClusterColdStart(h *harness) {
+	h.start(setup{natsNodes: 3})
+	h.request("full", nil)
+	ev := h.waitOutcome("full", 60*time.Second)
+	h.expect(ev.kind == messages.KindCompleted, "full: %s", ev)
 	h.finalSync()
 }
 

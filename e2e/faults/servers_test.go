@@ -260,7 +260,8 @@ type replica struct {
 // (each with its own admin port and instance id) and waits until each is ready.
 func (h *harness) startReplicas(n int, o replicaOptions) {
 	h.t.Helper()
-	for i := range n {
+	first := len(h.replicas)
+	for i := first; i < first+n; i++ {
 		id := fmt.Sprintf("replica-%d", i+1)
 		adminAddr := fmt.Sprintf("127.0.0.1:%d", freePort(h.t))
 		cfg := h.replicaConfig(id, adminAddr, o)
@@ -276,7 +277,7 @@ func (h *harness) startReplicas(n int, o replicaOptions) {
 		r.p = h.spawn(id, h.bins.sync, []string{"serve", "--config", path})
 		h.replicas = append(h.replicas, r)
 	}
-	for _, r := range h.replicas {
+	for _, r := range h.replicas[first:] {
 		h.waitReady(r)
 	}
 }

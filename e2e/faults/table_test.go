@@ -52,7 +52,11 @@ func table(rows []*row) string {
 	for _, r := range rows {
 		cells := r.cells()
 		for i, c := range cells {
-			cells[i] = strings.ReplaceAll(c, "|", "/")
+			c = strings.ReplaceAll(strings.ReplaceAll(c, "|", "/"), "\n", " ")
+			if len(c) > 200 {
+				c = c[:197] + "..."
+			}
+			cells[i] = c
 		}
 		line(cells)
 	}
@@ -67,9 +71,9 @@ func (h *harness) finish(start time.Time) {
 	r := h.row
 	r.took = time.Since(start).Round(time.Second)
 	if h.js == nil { // the world never came up
-		r.result = "FAIL: setup (see test log)"
-		if h.t.Skipped() {
-			r.result = ""
+		r.result = "FAIL: setup"
+		if len(r.notes) > 0 {
+			r.result += ": " + r.notes[0]
 		}
 		return
 	}
@@ -138,9 +142,6 @@ func (h *harness) finish(start time.Time) {
 		r.result = "FAIL"
 		if len(r.notes) > 0 {
 			r.result += ": " + r.notes[0]
-			if len(r.result) > 160 {
-				r.result = r.result[:157] + "..."
-			}
 		}
 	} else {
 		r.result = "PASS"
