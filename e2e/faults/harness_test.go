@@ -113,6 +113,7 @@ type harness struct {
 	extraScan []string        // files (besides *.log) the secret scan reads
 
 	samples sampler
+	touched int // resources touch changed so far
 	// dataChecked is set by finalSync: the Pathling store was compared with the source.
 	dataChecked bool
 	dataEqual   bool

@@ -371,8 +371,11 @@ func (h *harness) touch(n int) {
 	if err := h.getJSON(h.sourceBase+"/_source/resources/Observation", &list); err != nil {
 		h.t.Fatal(err)
 	}
-	for i := 0; i < n && i < len(list.Resources); i++ {
-		url := h.sourceBase + "/_source/resources/Observation/" + list.Resources[i].ID
+	// Each call changes resources no earlier call changed, so a change a sync skipped is not
+	// papered over by a later one.
+	for i := 0; i < n && len(list.Resources) > 0; i++ {
+		url := h.sourceBase + "/_source/resources/Observation/" + list.Resources[h.touched%len(list.Resources)].ID
+		h.touched++
 		var res map[string]any
 		if err := h.getJSON(url, &res); err != nil {
 			h.t.Fatal(err)

@@ -127,6 +127,8 @@ func pathlingOutage(h *harness) {
 	ev = h.waitOutcome("timed-out", 60*time.Second)
 	h.expect(ev.kind == messages.KindFailed, "timed-out: %s", ev)
 	h.touch(3) // after the orphan's export snapshot
+	// Let the changes age past the 1 s overlap, as changes hours before the next sync would.
+	h.hold(2 * time.Second)
 	h.mustSend(http.MethodDelete, h.pathlingBase+"/_emulator/injections", nil)
 	h.request("next", map[string]any{"since": "auto"})
 	ev = h.waitOutcome("next", 90*time.Second)
