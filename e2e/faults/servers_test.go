@@ -286,7 +286,7 @@ func (h *harness) waitReady(r *replica) {
 	h.t.Helper()
 	h.waitFor(60*time.Second, r.id+" ready", func() (bool, error) {
 		if !r.p.running() {
-			return false, fmt.Errorf("%s exited (see %s)", r.id, r.p.logPath)
+			return false, fmt.Errorf("%s exited: %s", r.id, lastLine(r.p.logPath))
 		}
 		return h.httpOK(r.admin + "/readyz")
 	})
@@ -350,4 +350,14 @@ func (h *harness) skip(reason string) {
 	h.t.Helper()
 	h.row.skipped = reason
 	h.t.Skip(reason)
+}
+
+// lastLine returns the last non-empty line of a log file (a process's parting words).
+func lastLine(path string) string {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
+	return lines[len(lines)-1]
 }
