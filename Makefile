@@ -5,7 +5,7 @@ PKGS      := ./...
 STATICCHECK ?= $(shell command -v staticcheck 2>/dev/null || echo $(HOME)/go/bin/staticcheck)
 FUZZTIME  ?= 10s
 
-.PHONY: all build run test test-short lint fmt vet staticcheck fuzz bench clean e2e-tracing ci-observability
+.PHONY: all build run test test-short lint fmt vet staticcheck fuzz bench clean e2e-tracing ci-observability faults faults-ci faults-bin
 
 all: build
 
@@ -55,6 +55,24 @@ e2e-tracing:
 ## ci-observability: promtool checks of the alert rules and of a real /metrics exposition (CI runs it).
 ci-observability:
 	bash scripts/ci-observability.sh
+
+## faults: the whole fault table (docs/reliability.md): real nats-server, redis-server, emulators
+## and pathling-sync processes on 127.0.0.1; ~10 min. FAULTS=<names> picks scenarios.
+FAULTS_BIN ?= $(CURDIR)/$(BIN)/faults
+FAULTS     ?= all
+faults: faults-bin
+	@PATHLING_SYNC_FAULTS=$(FAULTS) PATHLING_SYNC_FAULTS_BIN=$(FAULTS_BIN) PATHLING_SYNC_FAULTS_TABLE=$(FAULTS_BIN)/table.md \
+	  $(GO) test -count=1 -timeout 40m -run '^TestFaults$$' ./e2e/faults/; st=$$?; \
+	  echo "== make faults FAULTS=$(FAULTS)"; cat $(FAULTS_BIN)/table.md 2>/dev/null; exit $$st
+
+## faults-ci: the bounded subset CI runs (scripts/ci-faults.sh); under 5 minutes.
+faults-ci:
+	@$(MAKE) --no-print-directory faults FAULTS=ci
+
+faults-bin:
+	@mkdir -p $(FAULTS_BIN)
+	$(GO) build -o $(FAULTS_BIN)/ ./cmd/...
+	$(GO) build -o $(FAULTS_BIN)/nats-server github.com/nats-io/nats-server/v2
 
 clean:
 	rm -rf $(BIN)

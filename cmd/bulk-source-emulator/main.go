@@ -60,6 +60,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		tokenTTL     = fs.Duration("token-lifetime", 0, "access token lifetime with --auth-clients (default 5m)")
 		logLevel     = fs.String("log-level", "info", "debug, info, warn or error")
 		shutdownWait = fs.Duration("shutdown-timeout", 10*time.Second, "how long to wait for requests in flight on shutdown")
+		clockOffset  = fs.Duration("clock-offset", 0, "added to the real clock (lastUpdated, transactionTime, token expiry); negative: the source runs behind, to test clock skew")
 	)
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
@@ -77,6 +78,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Seed: *seed, Patients: *patients,
 		ExportPolls: *exportPolls, ExportDelay: *exportDelay, RetryAfter: *retryAfter,
 		ResourcesPerFile: *perFile, BaseURL: *baseURL, Logger: logger,
+	}
+	if *clockOffset != 0 {
+		offset := *clockOffset
+		cfg.Clock = func() time.Time { return time.Now().Add(offset) }
 	}
 	if *authClients != "" {
 		clients, err := readClients(*authClients)

@@ -155,3 +155,30 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		}
 	}
 }
+
+// The fault suite skews the source's clock against the service's (docs/reliability.md).
+func TestRunClockOffsetMovesTransactionTime(t *testing.T) {
+	base, _ := start(t, "--patients", "1", "--clock-offset", "-10m")
+	status, hdr, body := get(t, base+"/$export?_type=Patient", http.Header{"Prefer": {"respond-async"}})
+	if status != http.StatusAccepted {
+		t.Fatalf("kick-off: %d %s", status, body)
+	}
+	statusURL := hdr.Get("Content-Location")
+	var m struct{ TransactionTime time.Time }
+	testDeadline := time.Now().Add(10 * time.Second)
+	for {
+		status, _, body = get(t, statusURL, nil)
+		if status == http.StatusOK {
+			break
+		}
+		if time.Now().After(testDeadline) {
+			t.Fatalf("export not done within 10s: %d %s", status, body)
+		}
+	}
+	if err := json.Unmarshal(body, &m); err != nil {
+		t.Fatalf("manifest %s: %v", body, err)
+	}
+	if skew := time.Since(m.TransactionTime); skew < 9*time.Minute || skew > 11*time.Minute {
+		t.Fatalf("transactionTime %s is %s behind the real clock, want about 10m", m.TransactionTime, skew)
+	}
+}

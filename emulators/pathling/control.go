@@ -19,7 +19,7 @@ func (e *Emulator) serveControl(w http.ResponseWriter, r *http.Request, path str
 			"endpoints": []string{
 				"GET /_emulator/counters", "GET /_emulator/jobs", "GET /_emulator/scripts",
 				"PUT /_emulator/script", "POST /_emulator/scripts", "DELETE /_emulator/scripts",
-				"POST /_emulator/inject", "GET /_emulator/injections",
+				"POST /_emulator/inject", "GET /_emulator/injections", "DELETE /_emulator/injections",
 				"POST /_emulator/restart", "POST /_emulator/reset",
 				"GET /_emulator/store", "GET /_emulator/store/{type}",
 			},
@@ -69,6 +69,9 @@ func (e *Emulator) serveControl(w http.ResponseWriter, r *http.Request, path str
 		w.WriteHeader(http.StatusNoContent)
 	case route == "GET injections":
 		writeJSON(w, http.StatusOK, map[string]any{"injections": e.PendingInjections()})
+	case route == "DELETE injections":
+		e.ClearInjections()
+		w.WriteHeader(http.StatusNoContent)
 	case route == "POST restart":
 		e.Restart()
 		w.WriteHeader(http.StatusNoContent)

@@ -121,3 +121,25 @@ func TestControlStoreAfterPull(t *testing.T) {
 		t.Fatal("reset must empty the store")
 	}
 }
+
+func TestControlClearInjections(t *testing.T) {
+	h := scriptedHarness(t, Config{})
+	ctl := h.srv.URL + "/_emulator/"
+	jsonHdr := http.Header{"Content-Type": {"application/json"}}
+	if r := do(t, http.MethodPost, ctl+"inject", jsonHdr, []byte(`{"target":"poll","status":503,"count":1000}`)); r.status != 204 {
+		t.Fatalf("inject: %s", r)
+	}
+	loc := h.mustKickOff(t, kickOffHeaders(), body(urlParam(srcURL)))
+	if r := poll(t, loc, nil); r.status != 503 {
+		t.Fatalf("injected poll: %s", r)
+	}
+	if r := do(t, http.MethodDelete, ctl+"injections", nil, nil); r.status != 204 {
+		t.Fatalf("DELETE injections: %s", r)
+	}
+	if r := do(t, http.MethodGet, ctl+"injections", nil, nil); r.status != 200 || string(r.body) != `{"injections":[]}`+"\n" && string(r.body) != `{"injections":[]}` {
+		t.Fatalf("GET injections after DELETE: %s", r)
+	}
+	if r := poll(t, loc, nil); r.status == 503 {
+		t.Fatalf("the outage must end with DELETE injections: %s", r)
+	}
+}

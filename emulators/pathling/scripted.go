@@ -392,6 +392,13 @@ func (e *Emulator) takeInjection(target, jobID string) *Injection {
 	return nil
 }
 
+// ClearInjections drops every pending injection (an outage made of injections ends at once).
+func (e *Emulator) ClearInjections() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.injections = nil
+}
+
 // PendingInjections returns the injections not yet consumed.
 func (e *Emulator) PendingInjections() []Injection {
 	e.mu.Lock()
