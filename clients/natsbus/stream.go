@@ -114,11 +114,41 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig)
 		MaxBytes:   orUnlimited(cfg.MaxBytes),
 		MaxMsgs:    orUnlimited(cfg.MaxMsgs),
 	}
-	s, err := js.CreateOrUpdateStream(ctx, sc)
-	if err != nil {
-		return nil, fmt.Errorf("natsbus: ensure stream %s: %w", cfg.Name, err)
+	// A cluster that has just started has no meta leader or too few known
+	// peers for a while, and replicas starting together race to create the
+	// stream: such answers are retried until ctx ends.
+	wait := 200 * time.Millisecond
+	for {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		s, err := js.CreateOrUpdateStream(actx, sc)
+		cancel()
+		if err == nil {
+			return s, nil
+		}
+		if !streamErrTransient(err) || ctx.Err() != nil {
+			return nil, fmt.Errorf("natsbus: ensure stream %s: %w", cfg.Name, err)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("natsbus: ensure stream %s: %w", cfg.Name, err)
+		case <-t.C:
+		}
+		wait = min(2*wait, 2*time.Second)
 	}
-	return s, nil
+}
+
+// streamErrTransient tells a JetStream that is not ready yet (timeouts, no
+// responders, cluster unavailable, no peers yet: 5xx API errors) or a lost
+// creation race (stream name in use) from a refusal of the configuration.
+func streamErrTransient(err error) bool {
+	var api *jetstream.APIError
+	if errors.As(err, &api) {
+		return api.Code >= 500 || api.ErrorCode == jetstream.JSErrCodeStreamNameInUse
+	}
+	return !errors.Is(err, ErrInvalidConfig) && !errors.Is(err, jetstream.ErrJetStreamNotEnabled) &&
+		!errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount)
 }
 
 // orUnlimited maps 0 (unset) to JetStream's -1 (unlimited), so that an update clears an old limit.

@@ -115,9 +115,10 @@ func NewService(ctx context.Context, cfg *config.Config, log *slog.Logger, opts 
 		return nil, fmt.Errorf("%w: jetstream: %v", errInfra, err)
 	}
 	subjects := messages.Subjects{Prefix: cfg.NATS.Stream.SubjectPrefix}
-	sctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	if _, err := natsbus.EnsureStream(sctx, s.js, natsbus.StreamConfig{
+	// A JetStream cluster that has just started may take a while to accept the stream.
+	ectx, ecancel := context.WithTimeout(ctx, 60*time.Second)
+	defer ecancel()
+	if _, err := natsbus.EnsureStream(ectx, s.js, natsbus.StreamConfig{
 		Name:       cfg.NATS.Stream.Name,
 		Subjects:   []string{subjects.All()},
 		MaxAge:     cfg.NATS.Stream.MaxAge,
@@ -128,6 +129,8 @@ func NewService(ctx context.Context, cfg *config.Config, log *slog.Logger, opts 
 	}); err != nil {
 		return nil, fmt.Errorf("%w: stream %s: %v", errInfra, cfg.NATS.Stream.Name, err)
 	}
+	sctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
 
 	s.rdb, err = connectRedis(sctx, cfg.Redis)
 	if err != nil {
