@@ -1,5 +1,5 @@
 // Package pathling emulates the server side of Pathling's $import-pnp ("ping and pull" bulk
-// import) as described in shared/specs/pathling-import-pnp.md: the kick-off with Pathling's
+// import) as Pathling's source code behaves (see README.md beside it): the kick-off with Pathling's
 // validation order and messages, the $job status endpoint (202/200/400/404, X-Progress only in
 // the import phase, the plain-JSON variant), DELETE, "same request, same job", optional JWT
 // authentication with Pathling's authorities, and a CapabilityStatement.
