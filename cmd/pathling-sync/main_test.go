@@ -231,5 +231,19 @@ func startDev(t *testing.T) *devRun {
 		a, err := devenv.ReadAddrs(d.dir)
 		return err == nil && a.NATSURL != ""
 	}, "dev to write its addresses")
+	// The addresses come before the durable consumer, which starts at new
+	// messages: a request published in between would never be seen.
+	testenv.Eventually(t, 30*time.Second, func() bool {
+		a, err := devenv.ReadAddrs(d.dir)
+		if err != nil || a.AdminAddr == "" {
+			return false
+		}
+		resp, err := http.Get("http://" + a.AdminAddr + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}, "dev to be ready (consumer bound)")
 	return d
 }
