@@ -52,15 +52,7 @@ type env struct {
 func setup(t *testing.T) *env {
 	t.Helper()
 	ns := testenv.NATS(t)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := ns.Connect(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := natsbus.EnsureStream(ctx, js, natsbus.StreamConfig{Storage: jetstream.MemoryStorage}); err != nil {

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/pathling-sync/pathling-sync/clients/natsbus"
@@ -30,15 +29,7 @@ func newClientEnv(t *testing.T) *clientEnv {
 	// No "pathling-sync dev" addresses: only the environment counts.
 	t.Setenv(devenv.DataDirEnv, t.TempDir())
 	ns := testenv.NATS(t)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := ns.Connect(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := natsbus.EnsureStream(ctx, js, natsbus.StreamConfig{

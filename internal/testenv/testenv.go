@@ -35,6 +35,22 @@ type NATSServer struct {
 // ClientURL is the server's nats:// URL.
 func (s *NATSServer) ClientURL() string { return s.url }
 
+// Connect opens a client connection and its JetStream context, closed when
+// the test ends.
+func (s *NATSServer) Connect(t testing.TB) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(s.url)
+	if err != nil {
+		t.Fatalf("testenv: connect to NATS: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatalf("testenv: jetstream: %v", err)
+	}
+	return nc, js
+}
+
 // NATS starts a JetStream server on a free loopback port with its store in a temp dir, and shuts
 // it down when the test ends: the binary named by PATHLING_SYNC_NATS_SERVER when that is set,
 // otherwise an in-process server (the nats-server/v2 module's version).
