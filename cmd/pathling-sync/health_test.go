@@ -31,23 +31,31 @@ func get(t *testing.T, url string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-// /livez answers while the process runs, whatever its dependencies do;
-// /readyz needs the consumer bound and Redis reachable, and answers 503 from
-// the moment shutdown begins.
-func TestLivenessAndReadiness(t *testing.T) {
+// newProbedService builds (does not run) a service on a test NATS server and
+// the given Redis, with its admin listener on a free port and debug logs.
+func newProbedService(t *testing.T, redisURL, instance string) (*Service, *testenv.Buffer) {
+	t.Helper()
 	ns := testenv.NATS(t)
-	mr := miniredis.RunT(t)
 	cfg := config.Default()
 	cfg.NATS.URL = config.SecretURL(ns.ClientURL())
-	cfg.Redis.URL = config.SecretURL("redis://" + mr.Addr() + "/0")
+	cfg.Redis.URL = config.SecretURL(redisURL)
 	cfg.Admin.Addr = "127.0.0.1:0"
-	cfg.Service.InstanceID = "health-test"
+	cfg.Service.InstanceID = instance
 	cfg.Service.ShutdownGrace = time.Second
 	logs := &testenv.Buffer{}
 	svc, err := NewService(context.Background(), cfg, newLogger(logs, config.LogConfig{Level: "debug"}), WithEnv(envFrom(nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return svc, logs
+}
+
+// /livez answers while the process runs, whatever its dependencies do;
+// /readyz needs the consumer bound and Redis reachable, and answers 503 from
+// the moment shutdown begins.
+func TestLivenessAndReadiness(t *testing.T) {
+	mr := miniredis.RunT(t)
+	svc, logs := newProbedService(t, "redis://"+mr.Addr()+"/0", "health-test")
 	base := "http://" + svc.AdminAddr()
 
 	type probe struct {

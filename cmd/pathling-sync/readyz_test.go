@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pathling-sync/pathling-sync/config"
 	"github.com/pathling-sync/pathling-sync/internal/testenv"
 )
 
@@ -16,19 +15,8 @@ import (
 // budget, inside a Kubernetes probe's 3 s timeout, instead of waiting for
 // go-redis' own read timeout.
 func TestReadyzAnswersWithinDeadlineWhenRedisStalls(t *testing.T) {
-	ns := testenv.NATS(t)
 	rs := testenv.StartRedis(t)
-	cfg := config.Default()
-	cfg.NATS.URL = config.SecretURL(ns.ClientURL())
-	cfg.Redis.URL = config.SecretURL(rs.URL)
-	cfg.Admin.Addr = "127.0.0.1:0"
-	cfg.Service.InstanceID = "readyz-test"
-	cfg.Service.ShutdownGrace = time.Second
-	logs := &testenv.Buffer{}
-	svc, err := NewService(context.Background(), cfg, newLogger(logs, config.LogConfig{Level: "debug"}), WithEnv(envFrom(nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	svc, logs := newProbedService(t, rs.URL, "readyz-test")
 	base := "http://" + svc.AdminAddr()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
