@@ -71,6 +71,18 @@ func oneUninterruptedRun(t *testing.T, e *env, evs *runEvents, id string) {
 	}
 }
 
+// pollingRun starts request r1 with the given syncer options (events and a
+// JSON log added) and returns once its Pathling job has been polled twice.
+func pollingRun(t *testing.T, e *env, o syncerOptions) (*runEvents, *testenv.Buffer) {
+	t.Helper()
+	evs, logs := &runEvents{}, &testenv.Buffer{}
+	o.observer, o.log = evs, jsonLogger(logs)
+	e.start(e.js, e.syncer(o), 0)
+	e.request("t1", "r1", req{})
+	testenv.Eventually(t, waitLong, func() bool { return evs.count(handlers.EventPolled) >= 2 }, "r1 polling")
+	return evs, logs
+}
+
 // Redis loses its data (FLUSHALL) under a live run: the driver notices at
 // its next write, takes the lock again, re-saves its record and finishes
 // the same Pathling job, saying loudly what happened.
@@ -79,10 +91,7 @@ func TestRedisFlushUnderLiveRunTakesLockAgain(t *testing.T) {
 	if err := e.emu.SetDefaultScript(pathlingemu.Script{Polls: 40}); err != nil {
 		t.Fatal(err)
 	}
-	evs, logs := &runEvents{}, &testenv.Buffer{}
-	e.start(e.js, e.syncer(syncerOptions{observer: evs, log: jsonLogger(logs)}), 0)
-	e.request("t1", "r1", req{})
-	testenv.Eventually(t, waitLong, func() bool { return evs.count(handlers.EventPolled) >= 2 }, "r1 polling")
+	evs, logs := pollingRun(t, e, syncerOptions{})
 
 	if err := e.rdb.FlushAll(context.Background()).Err(); err != nil {
 		t.Fatal(err)
@@ -105,10 +114,7 @@ func TestRedisRestartWithoutPersistenceUnderLiveRun(t *testing.T) {
 	if err := e.emu.SetDefaultScript(pathlingemu.Script{Polls: 40}); err != nil {
 		t.Fatal(err)
 	}
-	evs, logs := &runEvents{}, &testenv.Buffer{}
-	e.start(e.js, e.syncer(syncerOptions{observer: evs, log: jsonLogger(logs)}), 0)
-	e.request("t1", "r1", req{})
-	testenv.Eventually(t, waitLong, func() bool { return evs.count(handlers.EventPolled) >= 2 }, "r1 polling")
+	evs, logs := pollingRun(t, e, syncerOptions{})
 
 	e.redis.Restart()
 	oneUninterruptedRun(t, e, evs, "r1")
@@ -194,10 +200,7 @@ func TestRedisPauseWithinLockValidityKeepsRun(t *testing.T) {
 	t.Cleanup(func() { rdb.Close() })
 	store := redisstore.New(rdb, redisstore.WithPrefix("test:"))
 
-	evs, logs := &runEvents{}, &testenv.Buffer{}
-	e.start(e.js, e.syncer(syncerOptions{lockTTL: 6 * time.Second, store: store, observer: evs, log: jsonLogger(logs)}), 0)
-	e.request("t1", "r1", req{})
-	testenv.Eventually(t, waitLong, func() bool { return evs.count(handlers.EventPolled) >= 2 }, "r1 polling")
+	evs, logs := pollingRun(t, e, syncerOptions{lockTTL: 6 * time.Second, store: store})
 
 	e.redis.Pause()
 	time.Sleep(2 * time.Second) // the blip's length: fault injection, not a wait for a result
