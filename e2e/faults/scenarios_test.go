@@ -55,8 +55,7 @@ func scenarios() []scenario {
 func happyPath(h *harness) {
 	h.start(setup{})
 	h.request("full", nil)
-	ev := h.waitOutcome("full", 60*time.Second)
-	h.expect(ev.kind == messages.KindCompleted, "full sync: %s", ev)
+	h.completes("full", 60*time.Second)
 	h.finalSync()
 }
 
@@ -68,8 +67,7 @@ func replicaDies(h *harness, sig syscall.Signal) {
 	driver := h.waitDriving("r1")
 	driver.p.signal(h.t, sig)
 	driver.p.waitExit(h.t, 20*time.Second)
-	ev := h.waitOutcome("r1", 90*time.Second)
-	h.expect(ev.kind == messages.KindCompleted, "r1: %s", ev)
+	h.completes("r1", 90*time.Second)
 	h.waitSettled(30 * time.Second)
 	h.expect(h.mustJobsCreated() == 1, "the survivor kicked off again instead of adopting: %d jobs", h.mustJobsCreated())
 	h.finalSync()
@@ -83,8 +81,7 @@ func sigstopPastLock(h *harness) {
 	h.request("r1", nil)
 	driver := h.waitDriving("r1")
 	driver.p.signal(h.t, syscall.SIGSTOP)
-	ev := h.waitOutcome("r1", 90*time.Second)
-	h.expect(ev.kind == messages.KindCompleted, "r1: %s", ev)
+	h.completes("r1", 90*time.Second)
 	driver.p.signal(h.t, syscall.SIGCONT)
 	// The resumed replica notices it lost the run (its renewal or next write is refused) and drops it.
 	h.waitFor(60*time.Second, driver.id+" drops the run after SIGCONT", func() (bool, error) {
@@ -103,8 +100,7 @@ func pathlingRestart(h *harness) {
 	h.request("r1", nil)
 	h.waitDriving("r1")
 	h.mustSend(http.MethodPost, h.pathlingBase+"/_emulator/restart", nil)
-	ev := h.waitOutcome("r1", 90*time.Second)
-	h.expect(ev.kind == messages.KindCompleted, "r1: %s", ev)
+	h.completes("r1", 90*time.Second)
 	h.expect(h.mustJobsCreated() == 2, "want one re-kick after the restart, got %d jobs", h.mustJobsCreated())
 	h.finalSync()
 }
@@ -117,22 +113,20 @@ func pathlingRestart(h *harness) {
 func pathlingOutage(h *harness) {
 	h.start(setup{exportDelay: 12 * time.Second})
 	h.request("base", map[string]any{"since": "auto"})
-	ev := h.waitOutcome("base", 90*time.Second)
-	h.expect(ev.kind == messages.KindCompleted, "base: %s", ev)
+	h.completes("base", 90*time.Second)
 	h.request("timed-out", map[string]any{"since": "auto", "timeout": "4s"})
 	h.waitDriving("timed-out")
 	inject := h.pathlingBase + "/_emulator/inject"
 	h.mustSend(http.MethodPost, inject, map[string]any{"target": "poll", "status": 503, "count": 100000})
 	h.mustSend(http.MethodPost, inject, map[string]any{"target": "delete", "status": 503, "count": 100000})
-	ev = h.waitOutcome("timed-out", 60*time.Second)
+	ev := h.waitOutcome("timed-out", 60*time.Second)
 	h.expect(ev.kind == messages.KindFailed, "timed-out: %s", ev)
 	h.touch(3) // after the orphan's export snapshot
 	// Let the changes age past the 1 s overlap, as changes hours before the next sync would.
 	h.hold(2 * time.Second)
 	h.mustSend(http.MethodDelete, h.pathlingBase+"/_emulator/injections", nil)
 	h.request("next", map[string]any{"since": "auto"})
-	ev = h.waitOutcome("next", 90*time.Second)
-	h.expect(ev.kind == messages.KindCompleted, "next: %s", ev)
+	h.completes("next", 90*time.Second)
 	h.finalSync()
 }
 
@@ -146,8 +140,7 @@ func errorBursts(h *harness) {
 	h.mustSend(http.MethodPost, inject, map[string]any{"target": "poll", "status": 502, "count": 3})
 	h.mustSend(http.MethodPost, h.sourceBase+"/_source/faults", map[string]any{"stage": "status", "status": 429, "count": 2, "retryAfterSeconds": 1})
 	h.request("r1", nil)
-	ev := h.waitOutcome("r1", 90*time.Second)
-	h.expect(ev.kind == messages.KindCompleted, "r1: %s", ev)
+	h.completes("r1", 90*time.Second)
 	h.expect(h.mustJobsCreated() == 1, "%d Pathling jobs for one request", h.mustJobsCreated())
 	h.finalSync()
 }
@@ -161,11 +154,8 @@ func redisPause(h *harness) {
 	h.redis[0].p.signal(h.t, syscall.SIGSTOP)
 	h.hold(20 * time.Second)
 	h.redis[0].p.signal(h.t, syscall.SIGCONT)
-	ev := h.waitOutcome("r1", 90*time.Second)
-	h.expect(ev.kind == messages.KindCompleted, "r1: %s", ev)
-	h.waitSettled(60 * time.Second)
-	h.expect(h.mustJobsCreated() == 1, "%d Pathling jobs for one request", h.mustJobsCreated())
-	h.finalSync()
+	h.completes("r1", 90*time.Second)
+	h.settledWithOneJob()
 }
 
 // redisRestart: Redis is killed (-9) mid-poll and restarted, with AOF (appendfsync always: no
@@ -208,11 +198,8 @@ func natsRestart(h *harness) {
 	n.p.kill9(h.t)
 	n.p.restart(h.t, h.dir)
 	h.waitNATSNode(n)
-	ev := h.waitOutcome("r1", 90*time.Second)
-	h.expect(ev.kind == messages.KindCompleted, "r1: %s", ev)
-	h.waitSettled(60 * time.Second)
-	h.expect(h.mustJobsCreated() == 1, "%d Pathling jobs for one request", h.mustJobsCreated())
-	h.finalSync()
+	h.completes("r1", 90*time.Second)
+	h.settledWithOneJob()
 }
 
 // natsClusterLoss: a 3-node JetStream cluster, stream with 3 replicas; mid-poll one node is
@@ -241,11 +228,8 @@ func natsClusterLoss(h *harness, leader bool) {
 	}
 	h.t.Logf("killing %s (stream leader %s)", victim.name, info.Cluster.Leader)
 	victim.p.kill9(h.t)
-	ev := h.waitOutcome("r1", 90*time.Second)
-	h.expect(ev.kind == messages.KindCompleted, "r1: %s", ev)
-	h.waitSettled(60 * time.Second)
-	h.expect(h.mustJobsCreated() == 1, "%d Pathling jobs for one request", h.mustJobsCreated())
-	h.finalSync()
+	h.completes("r1", 90*time.Second)
+	h.settledWithOneJob()
 }
 
 // natsClusterColdStart: two replicas start at the same moment against a fresh 3-node cluster,
@@ -253,16 +237,14 @@ func natsClusterLoss(h *harness, leader bool) {
 func natsClusterColdStart(h *harness) {
 	h.start(setup{natsNodes: 3})
 	h.request("full", nil)
-	ev := h.waitOutcome("full", 60*time.Second)
-	h.expect(ev.kind == messages.KindCompleted, "full: %s", ev)
+	h.completes("full", 60*time.Second)
 	h.finalSync()
 }
 
 func redisClusterHappy(h *harness) {
 	h.start(setup{redis: "cluster"})
 	h.request("full", nil)
-	ev := h.waitOutcome("full", 60*time.Second)
-	h.expect(ev.kind == messages.KindCompleted, "full: %s", ev)
+	h.completes("full", 60*time.Second)
 	h.finalSync()
 }
 
@@ -276,11 +258,8 @@ func redisClusterPaused(h *harness) {
 	master.p.signal(h.t, syscall.SIGSTOP)
 	h.hold(10 * time.Second)
 	master.p.signal(h.t, syscall.SIGCONT)
-	ev := h.waitOutcome("r1", 90*time.Second)
-	h.expect(ev.kind == messages.KindCompleted, "r1: %s", ev)
-	h.waitSettled(60 * time.Second)
-	h.expect(h.mustJobsCreated() == 1, "%d Pathling jobs for one request", h.mustJobsCreated())
-	h.finalSync()
+	h.completes("r1", 90*time.Second)
+	h.settledWithOneJob()
 }
 
 // stormSameID: one request id published 40 times: 20 with its Nats-Msg-Id (JetStream drops the
@@ -296,8 +275,7 @@ func stormSameID(h *harness) {
 			}
 		})
 	}
-	ev := h.waitOutcome("storm", 90*time.Second)
-	h.expect(ev.kind == messages.KindCompleted, "storm: %s", ev)
+	h.completes("storm", 90*time.Second)
 	h.waitSettled(90 * time.Second)
 	h.expect(h.mustJobsCreated() == 1, "%d Pathling jobs for one request id", h.mustJobsCreated())
 	h.finalSync()
@@ -330,12 +308,10 @@ func stormManyIDs(h *harness) {
 func clockSkew(h *harness) {
 	h.start(setup{clockOffset: -10 * time.Minute})
 	h.request("first", map[string]any{"since": "auto"})
-	ev := h.waitOutcome("first", 60*time.Second)
-	h.expect(ev.kind == messages.KindCompleted, "first: %s", ev)
+	h.completes("first", 60*time.Second)
 	h.touch(3)
 	h.request("second", map[string]any{"since": "auto"})
-	ev = h.waitOutcome("second", 60*time.Second)
-	h.expect(ev.kind == messages.KindCompleted, "second: %s", ev)
+	h.completes("second", 60*time.Second)
 	h.finalSync()
 }
 
@@ -415,8 +391,7 @@ func secretScan(h *harness) {
 		"type": "client_credentials", "tokenUrl": tokens.URL + "/token", "clientId": "pathling-sync", "clientSecret": clientSecret,
 	}}})
 	h.request("good", nil)
-	ev := h.waitOutcome("good", 60*time.Second)
-	h.expect(ev.kind == messages.KindCompleted, "good: %s", ev)
+	h.completes("good", 60*time.Second)
 	withUser := strings.Replace(h.sourceBase, "http://", "http://sync-user:"+urlPassword+"@", 1) + "/fhir"
 	h.request("userinfo", map[string]any{"exportUrl": withUser})
 	h.request("userinfo-elsewhere", map[string]any{"exportUrl": "https://sync-user:" + urlPassword + "@elsewhere.example/fhir"})
@@ -475,4 +450,21 @@ func retryable(e event) bool {
 	}
 	_ = json.Unmarshal(e.data, &body)
 	return e.kind == messages.KindFailed && body.Retryable
+}
+
+// completes waits for request id's outcome and expects a SyncCompleted.
+func (h *harness) completes(id string, within time.Duration) {
+	h.t.Helper()
+	ev := h.waitOutcome(id, within)
+	h.expect(ev.kind == messages.KindCompleted, "%s: %s", id, ev)
+}
+
+// settledWithOneJob waits until nothing is left running, expects that the
+// scenario's single request made exactly one Pathling job, and ends with the
+// final incremental sync and data comparison.
+func (h *harness) settledWithOneJob() {
+	h.t.Helper()
+	h.waitSettled(60 * time.Second)
+	h.expect(h.mustJobsCreated() == 1, "%d Pathling jobs for one request", h.mustJobsCreated())
+	h.finalSync()
 }
