@@ -11,7 +11,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -257,17 +256,9 @@ func TestREADMEVerbatim(t *testing.T) {
 	// Ready: the addresses are written and /readyz answers 200.
 	var addrs devenv.Addrs
 	testenv.Eventually(t, 5*time.Minute, func() bool {
-		a, err := devenv.ReadAddrs(dataDir)
-		if err != nil {
-			return false
-		}
-		resp, err := http.Get("http://" + a.AdminAddr + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
+		a, ok := devReady(dataDir)
 		addrs = a
-		return resp.StatusCode == http.StatusOK
+		return ok
 	}, "make run to be ready:\n%s", &makeOut)
 	checkOutput(t, "make run", session[0].output, makeOut.String())
 
@@ -353,18 +344,7 @@ func TestDevExitsZeroOnSIGINT(t *testing.T) {
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- dev.Wait() }()
-	testenv.Eventually(t, time.Minute, func() bool {
-		a, err := devenv.ReadAddrs(dataDir)
-		if err != nil {
-			return false
-		}
-		resp, err := http.Get("http://" + a.AdminAddr + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	}, "dev to be ready:\n%s", &out)
+	testenv.Eventually(t, time.Minute, func() bool { _, ok := devReady(dataDir); return ok }, "dev to be ready:\n%s", &out)
 	if err := dev.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}

@@ -233,17 +233,21 @@ func startDev(t *testing.T) *devRun {
 	}, "dev to write its addresses")
 	// The addresses come before the durable consumer, which starts at new
 	// messages: a request published in between would never be seen.
-	testenv.Eventually(t, 30*time.Second, func() bool {
-		a, err := devenv.ReadAddrs(d.dir)
-		if err != nil || a.AdminAddr == "" {
-			return false
-		}
-		resp, err := http.Get("http://" + a.AdminAddr + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	}, "dev to be ready (consumer bound)")
+	testenv.Eventually(t, 30*time.Second, func() bool { _, ok := devReady(d.dir); return ok }, "dev to be ready (consumer bound)")
 	return d
+}
+
+// devReady reports whether the dev run whose data folder is dir has
+// written its addresses and answers /readyz with 200 (its consumer bound).
+func devReady(dir string) (devenv.Addrs, bool) {
+	a, err := devenv.ReadAddrs(dir)
+	if err != nil || a.AdminAddr == "" {
+		return a, false
+	}
+	resp, err := http.Get("http://" + a.AdminAddr + "/readyz")
+	if err != nil {
+		return a, false
+	}
+	resp.Body.Close()
+	return a, resp.StatusCode == http.StatusOK
 }
