@@ -258,15 +258,6 @@ func TestSeedVariables(t *testing.T) {
 	if d.Defaults.Since != "2025-01-01T00:00:00Z" {
 		t.Errorf("SINCE → %q", d.Defaults.Since)
 	}
-
-	// The seed's $export URL is allowed in both spellings once normalised.
-	ht := d.HandlerTarget(nil)
-	if !slices.Equal(ht.AllowedExportURLs, []string{"https://source-server.example.com/fhir"}) {
-		t.Errorf("handler allowlist = %v", ht.AllowedExportURLs)
-	}
-	if u, err := ht.NormalizeExportURL(d.Defaults.ExportURL); err != nil || u != "https://source-server.example.com/fhir" {
-		t.Errorf("normalised default = %q, %v", u, err)
-	}
 }
 
 func TestSeedVariablesMergeIntoFileAndLoseToSpecificOnes(t *testing.T) {

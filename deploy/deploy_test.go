@@ -22,6 +22,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/pathling-sync/pathling-sync/clients/pathling"
 	"github.com/pathling-sync/pathling-sync/config"
 )
 
@@ -354,9 +355,9 @@ func TestComposeStack(t *testing.T) {
 	if !ok {
 		t.Fatal("compose configures no default target")
 	}
-	pathling := composeEnv(svcs["pathling"])
-	allowed := strings.Split(pathling["pathling.import.pnp.allowableExportUrls"], ",")
-	src, err := config.NormalizeExportURL(config.ExportURLBase, def.Defaults.ExportURL)
+	pathlingEnv := composeEnv(svcs["pathling"])
+	allowed := strings.Split(pathlingEnv["pathling.import.pnp.allowableExportUrls"], ",")
+	src, err := pathling.NormalizeExportURL(def.Defaults.ExportURL, pathling.ExportURLBase)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -178,13 +178,10 @@ func (e *env) target(mod ...func(*handlers.Target)) handlers.Target {
 		Name:     "t1",
 		Pathling: pathling.NewPort(c),
 		Defaults: messages.SyncRequested{ExportURL: e.exportURL(), SaveMode: "merge"},
-		NormalizeExportURL: func(raw string) (string, error) {
-			return pathling.NormalizeExportURL(raw, pathling.ExportURLBase)
-		},
-		Timeout: time.Minute,
-		Overlap: 2 * time.Minute,
-		Poll:    handlers.Backoff{Initial: 10 * time.Millisecond, Factor: 1.5, Max: 50 * time.Millisecond},
-		Retry:   handlers.Backoff{Initial: 20 * time.Millisecond, Factor: 2, Max: 100 * time.Millisecond},
+		Timeout:  time.Minute,
+		Overlap:  2 * time.Minute,
+		Poll:     handlers.Backoff{Initial: 10 * time.Millisecond, Factor: 1.5, Max: 50 * time.Millisecond},
+		Retry:    handlers.Backoff{Initial: 20 * time.Millisecond, Factor: 2, Max: 100 * time.Millisecond},
 	}
 	for _, m := range mod {
 		m(&t)

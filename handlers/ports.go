@@ -80,12 +80,19 @@ func (e *PathlingError) Error() string {
 	return fmt.Sprintf("pathling: %s: %s", e.Reason, e.Message)
 }
 
-// Pathling is what a run needs of one Pathling server. Errors returned are
-// *PathlingError (or a context error); job outcomes come in JobStatus.
+// Pathling is what a run needs of one Pathling server. Errors of KickOff,
+// Status and Delete are *PathlingError (or a context error); job outcomes
+// come in JobStatus.
 type Pathling interface {
 	KickOff(ctx context.Context, p ImportParams) (KickedOff, error)
 	Status(ctx context.Context, statusURL string) (JobStatus, error)
 	Delete(ctx context.Context, statusURL string) error
+	// NormalizeExportURL turns a source URL as a request names it (its FHIR
+	// base or its .../$export endpoint) into what this Pathling expects in
+	// exportUrl; the allowlist is matched against the result. An error
+	// (the URL is not acceptable) rejects the request; it must not contain
+	// the URL's secrets.
+	NormalizeExportURL(raw string) (string, error)
 }
 
 // RunState is the state of a run record.

@@ -408,14 +408,11 @@ func (s *Syncer) intake(d Delivery, h natsHeader) intake {
 	if in.req.ExportURL == "" {
 		return bad(messages.ReasonInvalidRequest, "exportUrl: required (target %q has no default export URL)", target)
 	}
-	in.exportURL = in.req.ExportURL
-	if t.NormalizeExportURL != nil {
-		u, err := t.NormalizeExportURL(in.req.ExportURL)
-		if err != nil {
-			return bad(messages.ReasonInvalidRequest, "exportUrl: %v", err)
-		}
-		in.exportURL = u
+	u, err := t.Pathling.NormalizeExportURL(in.req.ExportURL)
+	if err != nil {
+		return bad(messages.ReasonInvalidRequest, "exportUrl: %v", err)
 	}
+	in.exportURL = u
 	if !t.exportURLAllowed(in.exportURL) {
 		return bad(messages.ReasonExportURLNotAllowed, "exportUrl %q is not among the source URLs allowed for target %q", messages.RedactURL(in.exportURL), target)
 	}

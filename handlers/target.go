@@ -16,12 +16,10 @@ type Target struct {
 	Name     string
 	Pathling Pathling
 	// AllowedExportURLs are the source URLs a request may name (prefix match
-	// at a path boundary, like Pathling's own allowableExportUrls). Empty
-	// means only the default export URL.
+	// at a path boundary, like Pathling's own allowableExportUrls), in the
+	// form Pathling.NormalizeExportURL gives. Empty means only the default
+	// export URL.
 	AllowedExportURLs []string
-	// NormalizeExportURL turns a user's export URL (base or .../$export)
-	// into what this Pathling expects. Nil leaves it as given.
-	NormalizeExportURL func(raw string) (string, error)
 	// Defaults fill the request fields an event leaves empty
 	// (exportUrl, saveMode, types, since, until, typeFilters, elements,
 	// includeAssociatedData, concurrency, timeout).

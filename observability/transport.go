@@ -13,8 +13,6 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
-
-	"github.com/pathling-sync/pathling-sync/handlers"
 )
 
 // Kinds of Pathling requests (metric label kind, span attribute
@@ -33,8 +31,12 @@ const attrRequestKind = attribute.Key("pathling_sync.request.kind")
 
 // TransportConfig configures NewTransport.
 type TransportConfig struct {
-	// Target labels the requests' metrics and spans.
+	// Target labels the requests' metrics.
 	Target string
+	// SpanAttributes are added to every request's span (cmd gives the
+	// target's, under the handler's attribute key, so that the HTTP spans
+	// carry the same key as the run's).
+	SpanAttributes []attribute.KeyValue
 	// TracerProvider makes the HTTP client spans (nil: none, but the
 	// caller's trace context is still sent in traceparent).
 	TracerProvider trace.TracerProvider
@@ -88,9 +90,7 @@ func (t *measuredTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		semconv.URLTemplate(r.URL.Path), // our paths carry no ids (the job id is in the query)
 		attrRequestKind.String(kind),
 	)
-	if t.cfg.Target != "" {
-		span.SetAttributes(handlers.AttrTarget.String(t.cfg.Target))
-	}
+	span.SetAttributes(t.cfg.SpanAttributes...)
 	if t.cfg.ResendCount != nil {
 		if n := t.cfg.ResendCount(r.Context()); n > 0 {
 			span.SetAttributes(semconv.HTTPRequestResendCount(n))

@@ -83,6 +83,7 @@ func TestTransportSpansAndMetrics(t *testing.T) {
 	tel, m := newTestMetrics(t, MetricsConfig{Targets: []string{"main"}})
 	hc := &http.Client{Transport: NewTransport(nil, TransportConfig{
 		Target: "main", TracerProvider: tp, Metrics: m, ResendCount: pathling.ResendCount,
+		SpanAttributes: []attribute.KeyValue{attribute.String("pathling_sync.target", "main")},
 	})}
 	c, err := pathling.New(srv.URL+"/fhir", pathling.WithHTTPClient(hc), pathling.WithTokenSource(&rotatingTokens{}))
 	if err != nil {

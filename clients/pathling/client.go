@@ -46,6 +46,8 @@ type Client struct {
 	timeout    time.Duration
 	userAgent  string
 	now        func() time.Time
+	// exportStyle is what this Pathling expects in exportUrl.
+	exportStyle ExportURLStyle
 }
 
 // Option configures a Client.
@@ -93,6 +95,18 @@ func WithUserAgent(ua string) Option {
 			return fmt.Errorf("%w: empty user agent", ErrInvalidOption)
 		}
 		c.userAgent = ua
+		return nil
+	}
+}
+
+// WithExportURLStyle sets what this Pathling expects as exportUrl (default
+// ExportURLBase); Client.NormalizeExportURL puts source URLs in that style.
+func WithExportURLStyle(style ExportURLStyle) Option {
+	return func(c *Client) error {
+		if style != ExportURLBase && style != ExportURLEndpoint {
+			return fmt.Errorf("%w: unknown export URL style %d", ErrInvalidOption, style)
+		}
+		c.exportStyle = style
 		return nil
 	}
 }

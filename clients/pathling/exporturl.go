@@ -25,6 +25,13 @@ var ErrInvalidExportURL = errors.New("pathling: invalid export URL")
 // exportSuffixes are the spellings of a trailing $export path segment.
 var exportSuffixes = []string{"/$export", "/%24export"}
 
+// NormalizeExportURL returns raw in the export URL style this Pathling
+// expects (WithExportURLStyle); see the function NormalizeExportURL. Errors
+// wrap ErrInvalidExportURL.
+func (c *Client) NormalizeExportURL(raw string) (string, error) {
+	return NormalizeExportURL(raw, c.exportStyle)
+}
+
 // NormalizeExportURL accepts a source URL given either as the FHIR base or as
 // its $export endpoint and returns it in the given style: ExportURLBase
 // strips a trailing "/$export" (or "/%24export"); ExportURLEndpoint makes sure

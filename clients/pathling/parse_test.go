@@ -165,6 +165,25 @@ func TestNormalizeExportURL(t *testing.T) {
 	}
 }
 
+// The port normalises in the style the client was configured with.
+func TestPortNormalizesInTheClientsStyle(t *testing.T) {
+	for style, want := range map[ExportURLStyle]string{ExportURLBase: "https://s/fhir", ExportURLEndpoint: "https://s/fhir/$export"} {
+		c, err := New("http://p/fhir", WithExportURLStyle(style))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := NewPort(c).NormalizeExportURL("https://s/fhir/"); err != nil || got != want {
+			t.Errorf("style %d: %q, %v; want %q", style, got, err, want)
+		}
+		if _, err := NewPort(c).NormalizeExportURL("ftp://s/fhir"); !errors.Is(err, ErrInvalidExportURL) {
+			t.Errorf("style %d: err = %v, want ErrInvalidExportURL", style, err)
+		}
+	}
+	if _, err := New("http://p/fhir", WithExportURLStyle(ExportURLStyle(7))); !errors.Is(err, ErrInvalidOption) {
+		t.Errorf("unknown style: err = %v, want ErrInvalidOption", err)
+	}
+}
+
 func TestErrorSentinels(t *testing.T) {
 	cause := errors.New("dial tcp: refused")
 	err := error(&Error{Op: "status", Kind: KindUnavailable, Retryable: true, Message: "request failed", Err: cause})

@@ -71,6 +71,13 @@ func (p Port) Delete(ctx context.Context, statusURL string) error {
 	return nil
 }
 
+// NormalizeExportURL returns a source URL (FHIR base or $export endpoint) as
+// this Pathling expects it. Errors wrap ErrInvalidExportURL; they name no
+// part of the URL.
+func (p Port) NormalizeExportURL(raw string) (string, error) {
+	return p.c.NormalizeExportURL(raw)
+}
+
 func portError(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()

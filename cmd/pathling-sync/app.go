@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,11 +15,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
-	"go.opentelemetry.io/otel/trace"
 
-	"github.com/pathling-sync/pathling-sync/clients/auth"
 	"github.com/pathling-sync/pathling-sync/clients/natsbus"
-	"github.com/pathling-sync/pathling-sync/clients/pathling"
 	"github.com/pathling-sync/pathling-sync/clients/redisstore"
 	"github.com/pathling-sync/pathling-sync/config"
 	"github.com/pathling-sync/pathling-sync/handlers"
@@ -401,78 +397,4 @@ func connectRedis(ctx context.Context, c config.RedisConfig) (redis.UniversalCli
 		return nil, fmt.Errorf("%w: Redis %s: %v", errInfra, c.URL, err)
 	}
 	return rdb, nil
-}
-
-// buildTargets turns the configured targets into the handler's, each with
-// its own Pathling client. They share one connection pool; each target's
-// client wraps it with its own instrumentation (spans, metrics labelled with
-// the target).
-func buildTargets(cfg *config.Config, log *slog.Logger, tp trace.TracerProvider, m *observability.Metrics) ([]handlers.Target, error) {
-	shared := sharedHTTPClient()
-	var out []handlers.Target
-	for _, name := range cfg.TargetNames() {
-		tc, _ := cfg.Target(name)
-		httpClient := &http.Client{Transport: observability.NewTransport(shared.Transport, observability.TransportConfig{
-			Target: name, TracerProvider: tp, Metrics: m, ResendCount: pathling.ResendCount,
-		})}
-		ts, err := tokenSource(tc, httpClient)
-		if err != nil {
-			return nil, fmt.Errorf("target %s: auth: %w", name, err)
-		}
-		opts := []pathling.Option{pathling.WithHTTPClient(httpClient), pathling.WithRequestTimeout(tc.Pathling.RequestTimeout)}
-		if ts != nil {
-			opts = append(opts, pathling.WithTokenSource(ts))
-		}
-		client, err := pathling.New(tc.Pathling.URL, opts...)
-		if err != nil {
-			return nil, fmt.Errorf("target %s: %w", name, err)
-		}
-		out = append(out, tc.HandlerTarget(pathling.NewPort(client)))
-		log.Debug("target configured", "target", name, "pathling", tc.Pathling.URL, "auth", tc.Pathling.Auth.Type)
-	}
-	return out, nil
-}
-
-func sharedHTTPClient() *http.Client {
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.MaxIdleConnsPerHost = 64
-	tr.IdleConnTimeout = 90 * time.Second
-	// No overall Timeout here: every request carries its own deadline.
-	return &http.Client{Transport: tr}
-}
-
-func tokenSource(tc config.TargetConfig, hc *http.Client) (auth.TokenSource, error) {
-	a := tc.Pathling.Auth
-	switch a.Type {
-	case "", config.AuthNone:
-		return nil, nil
-	case config.AuthBearer:
-		tok := a.Token.Reveal()
-		if a.TokenFile != "" {
-			b, err := os.ReadFile(a.TokenFile)
-			if err != nil {
-				return nil, fmt.Errorf("token file: %w", err)
-			}
-			tok = strings.TrimSpace(string(b))
-		}
-		return auth.Static(tok), nil
-	case config.AuthClientCredentials:
-		return auth.NewClientCredentials(auth.ClientCredentialsConfig{
-			TokenURL: a.TokenURL, ClientID: a.ClientID, ClientSecret: a.ClientSecret.Reveal(), Scope: a.Scope,
-		}, auth.WithHTTPClient(hc))
-	case config.AuthSMARTBackend:
-		key := []byte(a.PrivateKey.Reveal())
-		if a.PrivateKeyFile != "" {
-			b, err := os.ReadFile(a.PrivateKeyFile)
-			if err != nil {
-				return nil, fmt.Errorf("private key file: %w", err)
-			}
-			key = b
-		}
-		return auth.NewSMARTBackend(auth.SMARTBackendConfig{
-			ClientID: a.ClientID, Scope: a.Scope, TokenURL: a.TokenURL, FHIRBaseURL: tc.Pathling.URL,
-			PrivateJWK: key, Alg: a.Alg, KeyID: a.KID,
-		}, auth.WithHTTPClient(hc))
-	}
-	return nil, fmt.Errorf("unknown auth type %q", a.Type)
 }

@@ -1,0 +1,150 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/pathling-sync/pathling-sync/clients/auth"
+	"github.com/pathling-sync/pathling-sync/clients/pathling"
+	"github.com/pathling-sync/pathling-sync/config"
+	"github.com/pathling-sync/pathling-sync/handlers"
+	"github.com/pathling-sync/pathling-sync/observability"
+)
+
+// This file turns the configured targets into the sync handler's: the
+// wiring between config (which only reads and validates) and the handler
+// and Pathling client types.
+
+// buildTargets turns the configured targets into the handler's, each with
+// its own Pathling client. They share one connection pool; each target's
+// client wraps it with its own instrumentation (spans, metrics labelled with
+// the target).
+func buildTargets(cfg *config.Config, log *slog.Logger, tp trace.TracerProvider, m *observability.Metrics) ([]handlers.Target, error) {
+	shared := sharedHTTPClient()
+	var out []handlers.Target
+	for _, name := range cfg.TargetNames() {
+		tc, _ := cfg.Target(name)
+		httpClient := &http.Client{Transport: observability.NewTransport(shared.Transport, observability.TransportConfig{
+			Target: name, TracerProvider: tp, Metrics: m, ResendCount: pathling.ResendCount,
+			SpanAttributes: []attribute.KeyValue{handlers.AttrTarget.String(name)},
+		})}
+		ts, err := tokenSource(tc, httpClient)
+		if err != nil {
+			return nil, fmt.Errorf("target %s: auth: %w", name, err)
+		}
+		style, err := exportURLStyle(tc.Pathling.ExportURLStyle)
+		if err != nil {
+			return nil, fmt.Errorf("target %s: %w", name, err)
+		}
+		opts := []pathling.Option{pathling.WithHTTPClient(httpClient), pathling.WithRequestTimeout(tc.Pathling.RequestTimeout),
+			pathling.WithExportURLStyle(style)}
+		if ts != nil {
+			opts = append(opts, pathling.WithTokenSource(ts))
+		}
+		client, err := pathling.New(tc.Pathling.URL, opts...)
+		if err != nil {
+			return nil, fmt.Errorf("target %s: %w", name, err)
+		}
+		out = append(out, handlerTarget(tc, pathling.NewPort(client)))
+		log.Debug("target configured", "target", name, "pathling", tc.Pathling.URL, "auth", tc.Pathling.Auth.Type)
+	}
+	return out, nil
+}
+
+func sharedHTTPClient() *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = 64
+	tr.IdleConnTimeout = 90 * time.Second
+	// No overall Timeout here: every request carries its own deadline.
+	return &http.Client{Transport: tr}
+}
+
+func tokenSource(tc config.TargetConfig, hc *http.Client) (auth.TokenSource, error) {
+	a := tc.Pathling.Auth
+	switch a.Type {
+	case "", config.AuthNone:
+		return nil, nil
+	case config.AuthBearer:
+		tok := a.Token.Reveal()
+		if a.TokenFile != "" {
+			b, err := os.ReadFile(a.TokenFile)
+			if err != nil {
+				return nil, fmt.Errorf("token file: %w", err)
+			}
+			tok = strings.TrimSpace(string(b))
+		}
+		return auth.Static(tok), nil
+	case config.AuthClientCredentials:
+		return auth.NewClientCredentials(auth.ClientCredentialsConfig{
+			TokenURL: a.TokenURL, ClientID: a.ClientID, ClientSecret: a.ClientSecret.Reveal(), Scope: a.Scope,
+		}, auth.WithHTTPClient(hc))
+	case config.AuthSMARTBackend:
+		key := []byte(a.PrivateKey.Reveal())
+		if a.PrivateKeyFile != "" {
+			b, err := os.ReadFile(a.PrivateKeyFile)
+			if err != nil {
+				return nil, fmt.Errorf("private key file: %w", err)
+			}
+			key = b
+		}
+		return auth.NewSMARTBackend(auth.SMARTBackendConfig{
+			ClientID: a.ClientID, Scope: a.Scope, TokenURL: a.TokenURL, FHIRBaseURL: tc.Pathling.URL,
+			PrivateJWK: key, Alg: a.Alg, KeyID: a.KID,
+		}, auth.WithHTTPClient(hc))
+	}
+	return nil, fmt.Errorf("unknown auth type %q", a.Type)
+}
+
+// exportURLStyle returns the Pathling client's export URL style for the
+// configured one (config validates it; "" is the default, base).
+func exportURLStyle(s string) (pathling.ExportURLStyle, error) {
+	switch s {
+	case config.ExportURLBase, "":
+		return pathling.ExportURLBase, nil
+	case config.ExportURLEndpoint:
+		return pathling.ExportURLEndpoint, nil
+	}
+	return 0, fmt.Errorf("export URL style %q is not %s or %s", s, config.ExportURLBase, config.ExportURLEndpoint)
+}
+
+// handlerTarget returns tc as the sync handler takes it, driving p (the
+// Pathling client built from tc.Pathling). The allowlist is tc's allowed
+// export URLs plus its default export URL, normalised by p for the target's
+// export URL style, without duplicates; URLs p refuses are left out
+// (config's validation rejects them first).
+func handlerTarget(tc config.TargetConfig, p handlers.Pathling) handlers.Target {
+	var allowed []string
+	for _, raw := range append(slices.Clone(tc.AllowedExportURLs), tc.Defaults.ExportURL) {
+		if raw == "" {
+			continue
+		}
+		if u, err := p.NormalizeExportURL(raw); err == nil && !slices.Contains(allowed, u) {
+			allowed = append(allowed, u)
+		}
+	}
+	return handlers.Target{
+		Name:              tc.Name,
+		Pathling:          p,
+		AllowedExportURLs: allowed,
+		Defaults:          tc.Defaults.Request(),
+		Timeout:           tc.Timeout,
+		Overlap:           tc.Overlap,
+		Poll:              handlerBackoff(tc.Poll),
+		Retry:             handlerBackoff(tc.Retry),
+		MaxJobLosses:      tc.MaxJobLosses,
+		KeepJobs:          tc.KeepJobs,
+	}
+}
+
+// handlerBackoff returns a configured cadence as the handler's type.
+func handlerBackoff(b config.BackoffConfig) handlers.Backoff {
+	return handlers.Backoff{Initial: b.Initial, Factor: b.Factor, Max: b.Max, Jitter: b.Jitter}
+}
