@@ -6,10 +6,10 @@ import (
 	"errors"
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
-	wmnats "github.com/ThreeDotsLabs/watermill-nats/v2/pkg/nats"
 	"github.com/nats-io/nats.go"
 
 	"github.com/pathling-sync/pathling-sync/handlers"
@@ -78,10 +78,10 @@ func TestPublisherDeduplicatesAndWritesHeadersExactly(t *testing.T) {
 			t.Errorf("header %q = %q, want %q", k, got.Header[k], v)
 		}
 	}
-	// The only other header is Watermill's message UUID, which is the event id too.
+	// No other header.
 	extra := maps.Clone(got.Header)
 	maps.DeleteFunc(extra, func(k string, _ []string) bool { _, ok := want[k]; return ok })
-	if len(extra) != 1 || !slices.Equal(extra[wmnats.WatermillUUIDHdr], []string{e.Envelope.ID}) {
+	if len(extra) != 0 {
 		t.Errorf("unexpected extra headers: %v", extra)
 	}
 	if got.Header.Get("Nats-Msg-Id") != "req-1/completed" {
@@ -90,6 +90,32 @@ func TestPublisherDeduplicatesAndWritesHeadersExactly(t *testing.T) {
 	env, ok := messages.ReadEnvelope(got.Header)
 	if !ok || !env.Time.Equal(e.Envelope.Time) || env.TraceParent != e.Envelope.TraceParent || env.ID != e.Envelope.ID {
 		t.Errorf("read back envelope %+v", env)
+	}
+}
+
+// An outcome on the wire carries the envelope's headers and nothing of a
+// library's own: no _watermill_* header (consumers see the raw headers).
+func TestPublishedOutcomeHasNoWatermillHeader(t *testing.T) {
+	b := newBus(t)
+	p, err := NewPublisher(b.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Publish(context.Background(), completedEvent()); err != nil {
+		t.Fatal(err)
+	}
+	info, err := b.stream.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := b.stream.GetMsg(context.Background(), info.State.LastSeq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := range raw.Header {
+		if strings.HasPrefix(strings.ToLower(k), "_watermill") {
+			t.Errorf("published outcome carries header %s=%q", k, raw.Header[k])
+		}
 	}
 }
 

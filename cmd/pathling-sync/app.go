@@ -142,7 +142,7 @@ func NewService(ctx context.Context, cfg *config.Config, log *slog.Logger, opts 
 	}
 	s.checkRedisPersistence(sctx)
 
-	pub, err := natsbus.NewPublisher(s.nc, natsbus.WithPublisherLogger(log))
+	pub, err := natsbus.NewPublisher(s.nc)
 	if err != nil {
 		return nil, err
 	}
