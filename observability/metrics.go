@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/pathling-sync/pathling-sync/handlers"
+	"github.com/pathling-sync/pathling-sync/internal/clock"
 	"github.com/pathling-sync/pathling-sync/messages"
 )
 
@@ -80,8 +81,9 @@ type MetricsConfig struct {
 	Watermarks func(ctx context.Context, target string) (map[string]time.Time, error)
 	// ScrapeTimeout bounds the Watermarks reads of one scrape (default 2 s).
 	ScrapeTimeout time.Duration
-	// Now is the clock (default time.Now).
-	Now func() time.Time
+	// Clock tells the time of successes and watermark ages (default: the
+	// wall clock).
+	Clock clock.Clock
 }
 
 // Metrics records what runs do as OpenTelemetry metrics. It implements
@@ -116,9 +118,7 @@ var _ handlers.Observer = (*Metrics)(nil)
 // NewMetrics creates the instruments on mp. Errors: instrument creation
 // failures (a bad name or unit).
 func NewMetrics(mp metric.MeterProvider, cfg MetricsConfig) (*Metrics, error) {
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
+	cfg.Clock = clock.Or(cfg.Clock)
 	if cfg.ScrapeTimeout <= 0 {
 		cfg.ScrapeTimeout = 2 * time.Second
 	}
@@ -259,7 +259,7 @@ func (m *Metrics) RunEvent(ctx context.Context, ev handlers.RunEvent) {
 	case handlers.EventFinished:
 		outcome := metric.WithAttributes(labelTarget.String(target), labelOutcome.String(outcomeName(ev.Completed)))
 		if ev.Completed {
-			m.SeedLastSuccess(target, m.cfg.Now()) // first: a scrape seeing the count sees the time
+			m.SeedLastSuccess(target, m.cfg.Clock.Now()) // first: a scrape seeing the count sees the time
 			m.syncs.Add(ctx, 1, outcome)
 		} else {
 			m.syncs.Add(ctx, 1, metric.WithAttributes(labelTarget.String(target),
@@ -314,7 +314,7 @@ func (m *Metrics) SetRedisPersistence(enabled bool) {
 // observeGauges reports the last success time and the watermark age of each
 // target at scrape time.
 func (m *Metrics) observeGauges(ctx context.Context, o metric.Observer, lastSuccess, watermarkAge metric.Float64Observable) {
-	now := m.cfg.Now()
+	now := m.cfg.Clock.Now()
 	m.mu.Lock()
 	success := make(map[string]time.Time, len(m.lastSuccess))
 	for t, at := range m.lastSuccess {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pathling-sync/pathling-sync/handlers"
+	"github.com/pathling-sync/pathling-sync/internal/clock"
 	"github.com/pathling-sync/pathling-sync/messages"
 )
 
@@ -74,7 +75,7 @@ func TestMetricsFromRunEvents(t *testing.T) {
 	storeDown := false
 	tel, m := newTestMetrics(t, MetricsConfig{
 		Targets: []string{"main"},
-		Now:     func() time.Time { return now },
+		Clock:   clock.Func(func() time.Time { return now }),
 		Watermarks: func(_ context.Context, target string) (map[string]time.Time, error) {
 			mu.Lock()
 			defer mu.Unlock()

@@ -35,7 +35,7 @@ func (s *Store) RecordJob(ctx context.Context, target, statusURL string, kickedO
 	if err := checkJob(target, statusURL); err != nil {
 		return time.Time{}, fmt.Errorf("redisstore: record job: %w", err)
 	}
-	cutoff := s.now().Add(-s.jobRetention()).UnixMilli()
+	cutoff := s.clock.Now().Add(-s.jobRetention()).UnixMilli()
 	ms, err := scriptRecordJob.Run(ctx, s.client, []string{s.keys(target).jobs()},
 		statusURL, kickedOffAt.UnixMilli(), cutoff, maxJobs).Int64()
 	if err != nil {
@@ -52,7 +52,7 @@ func (s *Store) MarkUndeleted(ctx context.Context, target, statusURL string) err
 		return fmt.Errorf("redisstore: mark job undeleted: %w", err)
 	}
 	k := s.keys(target)
-	now := s.now()
+	now := s.clock.Now()
 	cutoff := strconv.FormatInt(now.Add(-s.jobRetention()).UnixMilli(), 10)
 	_, err := s.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.ZAddNX(ctx, k.undeletedJobs(), redis.Z{Score: float64(now.UnixMilli()), Member: statusURL})

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pathling-sync/pathling-sync/clients/redisstore"
+	"github.com/pathling-sync/pathling-sync/internal/clock"
 	"github.com/pathling-sync/pathling-sync/internal/testenv"
 )
 
@@ -16,7 +17,7 @@ import (
 // and in whatever order; milliseconds are kept.
 func TestRecordJobEarliestWins(t *testing.T) {
 	t0 := time.Date(2026, 3, 1, 12, 0, 0, 123456789, time.UTC)
-	s, rdb := newStore(t, redisstore.WithClock(testenv.NewClock(t0).Now))
+	s, rdb := newStore(t, redisstore.WithClock(clock.Func(testenv.NewClock(t0).Now)))
 	ctx := context.Background()
 	url := "http://pathling/fhir/$job?id=1"
 
@@ -47,15 +48,15 @@ func TestRecordJobEarliestWins(t *testing.T) {
 // The registry is bounded: jobs older than the retention and beyond the
 // newest thousand are dropped.
 func TestRecordJobBounded(t *testing.T) {
-	clock := testenv.NewClock(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
-	s, rdb := newStore(t, redisstore.WithClock(clock.Now), redisstore.WithRetention(48*time.Hour))
+	clk := testenv.NewClock(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
+	s, rdb := newStore(t, redisstore.WithClock(clock.Func(clk.Now)), redisstore.WithRetention(48*time.Hour))
 	ctx := context.Background()
-	old := clock.Now().Add(-72 * time.Hour)
+	old := clk.Now().Add(-72 * time.Hour)
 	if _, err := s.RecordJob(ctx, "t1", "http://p/old", old); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 1001 {
-		if _, err := s.RecordJob(ctx, "t1", fmt.Sprintf("http://p/%04d", i), clock.Now().Add(time.Duration(i)*time.Millisecond)); err != nil {
+		if _, err := s.RecordJob(ctx, "t1", fmt.Sprintf("http://p/%04d", i), clk.Now().Add(time.Duration(i)*time.Millisecond)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -72,17 +73,17 @@ func TestRecordJobBounded(t *testing.T) {
 
 // Undeleted jobs come back oldest mark first until forgotten.
 func TestUndeletedJobs(t *testing.T) {
-	clock := testenv.NewClock(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
-	s, rdb := newStore(t, redisstore.WithClock(clock.Now))
+	clk := testenv.NewClock(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
+	s, rdb := newStore(t, redisstore.WithClock(clock.Func(clk.Now)))
 	ctx := context.Background()
 	for _, u := range []string{"http://p/a", "http://p/b", "http://p/c"} {
-		if _, err := s.RecordJob(ctx, "t1", u, clock.Now()); err != nil {
+		if _, err := s.RecordJob(ctx, "t1", u, clk.Now()); err != nil {
 			t.Fatal(err)
 		}
 		if err := s.MarkUndeleted(ctx, "t1", u); err != nil {
 			t.Fatal(err)
 		}
-		clock.Advance(time.Second)
+		clk.Advance(time.Second)
 	}
 	// Marking again keeps the first mark's place.
 	if err := s.MarkUndeleted(ctx, "t1", "http://p/a"); err != nil {

@@ -50,7 +50,7 @@ func (s *Store) Acquire(ctx context.Context, req handlers.AcquireRequest) (handl
 	k := s.keys(req.Target)
 	v, err := scriptAcquire.Run(ctx, s.client,
 		[]string{k.lock(), k.fence(), k.queue(), k.queueDeadlines()},
-		req.RequestID, ttl, queued, seq, deadline, s.now().UnixMilli(), settle).Result()
+		req.RequestID, ttl, queued, seq, deadline, s.clock.Now().UnixMilli(), settle).Result()
 	if err != nil {
 		return handlers.Lease{}, fmt.Errorf("redisstore: acquire: %w", err)
 	}

@@ -65,7 +65,7 @@ func (s *Store) SaveRun(ctx context.Context, l handlers.Lease, r *handlers.Run) 
 	if err != nil {
 		return fmt.Errorf("redisstore: save run: %w", err)
 	}
-	now := s.now()
+	now := s.clock.Now()
 	retention, score := int64(0), "+inf"
 	if s.retention > 0 {
 		retention = max(s.retention.Milliseconds(), 1)
@@ -102,7 +102,7 @@ func (s *Store) RecordOutcome(ctx context.Context, r *handlers.Run) (bool, error
 	if err != nil {
 		return false, fmt.Errorf("redisstore: record outcome: %w", err)
 	}
-	now := s.now()
+	now := s.clock.Now()
 	retention, score := int64(0), "+inf"
 	if s.retention > 0 {
 		retention = max(s.retention.Milliseconds(), 1)

@@ -57,6 +57,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/pathling-sync/pathling-sync/handlers"
+	"github.com/pathling-sync/pathling-sync/internal/clock"
 )
 
 // Defaults of the options.
@@ -120,7 +121,7 @@ type Store struct {
 	client    RedisClient
 	prefix    string
 	retention time.Duration
-	now       func() time.Time
+	clock     clock.Clock
 }
 
 var (
@@ -140,12 +141,13 @@ func WithPrefix(p string) Option { return func(s *Store) { s.prefix = p } }
 func WithRetention(d time.Duration) Option { return func(s *Store) { s.retention = d } }
 
 // WithClock sets the clock used for queue-ticket deadlines and the expiry
-// scores of the runs index (default time.Now). Lock TTLs run on Redis' clock.
-func WithClock(now func() time.Time) Option { return func(s *Store) { s.now = now } }
+// scores of the runs index (default: the wall clock). Lock TTLs run on
+// Redis' clock.
+func WithClock(c clock.Clock) Option { return func(s *Store) { s.clock = clock.Or(c) } }
 
 // New returns a Store on c.
 func New(c RedisClient, opts ...Option) *Store {
-	s := &Store{client: c, prefix: DefaultPrefix, retention: DefaultRetention, now: time.Now}
+	s := &Store{client: c, prefix: DefaultPrefix, retention: DefaultRetention, clock: clock.System{}}
 	for _, o := range opts {
 		o(s)
 	}

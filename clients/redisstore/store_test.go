@@ -14,6 +14,7 @@ import (
 
 	"github.com/pathling-sync/pathling-sync/clients/redisstore"
 	"github.com/pathling-sync/pathling-sync/handlers"
+	"github.com/pathling-sync/pathling-sync/internal/clock"
 	"github.com/pathling-sync/pathling-sync/internal/testenv"
 )
 
@@ -31,17 +32,6 @@ func newStore(t testing.TB, opts ...redisstore.Option) (*redisstore.Store, *redi
 	t.Cleanup(func() { _ = c.Close() })
 	return redisstore.New(c, append([]redisstore.Option{redisstore.WithPrefix(testPrefix)}, opts...)...), c
 }
-
-// fakeClock is a settable clock for queue deadlines and index scores.
-type fakeClock struct{ ns atomic.Int64 }
-
-func newFakeClock(t time.Time) *fakeClock {
-	c := &fakeClock{}
-	c.ns.Store(t.UnixNano())
-	return c
-}
-func (c *fakeClock) Now() time.Time          { return time.Unix(0, c.ns.Load()) }
-func (c *fakeClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
 
 func acquire(t *testing.T, s *redisstore.Store, target, request string, ttl time.Duration) handlers.Lease {
 	t.Helper()
@@ -393,9 +383,9 @@ func queued(target, request string, seq uint64, deadline time.Time) handlers.Acq
 
 func TestQueueOrder(t *testing.T) {
 	ctx := context.Background()
-	clock := newFakeClock(time.Now())
-	s, _ := newStore(t, redisstore.WithClock(clock.Now))
-	deadline := clock.Now().Add(time.Hour)
+	clk := testenv.NewClock(time.Now())
+	s, _ := newStore(t, redisstore.WithClock(clock.Func(clk.Now)))
+	deadline := clk.Now().Add(time.Hour)
 
 	// A forbid run holds the target while three queued requests arrive out of order.
 	blocker := acquire(t, s, "tgt", "blocker", time.Minute)
@@ -447,24 +437,24 @@ func TestQueueOrder(t *testing.T) {
 
 func TestQueueSkipsExpiredHead(t *testing.T) {
 	ctx := context.Background()
-	clock := newFakeClock(time.Now())
-	s, _ := newStore(t, redisstore.WithClock(clock.Now))
+	clk := testenv.NewClock(time.Now())
+	s, _ := newStore(t, redisstore.WithClock(clock.Func(clk.Now)))
 
 	blocker := acquire(t, s, "tgt", "blocker", time.Minute)
-	_, err := s.Acquire(ctx, queued("tgt", "early", 1, clock.Now().Add(time.Minute)))
+	_, err := s.Acquire(ctx, queued("tgt", "early", 1, clk.Now().Add(time.Minute)))
 	wantHeldBy(t, err, "blocker")
-	_, err = s.Acquire(ctx, queued("tgt", "late", 2, clock.Now().Add(time.Hour)))
+	_, err = s.Acquire(ctx, queued("tgt", "late", 2, clk.Now().Add(time.Hour)))
 	wantHeldBy(t, err, "blocker")
 	if err := s.Release(ctx, blocker); err != nil {
 		t.Fatal(err)
 	}
 
 	// Before the head's deadline, the second in line waits.
-	if _, err := s.Acquire(ctx, queued("tgt", "late", 2, clock.Now().Add(time.Hour))); !errors.Is(err, handlers.ErrNotYourTurn) {
+	if _, err := s.Acquire(ctx, queued("tgt", "late", 2, clk.Now().Add(time.Hour))); !errors.Is(err, handlers.ErrNotYourTurn) {
 		t.Fatalf("before deadline: %v", err)
 	}
-	clock.Advance(2 * time.Minute)
-	l, err := s.Acquire(ctx, queued("tgt", "late", 2, clock.Now().Add(time.Hour)))
+	clk.Advance(2 * time.Minute)
+	l, err := s.Acquire(ctx, queued("tgt", "late", 2, clk.Now().Add(time.Hour)))
 	if err != nil {
 		t.Fatalf("after the head expired: %v", err)
 	}
@@ -595,8 +585,8 @@ func TestConcurrentAcquireOneWinner(t *testing.T) {
 
 func TestListRunsAndLock(t *testing.T) {
 	ctx := context.Background()
-	clock := newFakeClock(time.Now())
-	s, _ := newStore(t, redisstore.WithClock(clock.Now), redisstore.WithRetention(time.Hour))
+	clk := testenv.NewClock(time.Now())
+	s, _ := newStore(t, redisstore.WithClock(clock.Func(clk.Now)), redisstore.WithRetention(time.Hour))
 
 	if runs, err := s.ListRuns(ctx, "tgt"); err != nil || len(runs) != 0 {
 		t.Fatalf("empty: %v %v", runs, err)
