@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/pathling-sync/pathling-sync/clients/auth"
+	"github.com/pathling-sync/pathling-sync/internal/clock"
 )
 
 // fhirJSON is the only media type Pathling accepts in Accept (compared
@@ -45,7 +46,7 @@ type Client struct {
 	tokens     auth.TokenSource
 	timeout    time.Duration
 	userAgent  string
-	now        func() time.Time
+	clock      clock.Clock // for HTTP-date Retry-After
 	// exportStyle is what this Pathling expects in exportUrl.
 	exportStyle ExportURLStyle
 }
@@ -131,7 +132,7 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 		kickOffURL: u.String() + "/$import-pnp",
 		timeout:    defaultRequestTimeout,
 		userAgent:  defaultUserAgent,
-		now:        time.Now,
+		clock:      clock.System{},
 	}
 	for _, opt := range opts {
 		if opt == nil {
@@ -300,7 +301,7 @@ func (c *Client) statusError(op string, r *response) *Error {
 		e.Kind = KindForbidden
 	case r.status == http.StatusRequestTimeout || r.status == http.StatusTooManyRequests || r.status >= 500:
 		e.Kind, e.Retryable = KindUnavailable, true
-		e.RetryAfter = parseRetryAfter(r.header.Get("Retry-After"), c.now())
+		e.RetryAfter = parseRetryAfter(r.header.Get("Retry-After"), c.clock.Now())
 	default:
 		return nil
 	}

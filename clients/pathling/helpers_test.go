@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/pathling-sync/pathling-sync/internal/clock"
 )
 
 // recorded is a request the fake server received.
@@ -110,7 +112,7 @@ func newClient(t *testing.T, base string, opts ...Option) *Client {
 
 // withClock fixes the client's clock (for HTTP-date Retry-After).
 func withClock(now time.Time) Option {
-	return func(c *Client) error { c.now = func() time.Time { return now }; return nil }
+	return func(c *Client) error { c.clock = clock.Func(func() time.Time { return now }); return nil }
 }
 
 const (

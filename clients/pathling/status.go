@@ -102,7 +102,7 @@ func (c *Client) Status(ctx context.Context, statusURL string) (JobStatus, error
 		HTTPStatus: r.status,
 		ServerDate: r.date,
 		Progress:   strings.TrimSpace(r.header.Get("X-Progress")),
-		RetryAfter: parseRetryAfter(r.header.Get("Retry-After"), c.now()),
+		RetryAfter: parseRetryAfter(r.header.Get("Retry-After"), c.clock.Now()),
 	}
 	switch r.status {
 	case http.StatusAccepted:
