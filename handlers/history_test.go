@@ -11,10 +11,7 @@ import (
 // The shape is full or incremental plus the sorted type set; short and stable.
 func TestDurationShape(t *testing.T) {
 	since := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	many := make([]string, 0, 20)
-	for _, ty := range strings.Fields("Patient Observation Condition Encounter Procedure MedicationRequest DiagnosticReport Immunization AllergyIntolerance CarePlan") {
-		many = append(many, ty)
-	}
+	many := strings.Fields("Patient Observation Condition Encounter Procedure MedicationRequest DiagnosticReport Immunization AllergyIntolerance CarePlan")
 	for _, tc := range []struct {
 		p    handlers.ImportParams
 		want string

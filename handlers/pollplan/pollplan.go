@@ -377,17 +377,20 @@ func (p *Planner) at(c float64) float64 {
 // (1 + Factor + Factor² + …), each wait capped at Cap.
 func (p *Planner) growFrom(from, e float64) float64 {
 	floor, cap, f := p.cfg.Floor.Seconds(), p.cfg.Cap.Seconds(), p.cfg.Factor
+	// The first point at least a floor after e: a poll that landed a hair
+	// before a point (rounding) must not be followed by a floor-long wait.
+	next := e + floor
 	t, w := from, floor
-	for t <= e {
+	for t < next {
 		if w >= cap {
-			// Constant from here on: jump to the step after e.
-			t += math.Floor((e-t)/cap+1) * cap
+			// Constant from here on: jump to the first step not before next.
+			t += math.Ceil((next-t)/cap) * cap
 			break
 		}
 		t += w
 		w = min(w*f, cap)
 	}
-	return max(t-e, floor)
+	return t - e
 }
 
 // progressEnd estimates when a progressing job ends (seconds since the
