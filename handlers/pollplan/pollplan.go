@@ -6,7 +6,8 @@
 // The policy, in short:
 //
 //   - Too little history (fewer than Config.MinSamples durations): exactly
-//     the seed cadence, Initial × Factor^polls capped at Cap.
+//     the seed cadence, Initial × Factor^polls capped at Cap, X-Progress or
+//     not (only Retry-After still lengthens a wait).
 //   - With history: the durations are smoothed into a distribution (a
 //     kernel density on their logarithms) and polls are spread with a
 //     density proportional to the square root of its hazard rate (the
@@ -18,11 +19,15 @@
 //     poll still comes after Initial, so a kick-off that failed at once is
 //     seen as early as before.
 //   - A job that outlives its history (the smoothed survival drops under
-//     half a sample): a growing cadence again, from Floor, ×Factor, capped at
-//     Cap, counted from that moment.
+//     half a sample, or 5 %): one poll there, then a growing cadence again,
+//     from Floor, ×Factor, capped at Cap, counted from that moment.
 //   - X-Progress: the observed percentages give a rate and so an expected
-//     end; polls go sparse (≤ Cap) until shortly before it, then dense, then
-//     grow from Floor if the job overruns it.
+//     end (a least-squares line through them, reaching 100 %); polls go
+//     sparse (≤ Cap) until shortly before it, then dense (half the
+//     estimate's uncertainty), then grow from Floor if the job overruns it.
+//     After the first value alone, the next poll comes halfway to the end
+//     it suggests (the phase began between the last silent poll and it),
+//     to read the rate.
 //   - Retry-After: the next wait is at least what the server asked, within
 //     Cap (the driver's rule).
 //
@@ -176,7 +181,14 @@ func (p *Planner) learn(logs []float64) {
 		lt := math.Log(t)
 		s := 0.0
 		for _, x := range logs {
-			s += 0.5 * math.Erfc((lt-x)/(bw*math.Sqrt2))
+			// Far from a sample its kernel is all or nothing: skip Erfc.
+			switch z := (lt - x) / (bw * math.Sqrt2); {
+			case z > 5:
+			case z < -5:
+				s++
+			default:
+				s += 0.5 * math.Erfc(z)
+			}
 		}
 		return s / n
 	}
@@ -210,15 +222,16 @@ func (p *Planner) learn(logs []float64) {
 		}
 		return cum
 	}
-	seed := p.expectedPolls(p.seedTimes())
+	seed := p.expectedPolls(func(t float64, n int) float64 { return p.cfg.Seed(n).Seconds() })
 	target := p.cfg.Budget * seed
 	// Bisect the factor on a log scale: polls grow with it.
 	lo, hi := 1e-6, 1e6
 	p.learned = true
-	for range 40 {
+	// 28 halvings of 28 nats: the factor to a millionth.
+	for range 28 {
 		mid := math.Sqrt(lo * hi)
 		p.cum = build(mid)
-		if p.expectedPolls(p.planTimes()) > target {
+		if p.expectedPolls(p.learnedNext) > target {
 			hi = mid
 		} else {
 			lo = mid
@@ -273,41 +286,19 @@ func (p *Planner) survival(t float64) float64 {
 	return p.surv[j] + f*(p.surv[j+1]-p.surv[j])
 }
 
-// expectedPolls is E[polls of a job] for poll times ts (seconds, rising):
-// poll i happens when the job outlived poll i-1.
-func (p *Planner) expectedPolls(ts []float64) float64 {
-	e, prev := 0.0, 0.0
-	for _, t := range ts {
-		s := p.survival(prev)
+// expectedPolls is E[polls of a job] under the history's distribution
+// when the poll after elapsed t and n polls comes next(t, n) seconds later:
+// poll n+1 happens when the job outlived poll n.
+func (p *Planner) expectedPolls(next func(t float64, n int) float64) float64 {
+	e, t := 0.0, 0.0
+	for n := 0; ; n++ {
+		s := p.survival(t)
 		if s < 1e-6 {
-			break
+			return e
 		}
 		e += s
-		prev = t
+		t += next(t, n)
 	}
-	return e
-}
-
-// seedTimes and planTimes list poll times (seconds) until the history's
-// survival is negligible.
-func (p *Planner) seedTimes() []float64 {
-	var ts []float64
-	t := 0.0
-	for n := 0; p.survival(t) >= 1e-6; n++ {
-		t += p.cfg.Seed(n).Seconds()
-		ts = append(ts, t)
-	}
-	return ts
-}
-
-func (p *Planner) planTimes() []float64 {
-	var ts []float64
-	t := 0.0
-	for n := 0; p.survival(t) >= 1e-6; n++ {
-		t += p.learnedNext(t, n)
-		ts = append(ts, t)
-	}
-	return ts
 }
 
 // Next returns how long to wait before the next poll of a job in state s.
@@ -449,7 +440,7 @@ func (p *Planner) progressNext(e, end, spread float64, s State) float64 {
 	floor := p.cfg.Floor.Seconds()
 	if len(s.Progress) == 1 {
 		// Take a second reading halfway to the expected end: it fixes the rate.
-		return max(min((end-e)/2, p.learnedOrCap(e, s.Polls)), floor)
+		return max(min((end-e)/2, p.learnedNext(e, s.Polls)), floor)
 	}
 	from := end - spread
 	switch {
@@ -460,13 +451,6 @@ func (p *Planner) progressNext(e, end, spread float64, s State) float64 {
 	default:
 		return p.growFrom(end+spread, e)
 	}
-}
-
-func (p *Planner) learnedOrCap(e float64, n int) float64 {
-	if !p.learned {
-		return p.cfg.Cap.Seconds()
-	}
-	return p.learnedNext(e, n)
 }
 
 // ExpectedEnd returns when the job is expected to end, as time since the

@@ -263,3 +263,20 @@ func TestScaleFree(t *testing.T) {
 		}
 	}
 }
+
+// New runs once per job (from a cached history): it should stay in the
+// low milliseconds.
+func BenchmarkNew(b *testing.B) {
+	hist := lognormal(64, 5*time.Minute)
+	for b.Loop() {
+		pollplan.New(pollplan.Config{}, hist)
+	}
+}
+
+func BenchmarkNext(b *testing.B) {
+	p := pollplan.New(pollplan.Config{}, lognormal(64, 5*time.Minute))
+	s := pollplan.State{Elapsed: 4 * time.Minute, Polls: 6}
+	for b.Loop() {
+		p.Next(s)
+	}
+}
