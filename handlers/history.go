@@ -13,7 +13,10 @@ import (
 // survives restarts; a lost or unreadable history only costs polling
 // precision (the planner falls back to the seed cadence).
 type Durations interface {
-	// RecordDuration adds the duration of a finished job.
+	// RecordDuration adds the duration of a job that completed: from its
+	// kick-off to its end as the polls saw it (pollplan.Duration: halfway
+	// between the last poll that saw it running and the one that saw it
+	// done). Failed jobs end at arbitrary times and are not recorded.
 	RecordDuration(ctx context.Context, target, shape string, d time.Duration) error
 	// Durations returns the kept durations, newest first; none is not an error.
 	Durations(ctx context.Context, target, shape string) ([]time.Duration, error)

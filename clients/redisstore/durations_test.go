@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -165,5 +166,31 @@ func TestDurationCache(t *testing.T) {
 	// A failed read is an error and caches nothing.
 	if _, err := cache.Durations(ctx, "t1", ""); !errors.Is(err, redisstore.ErrInvalidArgument) {
 		t.Fatalf("bad shape: %v", err)
+	}
+}
+
+// Concurrent readers and writers of one cache (run with -race).
+func TestDurationCacheConcurrent(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	cache := redisstore.NewDurationCache(s, time.Millisecond, nil)
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			for i := range 20 {
+				if err := cache.RecordDuration(ctx, "t1", "full:*", time.Duration(w*100+i+1)*time.Millisecond); err != nil {
+					t.Error(err)
+					return
+				}
+				if _, err := cache.Durations(ctx, "t1", "full:*"); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if got, err := s.Durations(ctx, "t1", "full:*"); err != nil || len(got) != redisstore.DurationSamples {
+		t.Fatalf("stored %d, %v", len(got), err)
 	}
 }

@@ -478,4 +478,12 @@ func (p *Planner) ExpectedEnd(s State) (time.Duration, bool) {
 	return seconds(max(float64(j)*p.dt, e)), true
 }
 
+// Duration is the duration to record for a job seen done by the poll at
+// done whose previous poll, at running, saw it still running (both since the
+// kick-off): halfway between them, the unbiased guess when nothing else
+// tells when it ended.
+func Duration(running, done time.Duration) time.Duration {
+	return running + (done-running)/2
+}
+
 func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }

@@ -34,14 +34,17 @@ func drawJob(rng *rand.Rand, median time.Duration) job {
 	return job{end: time.Duration(d), phase: time.Duration(d * (1 - frac))}
 }
 
-// run polls j as p plans it; it returns the detection lag and the polls.
-func run(p *pollplan.Planner, j job, withProgress bool) (time.Duration, int) {
+// run polls j as p plans it; it returns the detection lag, the polls and
+// the duration the driver can record: halfway between the last poll that
+// saw the job running and the one that saw it done.
+func run(p *pollplan.Planner, j job, withProgress bool) (lag time.Duration, polls int, seen time.Duration) {
 	var s pollplan.State
 	for {
+		last := s.Elapsed
 		s.Elapsed += p.Next(s)
 		s.Polls++
 		if s.Elapsed >= j.end {
-			return s.Elapsed - j.end, s.Polls
+			return s.Elapsed - j.end, s.Polls, pollplan.Duration(last, s.Elapsed)
 		}
 		if pct, ok := j.progress(s.Elapsed); ok && withProgress {
 			s.Progress = append(s.Progress, pollplan.Observation{At: s.Elapsed, Percent: pct})
@@ -100,18 +103,19 @@ func simulate(t *testing.T, cfg pollplan.Config, medians []time.Duration, withPr
 			for i := range jobs {
 				j := drawJob(rng, m)
 				p := pollplan.New(cfg, history)
+				lag, n, seen := run(p, j, withProgress)
 				if i >= warmup {
 					if !p.Learned() {
 						t.Fatalf("median %s: %d samples not learned", m, len(history))
 					}
-					lag, n := run(p, j, withProgress)
 					plan.add(lag, n)
 					allPlan.add(lag, n)
-					lag, n = run(seedPlanner, j, withProgress)
+					lag, n, _ = run(seedPlanner, j, withProgress)
 					seed.add(lag, n)
 					allSeed.add(lag, n)
 				}
-				history = append(history, j.end)
+				// What the service learns: the duration as its polls saw it.
+				history = append(history, seen)
 				if len(history) > keep {
 					history = history[1:]
 				}
