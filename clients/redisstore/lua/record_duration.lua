@@ -1,0 +1,12 @@
+-- Add a finished job's duration to its (target, shape) history, newest first, bounded.
+-- KEYS[1] durations (list of whole milliseconds, newest first): <prefix>{<target>}:dur:<shape>
+-- ARGV[1] duration ms  ARGV[2] most entries kept  ARGV[3] expiry ms after this write (0 = none)
+-- The body needs nothing but its key and these three arguments, so it can be folded into another
+-- script of the target (the run's finish) by appending the key and the arguments to that script's.
+-- Returns the number of entries kept.
+redis.call("LPUSH", KEYS[1], ARGV[1])
+redis.call("LTRIM", KEYS[1], 0, tonumber(ARGV[2]) - 1)
+if tonumber(ARGV[3]) > 0 then
+  redis.call("PEXPIRE", KEYS[1], ARGV[3])
+end
+return redis.call("LLEN", KEYS[1])

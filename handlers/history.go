@@ -1,0 +1,43 @@
+package handlers
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"time"
+)
+
+// Durations keeps, per target and request shape, a bounded sample of how
+// long past Pathling jobs took (kick-off to final answer), the history the
+// poll planner (handlers/pollplan) learns from. It is shared by replicas and
+// survives restarts; a lost or unreadable history only costs polling
+// precision (the planner falls back to the seed cadence).
+type Durations interface {
+	// RecordDuration adds the duration of a job that completed: from its
+	// kick-off to its end as the polls saw it (pollplan.Duration: halfway
+	// between the last poll that saw it running and the one that saw it
+	// done). Failed jobs end at arbitrary times and are not recorded.
+	RecordDuration(ctx context.Context, target, shape string, d time.Duration) error
+	// Durations returns the kept durations, newest first; none is not an error.
+	Durations(ctx context.Context, target, shape string) ([]time.Duration, error)
+}
+
+// DurationShape names the kind of job a duration belongs to: full or
+// incremental (since set) and the type set, the two things that change how
+// long an import takes most. The key is short and stable: the sorted types,
+// hashed when they would make it longer than 64 bytes.
+func DurationShape(p ImportParams) string {
+	kind := "full"
+	if p.Since != nil {
+		kind = "incr"
+	}
+	types := sortedJoin(p.Types, ",")
+	if types == "" {
+		types = "*"
+	}
+	if len(kind)+1+len(types) > 64 {
+		sum := sha256.Sum256([]byte(types))
+		types = "h" + hex.EncodeToString(sum[:12])
+	}
+	return kind + ":" + types
+}
