@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/pathling-sync/pathling-sync/handlers"
+	"github.com/pathling-sync/pathling-sync/internal/clock"
 )
 
 // Job durations, the history the poll planner learns from (handlers.Durations).
@@ -130,15 +131,12 @@ type cacheEntry struct {
 var _ handlers.Durations = (*DurationCache)(nil)
 
 // NewDurationCache caches src for ttl (DefaultDurationCacheTTL when ≤ 0) on
-// the clock now (time.Now when nil).
-func NewDurationCache(src handlers.Durations, ttl time.Duration, now func() time.Time) *DurationCache {
+// clk (the system clock when nil).
+func NewDurationCache(src handlers.Durations, ttl time.Duration, clk clock.Clock) *DurationCache {
 	if ttl <= 0 {
 		ttl = DefaultDurationCacheTTL
 	}
-	if now == nil {
-		now = time.Now
-	}
-	return &DurationCache{src: src, ttl: ttl, now: now, entries: map[cacheKey]cacheEntry{}}
+	return &DurationCache{src: src, ttl: ttl, now: clock.Or(clk).Now, entries: map[cacheKey]cacheEntry{}}
 }
 
 // RecordDuration writes through to the source and, when it succeeded, adds d

@@ -13,6 +13,7 @@ import (
 
 	"github.com/pathling-sync/pathling-sync/clients/redisstore"
 	"github.com/pathling-sync/pathling-sync/handlers"
+	clk "github.com/pathling-sync/pathling-sync/internal/clock"
 	"github.com/pathling-sync/pathling-sync/internal/testenv"
 )
 
@@ -127,9 +128,9 @@ func (c *countingDurations) Durations(ctx context.Context, target, shape string)
 func TestDurationCache(t *testing.T) {
 	s, _ := newStore(t)
 	ctx := context.Background()
-	clock := newFakeClock(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
+	clock := testenv.NewClock(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
 	src := &countingDurations{src: s}
-	cache := redisstore.NewDurationCache(src, time.Minute, clock.Now)
+	cache := redisstore.NewDurationCache(src, time.Minute, clk.Func(clock.Now))
 
 	if err := s.RecordDuration(ctx, "t1", "full:*", time.Minute); err != nil {
 		t.Fatal(err)
