@@ -66,10 +66,11 @@ func runEcho(r *Run) echo {
 }
 
 // intakeEcho is the echo of a request that never ran, as far as its intake
-// got: the export URL normalized when it got that far, else as sent.
+// got: the export URL normalized when it got that far, else as sent (say,
+// refused for its userinfo: the event shows it redacted).
 func intakeEcho(in intake) echo {
 	exportURL := in.exportURL
-	if exportURL == "" {
+	if messages.RedactURL(exportURL) == "" {
 		exportURL = in.req.ExportURL
 	}
 	return echo{
