@@ -15,9 +15,12 @@ import (
 )
 
 // driver drives one run while holding its target's lease: kick off (or
-// adopt), poll, decide, record, publish, release.
+// adopt), poll, decide; then record the outcome, DELETE the job, release the
+// lock and publish the outcome, in that order. Everything it uses besides
+// its target and run comes from deps (ports, clock, outcome publisher),
+// shared with the Syncer that took the lock.
 type driver struct {
-	s     *Syncer
+	*deps
 	t     *Target
 	lease Lease
 	run   *Run
@@ -32,8 +35,8 @@ type driver struct {
 	skew      time.Duration // largest positive clock skew (local − Pathling) seen in this drive
 	retakes   int           // times the lock vanished and was taken again (retake)
 
-	// pubSpan is the producer span of the outcome built by complete or
-	// fail: the outcome's traceparent. It ends once the outcome is
+	// pubSpan is the producer span of the outcome built by finish: the
+	// outcome's traceparent. It ends once the outcome is
 	// published (finishDisposition) or the drive stops without publishing.
 	pubSpan trace.Span
 }
@@ -42,10 +45,9 @@ type driver struct {
 var errTimeout = errors.New("run deadline reached")
 
 func (dr *driver) drive(ctx context.Context) Disposition {
-	s := dr.s
-	dr.nextRenew = s.now().Add(s.lockTTL / 3)
+	dr.nextRenew = dr.now().Add(dr.lockTTL / 3)
 	for {
-		if !s.now().Before(dr.run.Deadline) {
+		if !dr.now().Before(dr.run.Deadline) {
 			return dr.timeout(ctx)
 		}
 		var err error
@@ -83,12 +85,12 @@ func (dr *driver) stop(ctx context.Context, err error) Disposition {
 	case errors.Is(err, errTimeout):
 		return dr.timeout(ctx)
 	case errors.Is(err, ErrLockLost):
-		return dr.s.storeFailed(ctx, dr.log, dr.run, err)
+		return dr.storeFailed(ctx, dr.log, dr.run, err)
 	case ctx.Err() != nil:
 		dr.log.InfoContext(ctx, "stopping run: shutting down; its state stays for the next driver", "state", dr.run.State)
 		return Disposition{Action: Nak}
 	default:
-		return dr.s.storeFailed(ctx, dr.log, dr.run, err)
+		return dr.storeFailed(ctx, dr.log, dr.run, err)
 	}
 }
 
@@ -101,10 +103,9 @@ func (dr *driver) stop(ctx context.Context, err error) Disposition {
 // so that two imports never run on one target; when another driver of the
 // request took the run, it leaves it to that one.
 func (dr *driver) retake(ctx context.Context) Disposition {
-	s := dr.s
 	r := dr.run
 	dr.retakes++
-	switch _, err := s.runs.LoadRun(ctx, r.Target, r.RequestID); {
+	switch _, err := dr.runs.LoadRun(ctx, r.Target, r.RequestID); {
 	case errors.Is(err, ErrRunNotFound):
 		dr.log.ErrorContext(ctx, "Redis lost data under a live run: its lock and run record are gone "+
 			"(restarted without persistence, flushed, or failed over to an empty replica?); "+
@@ -116,11 +117,11 @@ func (dr *driver) retake(ctx context.Context) Disposition {
 	default:
 		dr.log.WarnContext(ctx, "the run's lock vanished; taking it again", "state", r.State, "status_url", r.StatusURL, "error", err)
 	}
-	granted := s.now()
+	granted := dr.now()
 	var lease Lease
-	err := s.retryStore(ctx, dr.lease, "reacquire lock", func(ctx context.Context) error {
+	err := dr.retryStore(ctx, dr.lease, "reacquire lock", func(ctx context.Context) error {
 		var err error
-		lease, err = s.locker.Reacquire(ctx, dr.lease, s.lockTTL)
+		lease, err = dr.recovery.Reacquire(ctx, dr.lease, dr.lockTTL)
 		return err
 	})
 	var held *LockHeldError
@@ -134,10 +135,10 @@ func (dr *driver) retake(ctx context.Context) Disposition {
 	case err != nil:
 		return dr.stop(ctx, err)
 	}
-	lease.Expires = granted.Add(s.lockTTL)
+	lease.Expires = granted.Add(dr.lockTTL)
 	dr.lease = lease
 	dr.log.InfoContext(ctx, "took the vanished lock again", "new_token", lease.Token)
-	if err := s.save(ctx, dr.lease, r); err != nil {
+	if err := dr.save(ctx, dr.lease, r); err != nil {
 		return dr.stop(ctx, err)
 	}
 	if r.State.Terminal() {
@@ -150,10 +151,9 @@ func (dr *driver) retake(ctx context.Context) Disposition {
 }
 
 func (dr *driver) kickOff(ctx context.Context) error {
-	s := dr.s
 	r := dr.run
 	if r.FirstKickOff.IsZero() {
-		r.FirstKickOff = s.now()
+		r.FirstKickOff = dr.now()
 	}
 	if dr.pause > 0 {
 		if err := dr.wait(ctx, dr.pause); err != nil {
@@ -164,10 +164,10 @@ func (dr *driver) kickOff(ctx context.Context) error {
 	dr.deleteLeftBehind(ctx)
 	r.State = RunKicking
 	r.Attempts++
-	if err := s.save(ctx, dr.lease, r); err != nil {
+	if err := dr.save(ctx, dr.lease, r); err != nil {
 		return err
 	}
-	sctx, span := s.tracer.Start(ctx, SpanKickOff, trace.WithAttributes(
+	sctx, span := dr.tracer.Start(ctx, SpanKickOff, trace.WithAttributes(
 		AttrTarget.String(r.Target), AttrRunID.String(r.RunID), AttrAttempt.Int(r.Attempts)))
 	kctx, cancel := context.WithDeadline(sctx, r.Deadline)
 	ko, err := dr.t.Pathling.KickOff(kctx, r.Params)
@@ -194,12 +194,11 @@ func (dr *driver) kickOff(ctx context.Context) error {
 	r.State = RunPolling
 	r.Progress = ""
 	dr.log.InfoContext(ctx, "kicked off import", "status_url", url, "attempt", r.Attempts)
-	s.observe(ctx, RunEvent{Kind: EventKickedOff, Target: r.Target, RequestID: r.RequestID, RunID: r.RunID})
-	return s.save(ctx, dr.lease, r)
+	dr.observe(ctx, RunEvent{Kind: EventKickedOff, Target: r.Target, RequestID: r.RequestID, RunID: r.RunID})
+	return dr.save(ctx, dr.lease, r)
 }
 
 func (dr *driver) poll(ctx context.Context) error {
-	s := dr.s
 	r := dr.run
 	wait := dr.t.Poll.Next(dr.polls)
 	if dr.pause > 0 {
@@ -208,7 +207,7 @@ func (dr *driver) poll(ctx context.Context) error {
 	if err := dr.wait(ctx, wait); err != nil {
 		return err
 	}
-	sctx, span := s.tracer.Start(ctx, SpanPoll, trace.WithAttributes(
+	sctx, span := dr.tracer.Start(ctx, SpanPoll, trace.WithAttributes(
 		AttrTarget.String(r.Target), AttrRunID.String(r.RunID), AttrPoll.Int(r.Polls+1), AttrJobURL.String(r.StatusURL)))
 	pctx, cancel := context.WithDeadline(sctx, r.Deadline)
 	st, err := dr.t.Pathling.Status(pctx, r.StatusURL)
@@ -229,7 +228,7 @@ func (dr *driver) poll(ctx context.Context) error {
 	dr.noteSkew(ctx, st.ServerDate)
 	dr.polls++
 	r.Polls++
-	s.observe(ctx, RunEvent{Kind: EventPolled, Target: r.Target, RequestID: r.RequestID, RunID: r.RunID, Status: st, Polls: r.Polls})
+	dr.observe(ctx, RunEvent{Kind: EventPolled, Target: r.Target, RequestID: r.RequestID, RunID: r.RunID, Status: st, Polls: r.Polls})
 	switch st.State {
 	case JobRunning:
 		dr.failures = 0
@@ -238,7 +237,7 @@ func (dr *driver) poll(ctx context.Context) error {
 			// Honour the server's pace for the next poll, within the cadence's cap.
 			dr.pause = min(st.RetryAfter, dr.t.Poll.Max)
 		}
-		return s.save(ctx, dr.lease, r)
+		return dr.save(ctx, dr.lease, r)
 	case JobDone:
 		return dr.complete(ctx, st, false)
 	case JobLost:
@@ -250,7 +249,7 @@ func (dr *driver) poll(ctx context.Context) error {
 		}
 		r.State = RunStarting
 		r.StatusURL = ""
-		return s.save(ctx, dr.lease, r)
+		return dr.save(ctx, dr.lease, r)
 	case JobFailed:
 		f := st.Failure
 		if f == nil {
@@ -307,14 +306,13 @@ func (dr *driver) retryAfterFailure(ctx context.Context, pe *PathlingError) erro
 		dr.run.State = RunStarting
 		dr.run.StatusURL = ""
 	}
-	return dr.s.save(ctx, dr.lease, dr.run)
+	return dr.save(ctx, dr.lease, dr.run)
 }
 
 // wait sleeps d (cut at the deadline) while renewing the lease every third
 // of its TTL. One timer; no spinning.
 func (dr *driver) wait(ctx context.Context, d time.Duration) error {
-	s := dr.s
-	until := s.now().Add(d)
+	until := dr.now().Add(d)
 	timedOut := false
 	if !until.Before(dr.run.Deadline) {
 		until = dr.run.Deadline
@@ -324,9 +322,9 @@ func (dr *driver) wait(ctx context.Context, d time.Duration) error {
 	defer timer.Stop()
 	<-timer.C
 	for {
-		now := s.now()
+		now := dr.now()
 		if !dr.nextRenew.After(now) {
-			if err := s.locker.Renew(ctx, dr.lease, s.lockTTL); err != nil {
+			if err := dr.locker.Renew(ctx, dr.lease, dr.lockTTL); err != nil {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
@@ -335,10 +333,10 @@ func (dr *driver) wait(ctx context.Context, d time.Duration) error {
 				}
 				// Redis blip: try again soon; the TTL leaves two more chances.
 				dr.log.WarnContext(ctx, "lock renewal failed", "error", err)
-				dr.nextRenew = now.Add(s.lockTTL / 10)
+				dr.nextRenew = now.Add(dr.lockTTL / 10)
 			} else {
-				dr.nextRenew = now.Add(s.lockTTL / 3)
-				dr.lease.Expires = now.Add(s.lockTTL) // now was taken before the call
+				dr.nextRenew = now.Add(dr.lockTTL / 3)
+				dr.lease.Expires = now.Add(dr.lockTTL) // now was taken before the call
 			}
 		}
 		if !now.Before(until) {
@@ -415,12 +413,12 @@ func (dr *driver) cancelJob(ctx context.Context) {
 		}
 	}
 	dr.log.WarnContext(ctx, "delete Pathling job failed; the next kick-off for the target deletes it", "status_url", url, "error", err)
-	if dr.s.jobs == nil {
+	if dr.jobs == nil {
 		return
 	}
 	mctx, mcancel := context.WithTimeout(context.WithoutCancel(ctx), registryBound)
 	defer mcancel()
-	if err := dr.s.jobs.MarkUndeleted(mctx, dr.run.Target, url); err != nil {
+	if err := dr.jobs.MarkUndeleted(mctx, dr.run.Target, url); err != nil {
 		dr.log.ErrorContext(ctx, "record undeleted Pathling job", "status_url", url, "error", err)
 	}
 }
@@ -430,11 +428,10 @@ func (dr *driver) cancelJob(ctx context.Context) {
 // bounded side task (DELETE retries, the sweep) never lets the lock lapse
 // before the writes that follow it.
 func (dr *driver) withinLease(ctx context.Context, d time.Duration) time.Duration {
-	s := dr.s
-	now := s.now()
-	if err := s.locker.Renew(context.WithoutCancel(ctx), dr.lease, s.lockTTL); err == nil {
-		dr.lease.Expires = now.Add(s.lockTTL)
-		dr.nextRenew = now.Add(s.lockTTL / 3)
+	now := dr.now()
+	if err := dr.locker.Renew(context.WithoutCancel(ctx), dr.lease, dr.lockTTL); err == nil {
+		dr.lease.Expires = now.Add(dr.lockTTL)
+		dr.nextRenew = now.Add(dr.lockTTL / 3)
 	}
 	if dr.lease.Expires.IsZero() {
 		return d
@@ -444,12 +441,12 @@ func (dr *driver) withinLease(ctx context.Context, d time.Duration) time.Duratio
 }
 
 func (dr *driver) forgetJob(ctx context.Context, url string) {
-	if dr.s.jobs == nil {
+	if dr.jobs == nil {
 		return
 	}
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), registryBound)
 	defer cancel()
-	if err := dr.s.jobs.ForgetJob(fctx, dr.run.Target, url); err != nil {
+	if err := dr.jobs.ForgetJob(fctx, dr.run.Target, url); err != nil {
 		dr.log.WarnContext(ctx, "forget deleted Pathling job", "status_url", url, "error", err)
 	}
 }
@@ -459,7 +456,7 @@ func (dr *driver) forgetJob(ctx context.Context, url string) {
 // could otherwise answer with one of them. Bounded in time and count; what
 // still fails stays for the next kick-off.
 func (dr *driver) deleteLeftBehind(ctx context.Context) {
-	jobs := dr.s.jobs
+	jobs := dr.jobs
 	if jobs == nil {
 		return
 	}
@@ -490,11 +487,11 @@ func (dr *driver) deleteLeftBehind(ctx context.Context) {
 // a job an earlier run started (an identical request), the data come from
 // that job's export: the run's watermark base moves back to that run's.
 func (dr *driver) recordJob(ctx context.Context, url string) error {
-	if dr.s.jobs == nil {
+	if dr.jobs == nil {
 		return nil
 	}
 	r := dr.run
-	earliest, err := dr.s.jobs.RecordJob(ctx, r.Target, url, r.FirstKickOff)
+	earliest, err := dr.jobs.RecordJob(ctx, r.Target, url, r.FirstKickOff)
 	if err != nil {
 		// Without the record a reused job would go unnoticed: try again later
 		// (the identical kick-off gets the same job back).
@@ -514,10 +511,10 @@ func (dr *driver) noteSkew(ctx context.Context, serverDate time.Time) {
 	if serverDate.IsZero() {
 		return
 	}
-	skew := dr.s.now().Sub(serverDate).Truncate(time.Second)
+	skew := dr.now().Sub(serverDate).Truncate(time.Second)
 	dr.skew = max(dr.skew, skew)
 	r := dr.run
-	dr.s.observe(ctx, RunEvent{Kind: EventClockSkew, Target: r.Target, RequestID: r.RequestID, RunID: r.RunID, ClockSkew: skew})
+	dr.observe(ctx, RunEvent{Kind: EventClockSkew, Target: r.Target, RequestID: r.RequestID, RunID: r.RunID, ClockSkew: skew})
 }
 
 func (dr *driver) timeout(ctx context.Context) Disposition {
@@ -538,7 +535,6 @@ func (dr *driver) timeout(ctx context.Context) Disposition {
 // complete records a successful run: watermark first (idempotent, never
 // backwards), then the terminal record holding the outcome.
 func (dr *driver) complete(ctx context.Context, st JobStatus, empty bool) error {
-	s := dr.s
 	r := dr.run
 	if r.FirstKickOff.IsZero() {
 		r.FirstKickOff = r.StartedAt // adopted from a record written before kick-off
@@ -557,109 +553,51 @@ func (dr *driver) complete(ctx context.Context, st JobStatus, empty bool) error 
 		// A bounded export covers nothing after until.
 		wm = r.Params.Until.UTC()
 	}
-	wctx, span := s.tracer.Start(ctx, SpanWatermark, trace.WithAttributes(
+	wctx, span := dr.tracer.Start(ctx, SpanWatermark, trace.WithAttributes(
 		AttrTarget.String(r.Target), AttrRunID.String(r.RunID), AttrWatermark.String(messages.FormatInstant(wm))))
 	// The stored watermark may be later than this run's (never backwards),
 	// or not moved by it at all (an explicit since leaving a gap), or absent.
-	wm, stored, err := s.settleWatermark(wctx, dr.lease, r, wm)
+	wm, stored, err := dr.settleWatermark(wctx, dr.lease, r, wm)
 	if err != nil {
 		endSpan(span, err)
 		return err
 	}
 	if stored {
 		span.SetAttributes(attribute.String("pathling_sync.watermark.stored", messages.FormatInstant(wm)))
-		s.observe(ctx, RunEvent{Kind: EventWatermark, Target: r.Target, RequestID: r.RequestID, RunID: r.RunID, Watermark: wm})
+		dr.observe(ctx, RunEvent{Kind: EventWatermark, Target: r.Target, RequestID: r.RequestID, RunID: r.RunID, Watermark: wm})
 	}
 	span.End()
-	now := s.now()
-	c := messages.SyncCompleted{
-		RequestID:               r.RequestID,
-		RunID:                   r.RunID,
-		Target:                  r.Target,
-		ExportURL:               messages.RedactURL(r.Params.ExportURL),
-		SaveMode:                r.Params.SaveMode,
-		Types:                   r.Params.Types,
-		Since:                   formatTime(r.Params.Since),
-		Until:                   formatTime(r.Params.Until),
-		Watermark:               formatWatermark(wm, stored),
-		PathlingJob:             r.StatusURL,
-		PathlingTransactionTime: st.TransactionTime,
-		Outputs:                 st.Outputs,
-		Empty:                   empty,
-		StartedAt:               r.StartedAt,
-		FinishedAt:              now,
-		DurationMs:              now.Sub(r.StartedAt).Milliseconds(),
-		Polls:                   r.Polls,
-		Attempts:                r.Attempts,
-		CorrelationID:           r.Request.CorrelationID,
-		RequestedBy:             r.Request.RequestedBy,
-	}
-	body, err := json.Marshal(c)
-	if err != nil {
-		return fmt.Errorf("encode SyncCompleted: %w", err)
-	}
 	markOutcome(ctx, false, "")
-	return dr.finish(ctx, RunCompleted, dr.outcome(ctx, s.subjects.Completed(r.Target), messages.CompletedID(r.RequestID), messages.TypeCompleted, body))
+	return dr.finish(ctx, RunCompleted, completion(r.StatusURL, st, empty, formatWatermark(wm, stored)))
 }
 
 // fail records a failed run with its SyncFailed outcome.
 func (dr *driver) fail(ctx context.Context, reason messages.Reason, retryable bool, msg string, pe *PathlingError) error {
-	s := dr.s
-	r := dr.run
-	now := s.now()
-	f := messages.SyncFailed{
-		RequestID:     r.RequestID,
-		RunID:         r.RunID,
-		Target:        r.Target,
-		ExportURL:     messages.RedactURL(r.Params.ExportURL),
-		SaveMode:      r.Params.SaveMode,
-		Types:         r.Params.Types,
-		Since:         formatTime(r.Params.Since),
-		Until:         formatTime(r.Params.Until),
-		Reason:        reason,
-		Retryable:     retryable,
-		Message:       msg,
-		Attempts:      r.Attempts,
-		CorrelationID: r.Request.CorrelationID,
-		RequestedBy:   r.Request.RequestedBy,
-		StartedAt:     r.StartedAt,
-		FinishedAt:    now,
-	}
-	if pe != nil {
-		f.HTTPStatus = pe.HTTPStatus
-		if len(pe.OperationOutcome) > 0 && json.Valid(pe.OperationOutcome) {
-			f.OperationOutcome = pe.OperationOutcome
-		}
-	}
-	body, err := json.Marshal(f)
-	if err != nil {
-		return fmt.Errorf("encode SyncFailed: %w", err)
-	}
 	markOutcome(ctx, true, reason)
-	return dr.finish(ctx, RunFailed, dr.outcome(ctx, s.subjects.Failed(r.Target), messages.FailedID(r.RequestID), messages.TypeFailed, body))
+	return dr.finish(ctx, RunFailed, failure(reason, retryable, msg, pe))
 }
 
-// outcome builds the run's outcome event under a new producer span
-// (dr.pubSpan), which becomes the event's traceparent.
-func (dr *driver) outcome(ctx context.Context, subject, id, typ string, body []byte) Event {
+// finish builds the run's outcome (outcome.go) under a new producer span,
+// dr.pubSpan, the event's traceparent; writes the terminal record (fenced)
+// holding it; then deletes the Pathling job. Releasing the lock and
+// publishing come after, in finishDisposition: a crash in between leaves a
+// terminal record whose redelivery re-publishes.
+func (dr *driver) finish(ctx context.Context, state RunState, res result) error {
+	r := dr.run
+	finishedAt := dr.now()
+	ev, span, err := dr.outcomes.build(ctx, runEcho(r), res, finishedAt)
+	if err != nil {
+		return err
+	}
 	if dr.pubSpan != nil {
 		dr.pubSpan.End() // an outcome built before (whose recording failed) is superseded
 	}
-	pctx, span := dr.s.startPublish(ctx, subject, id, typ, dr.run.Target)
 	dr.pubSpan = span
-	return Event{Subject: subject, Envelope: dr.s.envelope(pctx, id, typ, dr.run.Target), Body: body}
-}
-
-// finish writes the terminal record (fenced) holding the outcome, then
-// deletes the Pathling job. Publishing comes after, in finishDisposition: a
-// crash in between leaves a terminal record whose redelivery re-publishes.
-func (dr *driver) finish(ctx context.Context, state RunState, ev Event) error {
-	r := dr.run
 	r.State = state
-	r.FinishedAt = dr.s.now()
+	r.FinishedAt = finishedAt
 	r.Outcome = &ev
 	// The outcome must be recorded even while shutting down.
-	if err := dr.s.save(context.WithoutCancel(ctx), dr.lease, r); err != nil {
+	if err := dr.save(context.WithoutCancel(ctx), dr.lease, r); err != nil {
 		return err
 	}
 	dr.deleteJob(ctx)
@@ -669,7 +607,6 @@ func (dr *driver) finish(ctx context.Context, state RunState, ev Event) error {
 // finishDisposition releases the lock, publishes the recorded outcome and
 // acks.
 func (dr *driver) finishDisposition(ctx context.Context) Disposition {
-	s := dr.s
 	r := dr.run
 	pctx := context.WithoutCancel(ctx)
 	span := dr.pubSpan // nil for an outcome recorded by an earlier driver: a republish
@@ -677,12 +614,12 @@ func (dr *driver) finishDisposition(ctx context.Context) Disposition {
 	// Release before publishing: whoever reacts to the outcome (a script's next request, a
 	// chain) must find the target free. The terminal record is the truth: a crash between the
 	// two means a redelivery, which re-publishes the recorded outcome.
-	if err := s.locker.Release(pctx, dr.lease); err != nil {
+	if err := dr.locker.Release(pctx, dr.lease); err != nil {
 		dr.log.WarnContext(ctx, "release lock", "error", err)
 	}
-	if err := s.publish(pctx, *r.Outcome, span); err != nil {
+	if err := dr.outcomes.publish(pctx, *r.Outcome, span); err != nil {
 		dr.log.ErrorContext(ctx, "publish outcome", "error", err)
-		return s.retryLater(ctx)
+		return dr.retryLater(ctx)
 	}
 	ev := RunEvent{Kind: EventFinished, Target: r.Target, RequestID: r.RequestID, RunID: r.RunID,
 		Completed: r.State == RunCompleted, Duration: r.FinishedAt.Sub(r.StartedAt), Polls: r.Polls}
@@ -692,14 +629,7 @@ func (dr *driver) finishDisposition(ctx context.Context) Disposition {
 			ev.Reason = f.Reason
 		}
 	}
-	s.observe(ctx, ev)
+	dr.observe(ctx, ev)
 	dr.log.InfoContext(ctx, "run finished", "state", r.State, "polls", r.Polls, "attempts", r.Attempts, "duration", ev.Duration)
 	return Disposition{Action: Ack}
-}
-
-func formatTime(t *time.Time) string {
-	if t == nil {
-		return ""
-	}
-	return messages.FormatInstant(*t)
 }

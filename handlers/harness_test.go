@@ -22,6 +22,7 @@ import (
 	pathlingemu "github.com/pathling-sync/pathling-sync/emulators/pathling"
 	"github.com/pathling-sync/pathling-sync/emulators/source"
 	"github.com/pathling-sync/pathling-sync/handlers"
+	"github.com/pathling-sync/pathling-sync/internal/clock"
 	"github.com/pathling-sync/pathling-sync/internal/testenv"
 	"github.com/pathling-sync/pathling-sync/messages"
 )
@@ -193,7 +194,7 @@ type syncerOptions struct {
 	lockTTL  time.Duration
 	observer handlers.Observer
 	driver   string
-	now      func() time.Time  // the service's clock; nil: time.Now
+	clock    clock.Clock       // the service's clock; nil: the system's
 	store    *redisstore.Store // default e.store
 	log      *slog.Logger
 }
@@ -209,15 +210,23 @@ func (e *env) syncer(o syncerOptions, targets ...handlers.Target) *handlers.Sync
 	if o.store == nil {
 		o.store = e.store
 	}
+	ports := e.ports(o.store)
+	ports.Jobs = o.store
 	s, err := handlers.New(handlers.Config{
 		Targets: targets, Subjects: e.subjects, LockTTL: o.lockTTL,
 		QueueRetry: 30 * time.Millisecond, StoreRetry: 50 * time.Millisecond,
-		Driver: o.driver, Observer: o.observer, Now: o.now, Jobs: o.store, Logger: o.log,
-	}, o.store, o.store, e.pub)
+		Driver: o.driver, Observer: o.observer, Clock: o.clock, Logger: o.log,
+	}, ports)
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	return s
+}
+
+// ports are a Syncer's ports on store and the env's publisher, without the
+// job registry (Ports.Jobs), which e.syncer adds.
+func (e *env) ports(store *redisstore.Store) handlers.Ports {
+	return handlers.Ports{Locker: store, Recovery: store, Runs: store, Watermarks: store, Publisher: e.pub}
 }
 
 // instance is one running replica: a consumer driving a Syncer.

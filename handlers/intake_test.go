@@ -80,7 +80,7 @@ func TestUnroutableSubjectLoggedAndCounted(t *testing.T) {
 			defer mu.Unlock()
 			dropped = append(dropped, ev)
 		}),
-	}, e.store, e.store, e.pub)
+	}, e.ports(e.store))
 	if err != nil {
 		t.Fatal(err)
 	}

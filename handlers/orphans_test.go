@@ -9,6 +9,7 @@ import (
 
 	pathlingemu "github.com/pathling-sync/pathling-sync/emulators/pathling"
 	"github.com/pathling-sync/pathling-sync/handlers"
+	"github.com/pathling-sync/pathling-sync/internal/clock"
 	"github.com/pathling-sync/pathling-sync/internal/testenv"
 	"github.com/pathling-sync/pathling-sync/messages"
 )
@@ -132,7 +133,7 @@ func TestClockSkewWidensOverlap(t *testing.T) {
 				}
 			})
 			now := func() time.Time { return time.Now().Add(c.replica) }
-			e.start(e.js, e.syncer(syncerOptions{observer: obs, now: now}), 0)
+			e.start(e.js, e.syncer(syncerOptions{observer: obs, clock: clock.Func(now)}), 0)
 			e.request("t1", c.requestID, req{})
 			done := e.outcomes.of(t, c.requestID, waitLong).completedBody(t)
 			run, err := e.store.LoadRun(context.Background(), "t1", c.requestID)

@@ -174,7 +174,7 @@ var (
 	// taken it over (it expired under a paused driver, or Redis lost its
 	// data: a restart without persistence, a flush), or that another request
 	// holds it while the run's record is gone (Redis lost its data and the
-	// free lock was taken). The driver may take it again (Locker.Reacquire).
+	// free lock was taken). The driver may take it again (LockRecovery.Reacquire).
 	ErrLockVanished = errors.New("lock vanished: the lock or the run record is gone from the store")
 	ErrNotYourTurn  = errors.New("an earlier queued request goes first")
 )
@@ -195,39 +195,50 @@ type Locker interface {
 	// Renew extends the lease by ttl. ErrLockLost when another token holds
 	// it, ErrLockVanished when it is gone.
 	Renew(ctx context.Context, l Lease, ttl time.Duration) error
+	// Release frees the lock if the lease still holds it (else nil) and
+	// drops the request's queue ticket.
+	Release(ctx context.Context, l Lease) error
+}
+
+// LockRecovery repairs a lock the normal path left wrong: one that vanished
+// under a live driver, one a finished run's driver never released.
+type LockRecovery interface {
 	// Reacquire takes the lock again, with a new token, for a lease that met
 	// ErrLockVanished, unless the run was driven by someone else meanwhile.
 	// Errors: *LockHeldError (another request holds the target now),
 	// ErrLockLost (another driver of the request holds the lock or wrote
 	// the run record).
 	Reacquire(ctx context.Context, l Lease, ttl time.Duration) (Lease, error)
-	// Release frees the lock if the lease still holds it (else nil) and
-	// drops the request's queue ticket.
-	Release(ctx context.Context, l Lease) error
 	// ReleaseFinished frees the lock if it is held by requestID, whose run is
 	// terminal (a driver died between recording the outcome and releasing),
 	// and drops its queue ticket.
 	ReleaseFinished(ctx context.Context, target, requestID string) error
 }
 
-// Runs stores run records and watermarks; writes are compare-and-set on the
-// lease's fencing token and fail with ErrLockLost when the lease is stale,
+// Runs stores run records. Fenced writes are compare-and-set on the lease's
+// fencing token and fail with ErrLockLost when the lease is stale,
 // ErrLockVanished when its lock (or, under another holder, the run's record)
 // is gone.
 type Runs interface {
 	// LoadRun returns the record or ErrRunNotFound.
 	LoadRun(ctx context.Context, target, requestID string) (*Run, error)
-	// SaveRun writes the record (Token set from the lease). Terminal records
-	// get the retention TTL.
+	// SaveRun writes the record (Token set from the lease), fenced. Terminal
+	// records get the retention TTL.
 	SaveRun(ctx context.Context, l Lease, r *Run) error
-	// Watermark returns the stored watermark for key, ok=false when none.
-	Watermark(ctx context.Context, target, key string) (t time.Time, ok bool, err error)
-	// CommitWatermark sets the watermark to max(stored, t).
-	CommitWatermark(ctx context.Context, l Lease, key string, t time.Time) error
 	// RecordOutcome writes the terminal record of a request that never ran
 	// (conflict, queue timeout) unless it has a record; reports whether it
 	// wrote. A redelivery then re-publishes that outcome instead of running.
+	// Not fenced: the request never held the lock.
 	RecordOutcome(ctx context.Context, r *Run) (bool, error)
+}
+
+// Watermarks stores the watermarks of since "auto" (see WatermarkKey).
+type Watermarks interface {
+	// Watermark returns the stored watermark for key, ok=false when none.
+	Watermark(ctx context.Context, target, key string) (t time.Time, ok bool, err error)
+	// CommitWatermark sets the watermark to max(stored, t), fenced like
+	// Runs.SaveRun.
+	CommitWatermark(ctx context.Context, l Lease, key string, t time.Time) error
 }
 
 // Jobs is a per-target registry of the Pathling jobs kick-offs returned.
@@ -267,6 +278,21 @@ type Publisher interface {
 	Publish(ctx context.Context, e Event) error
 }
 
+// Ports are the outside world a Syncer talks to, apart from each target's
+// Pathling. clients/redisstore.Store implements the store ports (Locker,
+// LockRecovery, Runs, Watermarks, Jobs), clients/natsbus the Publisher.
+type Ports struct {
+	Locker     Locker
+	Recovery   LockRecovery
+	Runs       Runs
+	Watermarks Watermarks
+	// Jobs, when set, is the registry of Pathling jobs that keeps runs from
+	// taking an earlier run's export for their own and deletes jobs left
+	// behind (see Jobs). cmd always sets it; without it neither happens.
+	Jobs      Jobs
+	Publisher Publisher
+}
+
 // Delivery is one SyncRequested message as the consumer received it.
 type Delivery struct {
 	Subject      string
@@ -284,8 +310,8 @@ type Action int
 const (
 	Ack   Action = iota // outcome published (or nothing left to do)
 	Term                // bad input: never redeliver
-	Nak                 // redeliver after Disposition.Delay
-	Leave               // do nothing: the lock was lost or we are shutting down; redelivery decides
+	Nak                 // redeliver after Disposition.Delay (0 when shutting down: another replica adopts at once)
+	Leave               // do nothing: the lock was lost; the run's new driver (a redelivery) settles the message
 )
 
 func (a Action) String() string {

@@ -40,7 +40,7 @@ func TestNoSecretInEventsLogsOrSpans(t *testing.T) {
 	logs := &testenv.Buffer{}
 	s, err := handlers.New(handlers.Config{
 		Targets: []handlers.Target{t1, t2}, Subjects: e.subjects, Logger: jsonLogger(logs), TracerProvider: tp,
-	}, e.store, e.store, e.pub)
+	}, e.ports(e.store))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -244,7 +244,7 @@ func TestRedisFlushBeforeOutcomeRecordedStillFinishes(t *testing.T) {
 	s, err := handlers.New(handlers.Config{
 		Targets: []handlers.Target{e.target()}, Subjects: e.subjects, LockTTL: 3 * time.Second,
 		StoreRetry: 50 * time.Millisecond, Observer: evs, Logger: jsonLogger(logs),
-	}, e.store, runs, e.pub)
+	}, handlers.Ports{Locker: e.store, Recovery: e.store, Runs: runs, Watermarks: e.store, Publisher: e.pub})
 	if err != nil {
 		t.Fatal(err)
 	}

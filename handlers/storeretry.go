@@ -28,21 +28,21 @@ func storeDecided(err error) bool {
 // next attempt would come too close to the lease's expiry (within a tenth of
 // the lock TTL, which leaves room for the attempt itself and for clock
 // differences with the store). A lease with no known expiry gets no retries.
-func (s *Syncer) retryStore(ctx context.Context, l Lease, what string, op func(context.Context) error) error {
+func (d *deps) retryStore(ctx context.Context, l Lease, what string, op func(context.Context) error) error {
 	wait := storeRetryInitial
 	for attempt := 1; ; attempt++ {
 		err := op(ctx)
 		if err == nil || storeDecided(err) || ctx.Err() != nil {
 			return err
 		}
-		if l.Expires.IsZero() || !s.now().Add(wait).Before(l.Expires.Add(-s.lockTTL/10)) {
+		if l.Expires.IsZero() || !d.now().Add(wait).Before(l.Expires.Add(-d.lockTTL/10)) {
 			if attempt == 1 {
 				return err
 			}
 			return fmt.Errorf("%s: gave up after %d attempts, the lock's validity running out: %w", what, attempt, err)
 		}
 		if attempt == 1 { // once per write: a Redis outage must not flood the logs
-			s.log.WarnContext(ctx, "store write failed; retrying while the lock is valid",
+			d.logger.WarnContext(ctx, "store write failed; retrying while the lock is valid",
 				"target", l.Target, "request_id", l.RequestID, "op", what, "valid_until", l.Expires, "error", err)
 		}
 		t := time.NewTimer(wait)
@@ -56,22 +56,28 @@ func (s *Syncer) retryStore(ctx context.Context, l Lease, what string, op func(c
 	}
 }
 
-// retryingRuns retries the fenced writes of Runs (run records, watermarks)
-// within their lease's validity. Reads and unfenced writes pass through:
-// their callers ask for redelivery on failure.
+// retryingRuns retries the fenced writes of run records within their
+// lease's validity. Reads and unfenced writes pass through: their callers
+// ask for redelivery on failure.
 type retryingRuns struct {
 	Runs
-	s *Syncer
+	d *deps
 }
 
 func (r retryingRuns) SaveRun(ctx context.Context, l Lease, run *Run) error {
-	return r.s.retryStore(ctx, l, "save run", func(ctx context.Context) error {
+	return r.d.retryStore(ctx, l, "save run", func(ctx context.Context) error {
 		return r.Runs.SaveRun(ctx, l, run)
 	})
 }
 
-func (r retryingRuns) CommitWatermark(ctx context.Context, l Lease, key string, t time.Time) error {
-	return r.s.retryStore(ctx, l, "commit watermark", func(ctx context.Context) error {
-		return r.Runs.CommitWatermark(ctx, l, key, t)
+// retryingWatermarks retries watermark commits like retryingRuns.
+type retryingWatermarks struct {
+	Watermarks
+	d *deps
+}
+
+func (w retryingWatermarks) CommitWatermark(ctx context.Context, l Lease, key string, t time.Time) error {
+	return w.d.retryStore(ctx, l, "commit watermark", func(ctx context.Context) error {
+		return w.Watermarks.CommitWatermark(ctx, l, key, t)
 	})
 }

@@ -1,213 +1,30 @@
-// Package handlers holds the sync run state machine: what happens to one
-// SyncRequested from delivery to published outcome. It owns the interfaces of
-// everything it talks to (ports.go); clients implement them and cmd wires.
 package handlers
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"time"
 
-	"github.com/google/uuid"
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
-	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/pathling-sync/pathling-sync/messages"
 )
 
-// Config configures a Syncer.
-type Config struct {
-	Targets  []Target
-	Subjects messages.Subjects
-	// Source is the CloudEvents source of published outcomes.
-	Source string
-	// LockTTL is the target lock's time to live, renewed every third of it.
-	LockTTL time.Duration
-	// QueueRetry is how long a queued request waits before it asks again.
-	QueueRetry time.Duration
-	// StoreRetry is the redelivery delay after a store or publish failure.
-	StoreRetry time.Duration
-	// Driver names this instance in run records (for status).
-	Driver string
-	Logger *slog.Logger
-	// Now and NewID are the clock and run-id source; tests replace them.
-	Now   func() time.Time
-	NewID func() string
-	// Jobs, when set, is the registry of Pathling jobs that keeps runs from
-	// taking an earlier run's export for their own and deletes jobs left
-	// behind (see Jobs). cmd always sets it; without it neither happens.
-	Jobs Jobs
-	// Observer, when set, sees each step of every run (metrics).
-	Observer Observer
-	// TracerProvider makes the spans of each delivery (see tracing.go).
-	// Default: none are recorded, but the trace context still flows from a
-	// request's traceparent to its outcome's.
-	TracerProvider trace.TracerProvider
-	// ConsumerGroup names the durable consumer in spans
-	// (messaging.consumer.group.name).
-	ConsumerGroup string
-}
+// This file takes a delivery to a decision: decode and check the request
+// (intake), take the target's lock and load or create the run record (lock),
+// or answer at once (a refusal, a finished run's stored outcome again). A
+// run that holds its lock goes on in driver.go.
 
-// Observer is told what runs do. Every method must be cheap and safe for
-// concurrent use.
-type Observer interface {
-	RunEvent(ctx context.Context, ev RunEvent)
-}
-
-// Kinds of RunEvent.
-const (
-	EventRedelivered  = "redelivered"   // a delivery after the first of its message
-	EventLockConflict = "lock_conflict" // the target's lock is held by another request (or queued ahead)
-	EventAdopted      = "adopted"       // a delivery took over a run a previous driver left
-	EventStarted      = "started"       // this replica starts driving a run (pairs with EventStopped)
-	EventKickedOff    = "kicked_off"    // Pathling accepted a kick-off
-	EventPolled       = "polled"        // a job status was read (Status, Polls)
-	EventWatermark    = "watermark_committed"
-	EventLockLost     = "lock_lost" // another driver took the run over: this one stops
-	EventFinished     = "finished"  // a run's outcome was published (Completed, Reason, Duration, Polls)
-	EventRefused      = "refused"   // a SyncFailed was published for a request that never ran (Reason)
-	EventStopped      = "stopped"   // this replica stopped driving a run, whatever the result
-	// EventDropped: a delivery terminated without an outcome, because its
-	// subject names no target an outcome could be published for (Dropped).
-	EventDropped = "dropped"
-)
-
-// EventClockSkew: a Pathling response's Date header was read (ClockSkew).
-const EventClockSkew = "clock_skew"
-
-// RunEvent is one observable step of a run. Target is empty for a request
-// naming no configured target.
-type RunEvent struct {
-	Kind      string // one of the Event* constants
-	Target    string
-	RequestID string
-	RunID     string
-	Reason    messages.Reason // for finished failures and refusals
-	Completed bool            // for finished
-	Status    JobStatus       // for polled
-	Duration  time.Duration   // for finished
-	Polls     int
-	Watermark time.Time // for watermark_committed: the target's stored watermark for the run's key
-	Dropped   string    // for dropped: why, one of the messages.Subject* constants
-	// ClockSkew, for clock_skew, is the local clock minus Pathling's (its
-	// Date header), in whole seconds: positive when this replica is ahead.
-	ClockSkew time.Duration
-}
-
-// Syncer runs syncs. It is safe for concurrent use: one Handle call per delivery.
-type Syncer struct {
-	targets    map[string]*Target
-	locker     Locker
-	runs       Runs
-	jobs       Jobs
-	pub        Publisher
-	subjects   messages.Subjects
-	source     string
-	lockTTL    time.Duration
-	queueRetry time.Duration
-	storeRetry time.Duration
-	driver     string
-	log        *slog.Logger
-	now        func() time.Time
-	newID      func() string
-	obs        Observer
-	prop       propagation.TextMapPropagator
-	tracer     trace.Tracer
-
-	consumerGroup string
-}
-
-// New checks the configuration and returns a Syncer.
-func New(cfg Config, locker Locker, runs Runs, pub Publisher) (*Syncer, error) {
-	s := &Syncer{
-		targets:    make(map[string]*Target, len(cfg.Targets)),
-		locker:     locker,
-		runs:       runs,
-		jobs:       cfg.Jobs,
-		pub:        pub,
-		subjects:   cfg.Subjects,
-		source:     cfg.Source,
-		lockTTL:    cfg.LockTTL,
-		queueRetry: cfg.QueueRetry,
-		storeRetry: cfg.StoreRetry,
-		driver:     cfg.Driver,
-		log:        cfg.Logger,
-		now:        cfg.Now,
-		newID:      cfg.NewID,
-		obs:        cfg.Observer,
-		prop:       propagation.TraceContext{},
-
-		consumerGroup: cfg.ConsumerGroup,
-	}
-	tp := cfg.TracerProvider
-	if tp == nil {
-		tp = noop.NewTracerProvider()
-	}
-	s.tracer = tp.Tracer(TracerName)
-	if s.subjects.Prefix == "" {
-		s.subjects.Prefix = messages.DefaultSubjectPrefix
-	}
-	if s.source == "" {
-		s.source = "pathling-sync"
-	}
-	if s.lockTTL <= 0 {
-		s.lockTTL = 60 * time.Second
-	}
-	if s.queueRetry <= 0 {
-		s.queueRetry = 5 * time.Second
-	}
-	if s.storeRetry <= 0 {
-		s.storeRetry = 5 * time.Second
-	}
-	if s.log == nil {
-		s.log = slog.New(slog.DiscardHandler)
-	}
-	if s.now == nil {
-		s.now = time.Now
-	}
-	if s.newID == nil {
-		s.newID = func() string { return uuid.NewString() }
-	}
-	if locker == nil || runs == nil || pub == nil {
-		return nil, errors.New("handlers: locker, runs and publisher are required")
-	}
-	s.runs = retryingRuns{Runs: runs, s: s}
-	for i := range cfg.Targets {
-		t := cfg.Targets[i]
-		t.setDefaults()
-		if err := t.validate(); err != nil {
-			return nil, fmt.Errorf("handlers: %w", err)
-		}
-		if _, dup := s.targets[t.Name]; dup {
-			return nil, fmt.Errorf("handlers: target %q configured twice", t.Name)
-		}
-		s.targets[t.Name] = &t
-	}
-	return s, nil
-}
-
-// Targets returns the configured target names, sorted.
-func (s *Syncer) Targets() []string {
-	names := make([]string, 0, len(s.targets))
-	for n := range s.targets {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	return names
-}
-
-// Handle runs one SyncRequested delivery to its outcome. It returns
-// Ack once the outcome is published, Term for bad input (after publishing a
-// SyncFailed), Nak to be asked again later (queue, store trouble), or Leave
-// when the lock was lost or the context ended (shutdown): the run's state
-// stays in the store for whoever gets the redelivery.
+// Handle runs one SyncRequested delivery to its outcome. It returns Ack once
+// the outcome is published, Term for bad input (after publishing a
+// SyncFailed), Nak to be asked again later (a queued request, store or
+// publish trouble) and at once when the context ended (shutdown: the run's
+// state stays in the store, and the redelivery adopts it), or Leave when the
+// lock was lost: another delivery of the request drives the run now.
 func (s *Syncer) Handle(ctx context.Context, d Delivery) Disposition {
 	h := natsHeader(d.Header)
 	ctx = s.prop.Extract(ctx, h)
@@ -220,7 +37,7 @@ func (s *Syncer) Handle(ctx context.Context, d Delivery) Disposition {
 }
 
 func (s *Syncer) handle(ctx context.Context, d Delivery, in intake) Disposition {
-	log := s.log.With("target", in.target, "request_id", in.requestID, "delivery", d.NumDelivered)
+	log := s.logger.With("target", in.target, "request_id", in.requestID, "delivery", d.NumDelivered)
 	if d.NumDelivered > 1 {
 		s.observe(ctx, RunEvent{Kind: EventRedelivered, Target: in.knownTarget(), RequestID: in.requestID})
 	}
@@ -237,8 +54,11 @@ func (s *Syncer) handle(ctx context.Context, d Delivery, in intake) Disposition 
 			return Disposition{Action: Term}
 		}
 		log.WarnContext(ctx, "rejecting request", "reason", in.bad.reason, "error", in.bad.message)
-		ev, span := s.failedEvent(ctx, in, nil, in.bad.reason, false, in.bad.message, nil)
-		if err := s.publish(ctx, ev, span); err != nil {
+		ev, span, err := s.outcomes.build(ctx, intakeEcho(in), failure(in.bad.reason, false, in.bad.message, nil), time.Time{})
+		if err == nil {
+			err = s.outcomes.publish(ctx, ev, span)
+		}
+		if err != nil {
 			log.ErrorContext(ctx, "publish SyncFailed", "error", err)
 			return s.retryLater(ctx)
 		}
@@ -267,7 +87,7 @@ func (s *Syncer) handle(ctx context.Context, d Delivery, in intake) Disposition 
 	}
 	log = log.With("token", lease.Token)
 	trace.SpanFromContext(ctx).SetAttributes(AttrRunID.String(run.RunID))
-	dr := &driver{s: s, t: t, lease: lease, run: run, log: log.With("run_id", run.RunID)}
+	dr := &driver{deps: &s.deps, t: t, lease: lease, run: run, log: log.With("run_id", run.RunID)}
 	s.observe(ctx, RunEvent{Kind: EventStarted, Target: t.Name, RequestID: in.requestID, RunID: run.RunID})
 	defer s.observe(ctx, RunEvent{Kind: EventStopped, Target: t.Name, RequestID: in.requestID, RunID: run.RunID})
 	return dr.drive(ctx)
@@ -497,7 +317,7 @@ func (s *Syncer) newRun(ctx context.Context, in intake) (*Run, error) {
 	switch in.req.Since {
 	case "":
 	case "auto":
-		wm, ok, err := s.runs.Watermark(ctx, in.t.Name, key)
+		wm, ok, err := s.marks.Watermark(ctx, in.t.Name, key)
 		if err != nil {
 			return nil, fmt.Errorf("read watermark: %w", err)
 		}
@@ -553,22 +373,27 @@ func (s *Syncer) notAcquired(ctx context.Context, log *slog.Logger, d Delivery, 
 			return Disposition{Action: Nak, Delay: s.queueRetry}
 		}
 		msg := fmt.Sprintf("gave up waiting in the queue of target %q after %s", in.target, in.timeout)
-		ev, span := s.failedEvent(ctx, in, nil, messages.ReasonTimeout, true, msg, nil)
-		return s.refuse(ctx, log, in, ev, span, messages.ReasonTimeout)
+		return s.refuse(ctx, log, in, failure(messages.ReasonTimeout, true, msg, nil))
 	}
 	running := ""
 	if held != nil {
 		running = held.RequestID
 	}
 	msg := fmt.Sprintf("target %q is busy with request %q (concurrency forbid)", in.target, running)
-	ev, span := s.failedEvent(ctx, in, nil, messages.ReasonConflict, true, msg, func(f *messages.SyncFailed) { f.RunningRequestID = running })
-	return s.refuse(ctx, log, in, ev, span, messages.ReasonConflict)
+	res := failure(messages.ReasonConflict, true, msg, nil)
+	res.runningRequestID = running
+	return s.refuse(ctx, log, in, res)
 }
 
 // refuse ends a request that never ran with a SyncFailed. The outcome is
 // recorded first, so that a redelivery re-publishes it rather than running
 // the request once the target is free.
-func (s *Syncer) refuse(ctx context.Context, log *slog.Logger, in intake, ev Event, span trace.Span, reason messages.Reason) Disposition {
+func (s *Syncer) refuse(ctx context.Context, log *slog.Logger, in intake, res result) Disposition {
+	ev, span, err := s.outcomes.build(ctx, intakeEcho(in), res, time.Time{})
+	if err != nil {
+		log.ErrorContext(ctx, "build refusal", "error", err)
+		return s.retryLater(ctx)
+	}
 	now := s.now()
 	rec := &Run{RequestID: in.requestID, Target: in.target, State: RunFailed, Request: in.req,
 		StartedAt: now, UpdatedAt: now, FinishedAt: now, Outcome: &ev}
@@ -586,13 +411,13 @@ func (s *Syncer) refuse(ctx context.Context, log *slog.Logger, in intake, ev Eve
 			return s.republish(ctx, log, run)
 		}
 	}
-	markOutcome(ctx, true, reason)
-	if err := s.publish(ctx, ev, span); err != nil {
+	markOutcome(ctx, true, res.reason)
+	if err := s.outcomes.publish(ctx, ev, span); err != nil {
 		log.ErrorContext(ctx, "publish refusal", "error", err)
 		return s.retryLater(ctx)
 	}
-	s.observe(ctx, RunEvent{Kind: EventRefused, Target: in.target, RequestID: in.requestID, Reason: reason})
-	_ = s.locker.ReleaseFinished(ctx, in.target, in.requestID) // drops a queue ticket
+	s.observe(ctx, RunEvent{Kind: EventRefused, Target: in.target, RequestID: in.requestID, Reason: res.reason})
+	_ = s.recovery.ReleaseFinished(ctx, in.target, in.requestID) // drops a queue ticket
 	return Disposition{Action: Ack}
 }
 
@@ -608,107 +433,15 @@ func (s *Syncer) republish(ctx context.Context, log *slog.Logger, run *Run) Disp
 	if run.RunID != "" {
 		span.SetAttributes(AttrRunID.String(run.RunID))
 	}
-	if err := s.publish(ctx, *run.Outcome, nil); err != nil {
+	if err := s.outcomes.publish(ctx, *run.Outcome, nil); err != nil {
 		log.ErrorContext(ctx, "re-publish outcome", "error", err)
 		return s.retryLater(ctx)
 	}
-	if err := s.locker.ReleaseFinished(ctx, run.Target, run.RequestID); err != nil {
+	if err := s.recovery.ReleaseFinished(ctx, run.Target, run.RequestID); err != nil {
 		log.WarnContext(ctx, "release finished run's lock", "error", err)
 	}
 	log.InfoContext(ctx, "re-published outcome of finished run", "run_id", run.RunID, "type", run.Outcome.Envelope.Type)
 	return Disposition{Action: Ack}
-}
-
-func (s *Syncer) save(ctx context.Context, l Lease, r *Run) error {
-	r.UpdatedAt = s.now()
-	r.Token = l.Token
-	return s.runs.SaveRun(ctx, l, r)
-}
-
-// storeFailed decides after a failed store write: a lost lock means another
-// driver owns the run (do nothing); anything else (also a lock that vanished
-// again and again), try again later.
-func (s *Syncer) storeFailed(ctx context.Context, log *slog.Logger, run *Run, err error) Disposition {
-	if errors.Is(err, ErrLockLost) {
-		log.WarnContext(ctx, "lock lost; leaving the run to its new driver", "run_id", run.RunID)
-		trace.SpanFromContext(ctx).AddEvent("lock lost")
-		s.observe(ctx, RunEvent{Kind: EventLockLost, Target: run.Target, RequestID: run.RequestID, RunID: run.RunID})
-		return Disposition{Action: Leave}
-	}
-	if ctx.Err() != nil {
-		return s.retryLater(ctx)
-	}
-	log.ErrorContext(ctx, "store write failed", "run_id", run.RunID, "error", err)
-	return s.retryLater(ctx)
-}
-
-// retryLater asks for redelivery: at once when shutting down (another
-// replica adopts), after StoreRetry otherwise.
-func (s *Syncer) retryLater(ctx context.Context) Disposition {
-	if ctx.Err() != nil {
-		return Disposition{Action: Nak}
-	}
-	return Disposition{Action: Nak, Delay: s.storeRetry}
-}
-
-func (s *Syncer) observe(ctx context.Context, ev RunEvent) {
-	if s.obs != nil {
-		s.obs.RunEvent(ctx, ev)
-	}
-}
-
-// envelope builds an outcome's CloudEvents envelope, continuing the trace in ctx.
-func (s *Syncer) envelope(ctx context.Context, id, typ, target string) messages.Envelope {
-	h := natsHeader{}
-	s.prop.Inject(ctx, h)
-	return messages.Envelope{
-		ID:          id,
-		Source:      s.source,
-		Type:        typ,
-		Subject:     target,
-		ContentType: "application/json",
-		Time:        s.now().UTC(),
-		TraceParent: h.Get("traceparent"),
-		TraceState:  h.Get("tracestate"),
-	}
-}
-
-// failedEvent builds the SyncFailed of a request that did not run, with its
-// producer span (to be ended by publish).
-func (s *Syncer) failedEvent(ctx context.Context, in intake, run *Run, reason messages.Reason, retryable bool, msg string, edit func(*messages.SyncFailed)) (Event, trace.Span) {
-	f := messages.SyncFailed{
-		RequestID:     in.requestID,
-		Target:        in.target,
-		ExportURL:     messages.RedactURL(in.exportURL),
-		SaveMode:      in.req.SaveMode,
-		Types:         in.req.Types,
-		Since:         in.req.Since,
-		Until:         in.req.Until,
-		Reason:        reason,
-		Retryable:     retryable,
-		Message:       msg,
-		CorrelationID: in.req.CorrelationID,
-		RequestedBy:   in.req.RequestedBy,
-	}
-	if f.ExportURL == "" {
-		// Refused before normalization (say, for its userinfo): show it without credentials.
-		f.ExportURL = messages.RedactURL(in.req.ExportURL)
-	}
-	if run != nil {
-		f.RunID = run.RunID
-		f.Attempts = run.Attempts
-	}
-	if edit != nil {
-		edit(&f)
-	}
-	body, _ := json.Marshal(f)
-	subject, id := s.subjects.Failed(in.target), messages.FailedID(in.requestID)
-	pctx, span := s.startPublish(ctx, subject, id, messages.TypeFailed, in.target)
-	return Event{
-		Subject:  subject,
-		Envelope: s.envelope(pctx, id, messages.TypeFailed, in.target),
-		Body:     body,
-	}, span
 }
 
 // natsHeader adapts NATS headers (case-sensitive keys) to messages.Header and

@@ -97,17 +97,17 @@ func (s *Syncer) startConsume(ctx context.Context, d Delivery, h natsHeader, in 
 // startPublish starts the producer span of an outcome event. The event's
 // envelope must be built from the returned context: its traceparent is this
 // span, so consumers of the outcome continue the trace from it.
-func (s *Syncer) startPublish(ctx context.Context, subject, id, typ, target string) (context.Context, trace.Span) {
+func (o *outcomes) startPublish(ctx context.Context, subject, id, typ, target string) (context.Context, trace.Span) {
 	attrs := append(publishAttrs(subject, id), cloudEventAttrs(messages.Envelope{
-		ID: id, Source: s.source, Type: typ, Subject: target,
+		ID: id, Source: o.source, Type: typ, Subject: target,
 	})...)
-	return s.tracer.Start(ctx, "publish "+subject, trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(attrs...))
+	return o.tracer.Start(ctx, "publish "+subject, trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(attrs...))
 }
 
 // startRepublish starts the producer span of a stored outcome published
 // again. Its traceparent is the one stored with it, so the span links to
 // that context rather than being it.
-func (s *Syncer) startRepublish(ctx context.Context, ev Event) (context.Context, trace.Span) {
+func (o *outcomes) startRepublish(ctx context.Context, ev Event) (context.Context, trace.Span) {
 	attrs := append(publishAttrs(ev.Subject, ev.Envelope.ID), cloudEventAttrs(ev.Envelope)...)
 	attrs = append(attrs, AttrRepublished.Bool(true))
 	opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(attrs...)}
@@ -117,25 +117,11 @@ func (s *Syncer) startRepublish(ctx context.Context, ev Event) (context.Context,
 		if ev.Envelope.TraceState != "" {
 			h.Set(messages.HeaderTraceState, ev.Envelope.TraceState)
 		}
-		if sc := trace.SpanContextFromContext(s.prop.Extract(context.Background(), h)); sc.IsValid() {
+		if sc := trace.SpanContextFromContext(o.prop.Extract(context.Background(), h)); sc.IsValid() {
 			opts = append(opts, trace.WithLinks(trace.Link{SpanContext: sc}))
 		}
 	}
-	return s.tracer.Start(ctx, "publish "+ev.Subject, opts...)
-}
-
-// publish publishes ev under its producer span (a republish span when span
-// is nil) and ends that span.
-func (s *Syncer) publish(ctx context.Context, ev Event, span trace.Span) error {
-	if span == nil {
-		ctx, span = s.startRepublish(ctx, ev)
-	} else {
-		ctx = trace.ContextWithSpan(ctx, span)
-	}
-	span.SetAttributes(semconv.MessagingMessageBodySize(len(ev.Body)))
-	err := s.pub.Publish(ctx, ev)
-	endSpan(span, err)
-	return err
+	return o.tracer.Start(ctx, "publish "+ev.Subject, opts...)
 }
 
 func publishAttrs(subject, id string) []attribute.KeyValue {

@@ -42,7 +42,7 @@ func tracedEnv(t *testing.T) (*env, *tracetest.SpanRecorder) {
 		Targets: []handlers.Target{target}, Subjects: e.subjects, LockTTL: 3 * time.Second,
 		QueueRetry: 30 * time.Millisecond, StoreRetry: 50 * time.Millisecond,
 		TracerProvider: tp, ConsumerGroup: "pathling-sync",
-	}, e.store, e.store, e.pub)
+	}, e.ports(e.store))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,7 +253,7 @@ func TestRepublishLinksStoredOutcome(t *testing.T) {
 	// Publishing the same request again with a new id in Nats-Msg-Id would
 	// be a new request; a redelivery is simulated by a direct Handle call.
 	s, err := handlers.New(handlers.Config{Targets: []handlers.Target{e.target()}, Subjects: e.subjects,
-		TracerProvider: sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))}, e.store, e.store, e.pub)
+		TracerProvider: sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))}, e.ports(e.store))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -52,18 +52,18 @@ func watermarkMoves(since *time.Time, stored time.Time, hasStored bool) bool {
 // settleWatermark commits wm as the run's watermark when the run covers the
 // gap (watermarkMoves; the store keeps the later of the two), and returns
 // the stored watermark after it: ok is false when none is stored.
-func (s *Syncer) settleWatermark(ctx context.Context, l Lease, r *Run, wm time.Time) (stored time.Time, ok bool, err error) {
-	stored, ok, err = s.runs.Watermark(ctx, r.Target, r.WatermarkKey)
+func (d *deps) settleWatermark(ctx context.Context, l Lease, r *Run, wm time.Time) (stored time.Time, ok bool, err error) {
+	stored, ok, err = d.marks.Watermark(ctx, r.Target, r.WatermarkKey)
 	if err != nil {
 		return time.Time{}, false, fmt.Errorf("read watermark: %w", err)
 	}
 	if !watermarkMoves(r.Params.Since, stored, ok) {
 		return stored, ok, nil
 	}
-	if err := s.runs.CommitWatermark(ctx, l, r.WatermarkKey, wm); err != nil {
+	if err := d.marks.CommitWatermark(ctx, l, r.WatermarkKey, wm); err != nil {
 		return time.Time{}, false, fmt.Errorf("commit watermark: %w", err)
 	}
-	if after, found, err := s.runs.Watermark(ctx, r.Target, r.WatermarkKey); err == nil && found {
+	if after, found, err := d.marks.Watermark(ctx, r.Target, r.WatermarkKey); err == nil && found {
 		return after, true, nil
 	}
 	// Committed, but not read back: the store kept the later of the two.

@@ -115,8 +115,8 @@ var (
 	scriptReacquire       = redis.NewScript(reacquireLua)
 )
 
-// Store implements handlers.Locker and handlers.Runs on Redis. It is safe
-// for concurrent use.
+// Store implements the store ports of handlers (Locker, LockRecovery, Runs,
+// Watermarks; Jobs in jobs.go) on Redis. It is safe for concurrent use.
 type Store struct {
 	client    RedisClient
 	prefix    string
@@ -125,8 +125,10 @@ type Store struct {
 }
 
 var (
-	_ handlers.Locker = (*Store)(nil)
-	_ handlers.Runs   = (*Store)(nil)
+	_ handlers.Locker       = (*Store)(nil)
+	_ handlers.LockRecovery = (*Store)(nil)
+	_ handlers.Runs         = (*Store)(nil)
+	_ handlers.Watermarks   = (*Store)(nil)
 )
 
 // Option configures a Store.

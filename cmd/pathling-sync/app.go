@@ -158,12 +158,14 @@ func NewService(ctx context.Context, cfg *config.Config, log *slog.Logger, opts 
 		QueueRetry: cfg.Service.QueueRetry,
 		Driver:     cfg.Service.InstanceID,
 		Logger:     log,
-		Jobs:       s.store,
 
 		Observer:       s.metrics,
 		TracerProvider: s.tel.TracerProvider(),
 		ConsumerGroup:  cfg.NATS.Consumer.Durable,
-	}, s.store, s.store, pub)
+	}, handlers.Ports{
+		Locker: s.store, Recovery: s.store, Runs: s.store, Watermarks: s.store, Jobs: s.store,
+		Publisher: pub,
+	})
 	if err != nil {
 		return nil, err
 	}
