@@ -61,12 +61,7 @@ type options struct {
 
 // shared turns one of the options every requester has into an Option.
 func shared(set requester.Set) Option {
-	return func(o *options) error {
-		if err := set(&o.Options); err != nil {
-			return fmt.Errorf("%w: %w", ErrInvalidOption, err)
-		}
-		return nil
-	}
+	return func(o *options) error { return set.Apply(&o.Options, ErrInvalidOption) }
 }
 
 // WithSubjects sets the subject prefix (default messages.DefaultSubjectPrefix).

@@ -37,12 +37,7 @@ func defaultOptions() options {
 
 // shared turns one of the options every requester has into an Option.
 func shared(set requester.Set) Option {
-	return func(o *options) error {
-		if err := set(&o.Options); err != nil {
-			return fmt.Errorf("%w: %w", ErrInvalidOption, err)
-		}
-		return nil
-	}
+	return func(o *options) error { return set.Apply(&o.Options, ErrInvalidOption) }
 }
 
 // WithClock replaces the wall clock (tests drive ticks with a fake one).

@@ -39,9 +39,18 @@ func Defaults() Options {
 	}
 }
 
-// Set is one option of Options; a package turns it into its own Option,
-// wrapping a Set's error (which says what is wrong) in its ErrInvalidOption.
+// Set is one option of Options; a package turns it into its own Option
+// with Apply.
 type Set func(*Options) error
+
+// Apply sets the option in o. Its error says what is wrong, wrapped in
+// invalid (the package's ErrInvalidOption).
+func (set Set) Apply(o *Options, invalid error) error {
+	if err := set(o); err != nil {
+		return fmt.Errorf("%w: %w", invalid, err)
+	}
+	return nil
+}
 
 // Subjects sets the subject prefix (an empty one means
 // messages.DefaultSubjectPrefix).
