@@ -15,7 +15,9 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/pathling-sync/pathling-sync/internal/clock"
 	"github.com/pathling-sync/pathling-sync/messages"
+	"github.com/pathling-sync/pathling-sync/messages/requester"
 )
 
 // Errors of this package.
@@ -54,78 +56,33 @@ type Chainer struct {
 type Option func(*options) error
 
 type options struct {
-	subjects       messages.Subjects
-	source         string
-	log            *slog.Logger
-	tracer         trace.Tracer
-	publishTimeout time.Duration
-	now            func() time.Time
+	requester.Options // subjects, source, logger, tracer, publish timeout, clock
+}
+
+// shared turns one of the options every requester has into an Option.
+func shared(set requester.Set) Option {
+	return func(o *options) error { return set.Apply(&o.Options, ErrInvalidOption) }
 }
 
 // WithSubjects sets the subject prefix (default messages.DefaultSubjectPrefix).
-func WithSubjects(s messages.Subjects) Option {
-	return func(o *options) error {
-		if s.Prefix != "" && !messages.ValidSubjectPrefix(s.Prefix) {
-			return fmt.Errorf("%w: subject prefix %q", ErrInvalidOption, s.Prefix)
-		}
-		o.subjects = s
-		return nil
-	}
-}
+func WithSubjects(s messages.Subjects) Option { return shared(requester.Subjects(s)) }
 
 // WithSource sets the CloudEvents source of the requests (default "pathling-sync").
-func WithSource(source string) Option {
-	return func(o *options) error {
-		if source == "" {
-			return fmt.Errorf("%w: empty source", ErrInvalidOption)
-		}
-		o.source = source
-		return nil
-	}
-}
+func WithSource(source string) Option { return shared(requester.Source(source)) }
 
 // WithLogger sets the logger (default: discarded).
-func WithLogger(l *slog.Logger) Option {
-	return func(o *options) error {
-		if l == nil {
-			return fmt.Errorf("%w: nil logger", ErrInvalidOption)
-		}
-		o.log = l
-		return nil
-	}
-}
+func WithLogger(l *slog.Logger) Option { return shared(requester.Logger(l)) }
 
 // WithTracer makes each chained request a span in the completed event's
 // trace; without it the request carries the completed event's traceparent
 // and tracestate unchanged (the same trace either way).
-func WithTracer(t trace.Tracer) Option {
-	return func(o *options) error {
-		o.tracer = t
-		return nil
-	}
-}
+func WithTracer(t trace.Tracer) Option { return shared(requester.Tracer(t)) }
 
 // WithPublishTimeout bounds each publish (default 5 s).
-func WithPublishTimeout(d time.Duration) Option {
-	return func(o *options) error {
-		if d <= 0 {
-			return fmt.Errorf("%w: publish timeout %s", ErrInvalidOption, d)
-		}
-		o.publishTimeout = d
-		return nil
-	}
-}
+func WithPublishTimeout(d time.Duration) Option { return shared(requester.PublishTimeout(d)) }
 
-// WithClock sets the source of ce-time (default time.Now).
-func WithClock(now func() time.Time) Option {
-	return func(o *options) error {
-		if now == nil {
-			return fmt.Errorf("%w: nil clock", ErrInvalidOption)
-		}
-		o.now = now
-		return nil
-	}
-}
+// WithClock sets the source of ce-time (default the wall clock).
+func WithClock(c clock.Clock) Option { return shared(requester.Clock(c)) }
 
 // New returns a Chainer of rules publishing through pub. Errors wrap
 // ErrInvalidRule (a bad or repeated name, a bad target, a request that does
@@ -134,12 +91,7 @@ func New(rules []Rule, pub Publisher, opts ...Option) (*Chainer, error) {
 	if pub == nil {
 		return nil, fmt.Errorf("%w: nil publisher", ErrInvalidOption)
 	}
-	o := options{
-		source:         "pathling-sync",
-		log:            slog.New(slog.DiscardHandler),
-		publishTimeout: 5 * time.Second,
-		now:            time.Now,
-	}
+	o := options{Options: requester.Defaults()}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, err
@@ -178,7 +130,7 @@ func (c *Chainer) Handle(msg *message.Message) error {
 	if err != nil {
 		return err
 	}
-	log := c.o.log.With("completed_request_id", done.RequestID, "target", target)
+	log := c.o.Log.With("completed_request_id", done.RequestID, "target", target)
 	if d := depth(done.RequestID); d >= MaxDepth {
 		log.Warn("chain too deep: no rule fires", "depth", d)
 		return nil
@@ -215,7 +167,7 @@ func (c *Chainer) read(msg *message.Message) (string, messages.SyncCompleted, er
 		target = env.Subject
 	}
 	if subject := msg.Metadata.Get(MetadataSubject); subject != "" {
-		if kind, t, ok := c.o.subjects.TargetOf(subject); ok && kind == messages.KindCompleted {
+		if kind, t, ok := c.o.Subjects.TargetOf(subject); ok && kind == messages.KindCompleted {
 			target = t
 		}
 	}
@@ -242,18 +194,10 @@ func (c *Chainer) publish(ctx context.Context, log *slog.Logger, r Rule, done me
 	if err != nil {
 		return fmt.Errorf("chains: encode %s: %w", id, err)
 	}
-	subject := c.o.subjects.Requested(r.Target)
-	env := messages.Envelope{
-		ID:          id,
-		Source:      c.o.source,
-		Type:        messages.TypeRequested,
-		Subject:     r.Target,
-		ContentType: messages.ContentTypeJSON,
-		Time:        c.o.now().UTC(),
-		TraceParent: in.TraceParent,
-		TraceState:  in.TraceState,
-	}
-	if c.o.tracer != nil {
+	subject := c.o.Subjects.Requested(r.Target)
+	env := messages.NewRequestEnvelope(id, c.o.Source, r.Target, c.o.Clock.Now(),
+		messages.WithTraceContext(in.TraceParent, in.TraceState))
+	if c.o.Tracer != nil {
 		carrier := propagation.MapCarrier{}
 		if in.TraceParent != "" {
 			carrier.Set(messages.HeaderTraceParent, in.TraceParent)
@@ -262,7 +206,7 @@ func (c *Chainer) publish(ctx context.Context, log *slog.Logger, r Rule, done me
 			}
 		}
 		var span trace.Span
-		ctx, span = c.o.tracer.Start(propagation.TraceContext{}.Extract(ctx, carrier), "chain "+r.Name,
+		ctx, span = c.o.Tracer.Start(propagation.TraceContext{}.Extract(ctx, carrier), "chain "+r.Name,
 			trace.WithSpanKind(trace.SpanKindProducer),
 			trace.WithAttributes(
 				attribute.String("pathling_sync.chain", r.Name),
@@ -277,7 +221,7 @@ func (c *Chainer) publish(ctx context.Context, log *slog.Logger, r Rule, done me
 		env.TraceParent = out.Get(messages.HeaderTraceParent)
 		env.TraceState = out.Get(messages.HeaderTraceState)
 	}
-	pctx, cancel := context.WithTimeout(ctx, c.o.publishTimeout)
+	pctx, cancel := context.WithTimeout(ctx, c.o.PublishTimeout)
 	defer cancel()
 	dup, err := c.pub.Publish(pctx, subject, env, body)
 	if err != nil {

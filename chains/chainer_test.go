@@ -14,6 +14,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
+	"github.com/pathling-sync/pathling-sync/internal/clock"
 	"github.com/pathling-sync/pathling-sync/messages"
 )
 
@@ -114,6 +115,9 @@ func completedMsg(t *testing.T, target string, c messages.SyncCompleted, tracepa
 	return msg
 }
 
+// chainTime is what the tests' clock says: ce-time of the chained requests.
+var chainTime = time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+
 const parentTrace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 func TestHandleCarriesCorrelationAndTrace(t *testing.T) {
@@ -124,7 +128,7 @@ func TestHandleCarriesCorrelationAndTrace(t *testing.T) {
 		{Name: "to-archive", On: Trigger{Target: "default"}, Target: "archive",
 			Request: messages.SyncRequested{SaveMode: "overwrite"}},
 		{Name: "unrelated", On: Trigger{Target: "other"}, Target: "archive"},
-	}, pub, WithSource("replica-2"))
+	}, pub, WithSource("replica-2"), WithClock(clock.Func(func() time.Time { return chainTime })))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +148,8 @@ func TestHandleCarriesCorrelationAndTrace(t *testing.T) {
 	if !ok {
 		t.Fatalf("no chain:to-replica:req-1 in %+v", got)
 	}
-	if r.subject != "pathling.sync.requested.replica" || r.env.Subject != "replica" || r.env.Type != messages.TypeRequested || r.env.Source != "replica-2" {
+	if r.subject != "pathling.sync.requested.replica" || r.env.Subject != "replica" || r.env.Type != messages.TypeRequested ||
+		r.env.Source != "replica-2" || !r.env.Time.Equal(chainTime) {
 		t.Errorf("envelope %+v on %s", r.env, r.subject)
 	}
 	want := messages.SyncRequested{Since: "auto", Types: []string{"Patient"}, CorrelationID: "corr-9", RequestedBy: "chain:to-replica"}

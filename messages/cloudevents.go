@@ -179,3 +179,32 @@ func isNil(h Header) bool {
 	rv := reflect.ValueOf(h)
 	return rv.Kind() == reflect.Pointer && rv.IsNil()
 }
+
+// RequestOption adds an optional attribute to a SyncRequested envelope (NewRequestEnvelope).
+type RequestOption func(*Envelope)
+
+// WithTraceContext makes the request continue a trace: traceparent and tracestate as given
+// (empty values are not written).
+func WithTraceContext(traceParent, traceState string) RequestOption {
+	return func(e *Envelope) { e.TraceParent, e.TraceState = traceParent, traceState }
+}
+
+// WithReplayOf marks the request as a replay of the event with id original (ce-replayof).
+func WithReplayOf(original string) RequestOption {
+	return func(e *Envelope) { e.ReplayOf = original }
+}
+
+// NewRequestEnvelope is the envelope of a SyncRequested: ce-id id (which becomes Nats-Msg-Id, so
+// the same id is deduplicated), ce-source source, ce-type TypeRequested, ce-subject target, JSON
+// content, ce-time at in UTC. Every publisher of requests (the CLI, schedules, chains) builds its
+// envelopes here, so they differ only in what they say, not in how.
+func NewRequestEnvelope(id, source, target string, at time.Time, opts ...RequestOption) Envelope {
+	e := Envelope{
+		ID: id, Source: source, Type: TypeRequested, Subject: target,
+		ContentType: ContentTypeJSON, Time: at.UTC(),
+	}
+	for _, opt := range opts {
+		opt(&e)
+	}
+	return e
+}

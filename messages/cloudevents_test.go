@@ -209,3 +209,21 @@ func TestEnvelopeCheckType(t *testing.T) {
 		t.Fatalf("CheckType of a SyncCompleted: %v", err)
 	}
 }
+
+// Every publisher's request envelope has the same shape: type, content type,
+// time in UTC, and the optional trace context and replay-of.
+func TestNewRequestEnvelope(t *testing.T) {
+	at := time.Date(2026, 3, 1, 10, 0, 0, 0, time.FixedZone("x", 3600))
+	got := messages.NewRequestEnvelope("r-1", "cli", "main", at)
+	want := messages.Envelope{ID: "r-1", Source: "cli", Type: messages.TypeRequested, Subject: "main",
+		ContentType: messages.ContentTypeJSON, Time: at.UTC()}
+	if !reflect.DeepEqual(got, want) || got.Time.Location() != time.UTC {
+		t.Fatalf("plain: %+v", got)
+	}
+	got = messages.NewRequestEnvelope("r-2", "cli", "main", at,
+		messages.WithTraceContext("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "k=v"), messages.WithReplayOf("r-1"))
+	want.ID, want.TraceParent, want.TraceState, want.ReplayOf = "r-2", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "k=v", "r-1"
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("with options: %+v", got)
+	}
+}

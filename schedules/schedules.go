@@ -55,18 +55,6 @@ type Publisher interface {
 	Publish(ctx context.Context, subject string, env messages.Envelope, body []byte) (duplicate bool, err error)
 }
 
-// Clock is the scheduler's time source. After must deliver once the clock
-// has reached now+d.
-type Clock interface {
-	Now() time.Time
-	After(d time.Duration) <-chan time.Time
-}
-
-type realClock struct{}
-
-func (realClock) Now() time.Time                         { return time.Now() }
-func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
-
 // Scheduler publishes the SyncRequested events of a set of schedules.
 type Scheduler struct {
 	pub       Publisher
@@ -130,8 +118,8 @@ func (s *Scheduler) Run(ctx context.Context) error {
 }
 
 func (s *Scheduler) run(ctx context.Context, sc Schedule) {
-	log := s.o.log.With("target", sc.Target, "schedule", sc.Name)
-	now := s.o.clock.Now()
+	log := s.o.Log.With("target", sc.Target, "schedule", sc.Name)
+	now := s.o.Clock.Now()
 	if sc.CatchUp {
 		if prev, ok := PrevTick(sc.Spec, now); ok {
 			log.Info("catching up the latest tick before start-up", "tick", prev.UTC())
@@ -147,7 +135,7 @@ func (s *Scheduler) run(ctx context.Context, sc Schedule) {
 		if !s.waitUntil(ctx, next) {
 			return
 		}
-		tick, skipped := latestDue(sc.Spec, next, s.o.clock.Now())
+		tick, skipped := latestDue(sc.Spec, next, s.o.Clock.Now())
 		if skipped > 0 {
 			log.Warn("woke late: skipping missed ticks", "skipped", skipped, "tick", tick.UTC())
 		}
@@ -162,7 +150,7 @@ func (s *Scheduler) run(ctx context.Context, sc Schedule) {
 // jumps (NTP, a suspended VM) is noticed.
 func (s *Scheduler) waitUntil(ctx context.Context, t time.Time) bool {
 	for {
-		d := t.Sub(s.o.clock.Now())
+		d := t.Sub(s.o.Clock.Now())
 		if d <= 0 {
 			return true
 		}
@@ -170,7 +158,7 @@ func (s *Scheduler) waitUntil(ctx context.Context, t time.Time) bool {
 		select {
 		case <-ctx.Done():
 			return false
-		case <-s.o.clock.After(d):
+		case <-s.o.Clock.After(d):
 		}
 	}
 }
@@ -185,26 +173,19 @@ func (s *Scheduler) fire(ctx context.Context, log *slog.Logger, sc Schedule, tic
 		log.Error("encode request", "error", err)
 		return
 	}
-	env := messages.Envelope{
-		ID:          id,
-		Source:      s.o.source,
-		Type:        messages.TypeRequested,
-		Subject:     sc.Target,
-		ContentType: messages.ContentTypeJSON,
-		// The tick, not the wall clock: every replica's copy is the same event.
-		Time: tick.UTC(),
-	}
+	// Stamped with the tick, not the wall clock: every replica's copy is the same event.
+	env := messages.NewRequestEnvelope(id, s.o.Source, sc.Target, tick)
 	pctx := ctx
-	if s.o.tracer != nil {
+	if s.o.Tracer != nil {
 		var span trace.Span
-		pctx, span = s.o.tracer.Start(ctx, "schedule "+sc.Target+"/"+sc.Name,
+		pctx, span = s.o.Tracer.Start(ctx, "schedule "+sc.Target+"/"+sc.Name,
 			trace.WithNewRoot(), trace.WithSpanKind(trace.SpanKindProducer),
 			trace.WithAttributes(
 				attribute.String("pathling_sync.target", sc.Target),
 				attribute.String("pathling_sync.schedule", sc.Name),
 				attribute.String("pathling_sync.request_id", id),
 				attribute.String("messaging.system", "nats"),
-				attribute.String("messaging.destination.name", s.o.subjects.Requested(sc.Target)),
+				attribute.String("messaging.destination.name", s.o.Subjects.Requested(sc.Target)),
 			))
 		defer span.End()
 		carrier := propagation.MapCarrier{}
@@ -212,10 +193,10 @@ func (s *Scheduler) fire(ctx context.Context, log *slog.Logger, sc Schedule, tic
 		env.TraceParent = carrier.Get(messages.HeaderTraceParent)
 		env.TraceState = carrier.Get(messages.HeaderTraceState)
 	}
-	subject := s.o.subjects.Requested(sc.Target)
+	subject := s.o.Subjects.Requested(sc.Target)
 	wait := s.o.retryInitial
 	for attempt := 1; ; attempt++ {
-		cctx, cancel := context.WithTimeout(pctx, s.o.publishTimeout)
+		cctx, cancel := context.WithTimeout(pctx, s.o.PublishTimeout)
 		dup, err := s.pub.Publish(cctx, subject, env, body)
 		cancel()
 		if err == nil {
@@ -229,7 +210,7 @@ func (s *Scheduler) fire(ctx context.Context, log *slog.Logger, sc Schedule, tic
 		if ctx.Err() != nil {
 			return
 		}
-		now := s.o.clock.Now()
+		now := s.o.Clock.Now()
 		if !giveUp.IsZero() && !now.Add(wait).Before(giveUp) {
 			log.Error("giving up a tick: publish kept failing until the next tick", "request_id", id, "attempts", attempt, "error", err)
 			return
@@ -238,9 +219,9 @@ func (s *Scheduler) fire(ctx context.Context, log *slog.Logger, sc Schedule, tic
 		select {
 		case <-ctx.Done():
 			return
-		case <-s.o.clock.After(wait):
+		case <-s.o.Clock.After(wait):
 		}
-		if !giveUp.IsZero() && !s.o.clock.Now().Before(giveUp) {
+		if !giveUp.IsZero() && !s.o.Clock.Now().Before(giveUp) {
 			log.Error("giving up a tick: the next tick is due", "request_id", id, "attempts", attempt)
 			return
 		}

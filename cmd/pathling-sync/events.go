@@ -11,17 +11,17 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
-	"github.com/pathling-sync/pathling-sync/clients/natsbus"
+	"github.com/pathling-sync/pathling-sync/clients/streamhistory"
+	"github.com/pathling-sync/pathling-sync/config"
 	"github.com/pathling-sync/pathling-sync/messages"
 )
 
 // This file has the events command and what the operator commands share to
-// read the stream: a bounded scan (scanStream), one event as read
-// (streamEvent), its one-line form, and time flags.
+// show the stream (read through clients/streamhistory): an event's one-line
+// and JSON forms, time flags, and how reading errors map to exit codes.
 
 type eventsOptions struct {
 	target  string
@@ -60,12 +60,12 @@ from now (90m, 24h, 7d). Without --since, events lists the whole stream and
 }
 
 func runEvents(ctx context.Context, g *globals, o *eventsOptions) error {
-	now := time.Now()
+	now := g.clock.Now()
 	// Check the flags before connecting; the filters proper need the configured prefix.
 	if _, err := eventFilters(o.target, o.types, messages.Subjects{}); err != nil {
 		return usageError{err}
 	}
-	var r streamRange
+	var r streamhistory.Range
 	var err error
 	if r.Since, err = parseWhen(o.since, now); err != nil {
 		return usageError{fmt.Errorf("--since: %w", err)}
@@ -82,27 +82,27 @@ func runEvents(ctx context.Context, g *globals, o *eventsOptions) error {
 	}
 	subjects := messages.Subjects{Prefix: cfg.NATS.Stream.SubjectPrefix}
 	filters, _ := eventFilters(o.target, o.types, subjects)
-	nc, js, err := openJetStream(cfg, "pathling-sync events", g)
+	h, _, closeConn, err := openHistory(cfg, "pathling-sync events", g)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	emit := func(ev streamEvent) error {
+	defer closeConn()
+	emit := func(ev streamhistory.Event) error {
 		if o.jsonOut {
-			b, err := json.Marshal(ev.view(subjects))
+			b, err := json.Marshal(eventViewOf(ev, subjects))
 			if err != nil {
 				return err
 			}
 			_, err = fmt.Fprintln(g.stdout, string(b))
 			return err
 		}
-		_, err := fmt.Fprintln(g.stdout, ev.line(subjects))
+		_, err := fmt.Fprintln(g.stdout, eventLine(ev, subjects))
 		return err
 	}
 	if !o.follow {
-		return scanStream(ctx, js, cfg.NATS.Stream.Name, filters, r, emit)
+		return historyErr(h.Scan(ctx, filters, r, emit))
 	}
-	return followStream(ctx, js, cfg.NATS.Stream.Name, filters, r.Since, emit)
+	return historyErr(h.Follow(ctx, filters, r.Since, emit))
 }
 
 // eventFilters are the subject filters for a target ("" for all) and types
@@ -140,195 +140,30 @@ func eventFilters(target string, types []string, s messages.Subjects) ([]string,
 	return filters, nil
 }
 
-// serverFilter is how a consumer on the connected server selects filters:
-// exactly from nats-server 2.10; before, with one wider filter, so the
-// consumer's user must drop what Matches refuses (natsbus.Filter).
-func serverFilter(js jetstream.JetStream, filters []string) (natsbus.Filter, error) {
-	f, err := natsbus.Features(js.Conn())
+// openHistory connects a client command to NATS and returns the stream's
+// history, and JetStream for publishing; closeConn closes the connection.
+func openHistory(cfg *config.Client, name string, g *globals) (h *streamhistory.History, js jetstream.JetStream, closeConn func(), err error) {
+	nc, js, err := openJetStream(cfg, name, g)
 	if err != nil {
-		return natsbus.Filter{}, err
+		return nil, nil, nil, err
 	}
-	return f.Filter(filters...), nil
+	h = streamhistory.New(js, cfg.NATS.Stream.Name,
+		streamhistory.WithSubjects(messages.Subjects{Prefix: cfg.NATS.Stream.SubjectPrefix}))
+	return h, js, nc.Close, nil
 }
 
-// streamEvent is one message as read from the stream.
-type streamEvent struct {
-	Stream  string
-	Seq     uint64
-	Stored  time.Time // when the stream stored it
-	Subject string
-	Header  nats.Header
-	Data    []byte
-}
-
-func eventOf(m jetstream.Msg) (streamEvent, error) {
-	md, err := m.Metadata()
-	if err != nil {
-		return streamEvent{}, fmt.Errorf("stream message metadata: %w", err)
-	}
-	return streamEvent{Stream: md.Stream, Seq: md.Sequence.Stream, Stored: md.Timestamp, Subject: m.Subject(), Header: m.Headers(), Data: m.Data()}, nil
-}
-
-// streamRange bounds a scan of the stream. Zero fields do not bound.
-type streamRange struct {
-	FromSeq uint64    // first sequence
-	ToSeq   uint64    // last sequence, inclusive
-	Since   time.Time // first stored at or after (ignored when FromSeq is set)
-	Until   time.Time // last stored at or before
-}
-
-// openStream looks the stream up. A missing stream is a configuration
-// problem (wrong name, or the service never ran against this NATS).
-func openStream(ctx context.Context, js jetstream.JetStream, name string) (jetstream.Stream, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	s, err := js.Stream(ctx, name)
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return nil, usageError{fmt.Errorf("stream %s does not exist on this NATS (has the service run here? is nats.stream.name right?)", name)}
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%w: stream %s: %v", errInfra, name, err)
-	}
-	return s, nil
-}
-
-// scanBatch is how many messages one fetch of a scan asks for.
-const scanBatch = 256
-
-// scanStream calls fn with each message of stream matching filters within
-// r, in stream order. It ends at r's end, and never after the stream's last
-// message when the scan began: it never waits for new messages. fn's error
-// stops the scan and is returned.
-func scanStream(ctx context.Context, js jetstream.JetStream, stream string, filters []string, r streamRange, fn func(streamEvent) error) error {
-	s, err := openStream(ctx, js, stream)
-	if err != nil {
-		return err
-	}
-	last := s.CachedInfo().State.LastSeq
-	end := r.ToSeq
-	if end == 0 || end > last {
-		end = last
-	}
-	if end == 0 || r.FromSeq > end {
-		return nil
-	}
-	flt, err := serverFilter(js, filters)
-	if err != nil {
-		return fmt.Errorf("%w: read stream %s: %v", errInfra, stream, err)
-	}
-	cc := jetstream.ConsumerConfig{
-		DeliverPolicy:     jetstream.DeliverAllPolicy,
-		AckPolicy:         jetstream.AckNonePolicy,
-		InactiveThreshold: time.Minute, // gone soon even if this process dies mid-scan
-		MemoryStorage:     true,
-		Replicas:          1,
-	}
+// historyErr maps what reading the stream failed on to the exit codes: a
+// missing stream is configuration (2), NATS failing is infrastructure (3);
+// other errors (writing the output, an interrupt) pass as they are.
+func historyErr(err error) error {
+	var ue *streamhistory.UnavailableError
 	switch {
-	case r.FromSeq > 0:
-		cc.DeliverPolicy, cc.OptStartSeq = jetstream.DeliverByStartSequencePolicy, r.FromSeq
-	case !r.Since.IsZero():
-		since := r.Since
-		cc.DeliverPolicy, cc.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
+	case errors.Is(err, streamhistory.ErrNoStream):
+		return usageError{fmt.Errorf("%w (has the service run here? is nats.stream.name right?)", err)}
+	case errors.As(err, &ue):
+		return fmt.Errorf("%w: %v", errInfra, err)
 	}
-	flt.Apply(&cc)
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	cons, err := s.CreateConsumer(cctx, cc)
-	cancel()
-	if err != nil {
-		return fmt.Errorf("%w: read stream %s: %v", errInfra, stream, err)
-	}
-	defer func() {
-		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = s.DeleteConsumer(dctx, cons.CachedInfo().Name)
-	}()
-	pending := cons.CachedInfo().NumPending
-	for pending > 0 {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		batch, err := cons.Fetch(int(min(pending, scanBatch)), jetstream.FetchMaxWait(10*time.Second))
-		if err != nil {
-			return fmt.Errorf("%w: read stream %s: %v", errInfra, stream, err)
-		}
-		got := 0
-		for m := range batch.Messages() {
-			got++
-			ev, err := eventOf(m)
-			if err != nil {
-				return err
-			}
-			if ev.Seq > end || (!r.Until.IsZero() && ev.Stored.After(r.Until)) {
-				return nil
-			}
-			if flt.Matches(ev.Subject) {
-				if err := fn(ev); err != nil {
-					return err
-				}
-			}
-			if ev.Seq == end {
-				return nil
-			}
-			md, _ := m.Metadata()
-			pending = md.NumPending
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
-			return fmt.Errorf("%w: read stream %s: %v", errInfra, stream, err)
-		}
-		if got == 0 {
-			return fmt.Errorf("%w: read stream %s: no messages delivered although %d are pending", errInfra, stream, pending)
-		}
-	}
-	return nil
-}
-
-// followStream calls fn with each message matching filters, from since
-// (zero: only new messages) on, until ctx ends; then it returns nil.
-func followStream(ctx context.Context, js jetstream.JetStream, stream string, filters []string, since time.Time, fn func(streamEvent) error) error {
-	s, err := openStream(ctx, js, stream)
-	if err != nil {
-		return err
-	}
-	flt, err := serverFilter(js, filters)
-	if err != nil {
-		return fmt.Errorf("%w: follow stream %s: %v", errInfra, stream, err)
-	}
-	oc := jetstream.OrderedConsumerConfig{FilterSubjects: flt.Subjects, DeliverPolicy: jetstream.DeliverNewPolicy}
-	if !since.IsZero() {
-		oc.DeliverPolicy, oc.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
-	}
-	cons, err := s.OrderedConsumer(ctx, oc)
-	if err != nil {
-		return fmt.Errorf("%w: follow stream %s: %v", errInfra, stream, err)
-	}
-	events := make(chan streamEvent, 64)
-	cc, err := cons.Consume(func(m jetstream.Msg) {
-		if !flt.Matches(m.Subject()) {
-			return
-		}
-		ev, err := eventOf(m)
-		if err != nil {
-			return
-		}
-		select {
-		case events <- ev:
-		case <-ctx.Done():
-		}
-	})
-	if err != nil {
-		return fmt.Errorf("%w: follow stream %s: %v", errInfra, stream, err)
-	}
-	defer cc.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case ev := <-events:
-			if err := fn(ev); err != nil {
-				return err
-			}
-		}
-	}
+	return err
 }
 
 // eventView is the JSON form of an event (events --json).
@@ -348,41 +183,14 @@ type eventView struct {
 	RawBody   string          `json:"rawBody,omitempty"` // a body that is not JSON
 }
 
-// time is the event's ce-time, else when the stream stored it.
-func (ev streamEvent) time(env messages.Envelope) time.Time {
-	if !env.Time.IsZero() {
-		return env.Time.UTC()
-	}
-	return ev.Stored.UTC()
-}
-
-// ids returns the event's own id and the id of the request it is about.
-func (ev streamEvent) ids(kind string) (id, requestID string) {
-	id = messages.RequestID(ev.Header, ev.Stream, ev.Seq)
-	switch kind {
-	case messages.KindRequested:
-		return id, id
-	case messages.KindCompleted, messages.KindFailed:
-		var b struct {
-			RequestID string `json:"requestId"`
-		}
-		if json.Unmarshal(ev.Data, &b) == nil && b.RequestID != "" {
-			return id, b.RequestID
-		}
-		r, _ := strings.CutSuffix(id, "/"+kind)
-		return id, r
-	}
-	return id, ""
-}
-
-func (ev streamEvent) view(s messages.Subjects) eventView {
-	env, _ := messages.ReadEnvelope(ev.Header)
+func eventViewOf(ev streamhistory.Event, s messages.Subjects) eventView {
+	env := ev.Envelope()
 	kind, target, _ := s.TargetOf(ev.Subject)
 	v := eventView{
-		Seq: ev.Seq, Time: ev.time(env), Stored: ev.Stored.UTC(), Subject: ev.Subject, Kind: kind, Target: target,
+		Seq: ev.Seq, Time: ev.Time(), Stored: ev.Stored.UTC(), Subject: ev.Subject, Kind: kind, Target: target,
 		Type: env.Type, Source: env.Source, ReplayOf: env.ReplayOf,
 	}
-	v.ID, v.RequestID = ev.ids(kind)
+	v.ID, v.RequestID = ev.IDs(kind)
 	if json.Valid(ev.Data) {
 		v.Body = redactBody(ev.Data)
 	} else {
@@ -394,8 +202,8 @@ func (ev streamEvent) view(s messages.Subjects) eventView {
 // line is the one-line form of an event:
 //
 //	#12  2026-11-27T08:00:34.852Z  requested  default  <request id>  saveMode=merge since=auto
-func (ev streamEvent) line(s messages.Subjects) string {
-	v := ev.view(s)
+func eventLine(ev streamhistory.Event, s messages.Subjects) string {
+	v := eventViewOf(ev, s)
 	kind := v.Kind
 	if kind == "" {
 		kind = "?"

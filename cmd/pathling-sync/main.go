@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pathling-sync/pathling-sync/config"
+	"github.com/pathling-sync/pathling-sync/internal/clock"
 	"github.com/pathling-sync/pathling-sync/observability"
 )
 
@@ -81,6 +82,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, env func(
 }
 
 type globals struct {
+	clock      clock.Clock // time the client commands read (tests may set it)
 	configPath string
 	stdout     io.Writer
 	stderr     io.Writer
@@ -88,7 +90,7 @@ type globals struct {
 }
 
 func newRootCmd(stdout, stderr io.Writer, env func(string) string) *cobra.Command {
-	g := &globals{stdout: stdout, stderr: stderr, env: env}
+	g := &globals{clock: clock.System{}, stdout: stdout, stderr: stderr, env: env}
 	root := &cobra.Command{
 		Use:           "pathling-sync",
 		Short:         "Keep Pathling in sync with FHIR Bulk Data sources, driven by NATS JetStream events",

@@ -3,15 +3,18 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/pathling-sync/pathling-sync/clients/streamhistory"
 	pathlingemu "github.com/pathling-sync/pathling-sync/emulators/pathling"
 	"github.com/pathling-sync/pathling-sync/handlers"
 	"github.com/pathling-sync/pathling-sync/internal/devenv"
 	"github.com/pathling-sync/pathling-sync/internal/testenv"
+	"github.com/pathling-sync/pathling-sync/messages"
 )
 
 func TestProgressPrinterPlain(t *testing.T) {
@@ -95,6 +98,46 @@ func TestLoadProgress(t *testing.T) {
 	r := &handlers.Run{State: handlers.RunPolling, Polls: 4, Progress: "55%", Attempts: 1, Driver: "replica-1"}
 	if p := loadProgress(ctx, fakeRuns{run: r}, "t", "r"); p == nil || p.String() != "polling, 4 polls, X-Progress 55%" || p.Driver != "replica-1" {
 		t.Errorf("polling: %+v", p)
+	}
+}
+
+// waitClock is a clock whose waits of exactly due fire at once and whose
+// other waits never do: a wait's deadline without waiting it out.
+type waitClock struct {
+	now time.Time
+	due time.Duration
+}
+
+func (c waitClock) Now() time.Time { return c.now }
+
+func (c waitClock) After(d time.Duration) <-chan time.Time {
+	ch := make(chan time.Time, 1)
+	if d == c.due {
+		ch <- c.now.Add(d)
+	}
+	return ch
+}
+
+// request --wait gives up at its wait timeout (infrastructure, exit 3), and
+// the timeout defaults to the sync's own plus 5 minutes.
+func TestWaiterGivesUpAtItsDeadline(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, c := range []struct {
+		waitTimeout time.Duration
+		req         messages.SyncRequested
+		want        time.Duration
+	}{
+		{90 * time.Second, messages.SyncRequested{}, 90 * time.Second},
+		{0, messages.SyncRequested{Timeout: "1h"}, time.Hour + 5*time.Minute},
+		{0, messages.SyncRequested{}, 2*time.Hour + 5*time.Minute},
+	} {
+		var out testenv.Buffer
+		w := &waiter{g: &globals{stdout: &out}, o: &requestOptions{waitTimeout: c.waitTimeout}, target: "t", requestID: "r",
+			clock: waitClock{now: t0, due: c.want}}
+		err := w.wait(t.Context(), c.req, make(chan streamhistory.Event))
+		if !errors.Is(err, errInfra) || !strings.Contains(err.Error(), "no outcome within "+c.want.String()) {
+			t.Errorf("%+v: %v", c, err)
+		}
 	}
 }
 

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -14,6 +13,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pathling-sync/pathling-sync/clients/natsbus"
+	"github.com/pathling-sync/pathling-sync/clients/streamhistory"
+	"github.com/pathling-sync/pathling-sync/internal/clock"
 	"github.com/pathling-sync/pathling-sync/messages"
 )
 
@@ -94,8 +95,8 @@ type replayReport struct {
 	NotFailed int          `json:"notFailed,omitempty"`
 }
 
-func (o *replayOptions) check(now time.Time) (streamRange, error) {
-	var r streamRange
+func (o *replayOptions) check(now time.Time) (streamhistory.Range, error) {
+	var r streamhistory.Range
 	timeRange := o.since != "" || o.until != ""
 	seqRange := o.fromSeq != 0 || o.toSeq != 0
 	if timeRange && seqRange {
@@ -133,7 +134,7 @@ func (o *replayOptions) check(now time.Time) (streamRange, error) {
 }
 
 func runReplay(ctx context.Context, g *globals, o *replayOptions) error {
-	r, err := o.check(time.Now())
+	r, err := o.check(g.clock.Now())
 	if err != nil {
 		return usageError{err}
 	}
@@ -141,93 +142,44 @@ func runReplay(ctx context.Context, g *globals, o *replayOptions) error {
 	if err != nil {
 		return err
 	}
-	nc, js, err := openJetStream(cfg, "pathling-sync replay", g)
+	h, js, closeConn, err := openHistory(cfg, "pathling-sync replay", g)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	subjects := messages.Subjects{Prefix: cfg.NATS.Stream.SubjectPrefix}
-	stream := cfg.NATS.Stream.Name
-	tok := "*"
-	if o.target != "" {
-		tok = o.target
+	defer closeConn()
+	q := streamhistory.ReplayQuery{Target: o.target, Range: r, OnlyFailed: o.onlyFailed, IncludeReplayed: o.includeReplayed}
+	for _, reason := range o.reasons {
+		q.Reasons = append(q.Reasons, messages.Reason(reason))
 	}
-
-	// The requests in range; with --only-failed, also every later request
-	// that replays one (the scan runs on to the stream's end for those).
-	var found []streamEvent
-	replayed := map[string]string{} // original id -> id of its latest replay
-	scan := r
-	if o.onlyFailed {
-		scan.ToSeq, scan.Until = 0, time.Time{}
-	}
-	inRange := func(ev streamEvent) bool {
-		return (r.ToSeq == 0 || ev.Seq <= r.ToSeq) && (r.Until.IsZero() || !ev.Stored.After(r.Until))
-	}
-	err = scanStream(ctx, js, stream, []string{subjects.Requested(tok)}, scan, func(ev streamEvent) error {
-		if env, _ := messages.ReadEnvelope(ev.Header); env.ReplayOf != "" {
-			id, _ := ev.ids(messages.KindRequested)
-			replayed[env.ReplayOf] = id
-		}
-		if inRange(ev) {
-			found = append(found, ev)
-		}
-		return nil
-	})
+	sel, err := h.SelectReplays(ctx, q)
 	if err != nil {
-		return err
+		return historyErr(err)
 	}
 
-	var failed map[string]messages.Reason // request id -> why it failed
-	if o.onlyFailed && len(found) > 0 {
-		// Outcomes come after their requests: scan the failures from the first request on.
-		failed = map[string]messages.Reason{}
-		err = scanStream(ctx, js, stream, []string{subjects.Failed(tok)}, streamRange{FromSeq: found[0].Seq}, func(ev streamEvent) error {
-			_, rid := ev.ids(messages.KindFailed)
-			var f messages.SyncFailed
-			_ = json.Unmarshal(ev.Data, &f)
-			failed[rid] = f.Reason
-			return nil
-		})
-		if err != nil {
-			return err
+	rep := replayReport{DryRun: o.dryRun, Replays: []replayItem{}, Skipped: []replaySkip{}, NotFailed: sel.NotFailed}
+	for _, s := range sel.Skipped {
+		var why string
+		switch {
+		case s.FailedWith != "":
+			why = "failed with " + string(s.FailedWith)
+		case s.ReplayedAs != "":
+			why = "already replayed as " + s.ReplayedAs
+		default:
+			why = "invalid body: " + clip(s.Invalid.Error(), 120)
 		}
+		rep.Skipped = append(rep.Skipped, replaySkip{Seq: s.Event.Seq, OriginalID: s.OriginalID, Reason: why})
 	}
-
-	rep := replayReport{DryRun: o.dryRun, Replays: []replayItem{}, Skipped: []replaySkip{}}
-	for _, ev := range found {
-		origID, _ := ev.ids(messages.KindRequested)
-		if o.onlyFailed {
-			reason, ok := failed[origID]
-			if !ok {
-				rep.NotFailed++
-				continue
-			}
-			if len(o.reasons) > 0 && !slices.Contains(o.reasons, string(reason)) {
-				rep.Skipped = append(rep.Skipped, replaySkip{Seq: ev.Seq, OriginalID: origID, Reason: "failed with " + string(reason)})
-				continue
-			}
-		}
-		if by, ok := replayed[origID]; ok && o.onlyFailed && !o.includeReplayed {
-			rep.Skipped = append(rep.Skipped, replaySkip{Seq: ev.Seq, OriginalID: origID, Reason: "already replayed as " + by})
-			continue
-		}
-		_, target, _ := subjects.TargetOf(ev.Subject)
-		req, err := messages.DecodeRequested(ev.Data)
-		if err != nil {
-			// It failed as invalid_request and would again: nothing to replay.
-			rep.Skipped = append(rep.Skipped, replaySkip{Seq: ev.Seq, OriginalID: origID, Reason: "invalid body: " + clip(err.Error(), 120)})
-			continue
-		}
+	for _, it := range sel.Replays {
+		// Queued, so that the replays run one after another instead of failing with conflict.
+		req := it.Request
 		req.Concurrency = messages.ConcurrencyQueue
 		body, err := json.Marshal(req)
 		if err != nil {
 			return err
 		}
-		env, _ := messages.ReadEnvelope(ev.Header)
 		rep.Replays = append(rep.Replays, replayItem{
-			Seq: ev.Seq, Time: ev.time(env), Target: target, OriginalID: origID,
-			ID: replayID(origID), Body: body,
+			Seq: it.Event.Seq, Time: it.Event.Time(), Target: it.Target, OriginalID: it.OriginalID,
+			ID: replayID(it.OriginalID), Body: body,
 		})
 	}
 
@@ -238,7 +190,7 @@ func runReplay(ctx context.Context, g *globals, o *replayOptions) error {
 	if !o.dryRun {
 		for i := range rep.Replays {
 			it := &rep.Replays[i]
-			ack, err := publishReplay(ctx, js, subjects, it)
+			ack, err := publishReplay(ctx, js, h.Subjects(), g.clock, it)
 			if err != nil {
 				pubErr = fmt.Errorf("%w: replay of %s (seq %d): %v (%d of %d published)", errInfra, it.OriginalID, it.Seq, err, i, len(rep.Replays))
 				rep.Replays = rep.Replays[:i]
@@ -263,11 +215,8 @@ func replayID(original string) string {
 	return "replay:" + original + ":" + strings.ReplaceAll(uuid.NewString(), "-", "")[:8]
 }
 
-func publishReplay(ctx context.Context, js jetstream.JetStream, subjects messages.Subjects, it *replayItem) (*jetstream.PubAck, error) {
-	env := messages.Envelope{
-		ID: it.ID, Source: "pathling-sync-cli", Type: messages.TypeRequested, Subject: it.Target,
-		ContentType: messages.ContentTypeJSON, Time: time.Now().UTC(), ReplayOf: it.OriginalID,
-	}
+func publishReplay(ctx context.Context, js jetstream.JetStream, subjects messages.Subjects, clk clock.Clock, it *replayItem) (*jetstream.PubAck, error) {
+	env := messages.NewRequestEnvelope(it.ID, cliSource, it.Target, clk.Now(), messages.WithReplayOf(it.OriginalID))
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	return natsbus.PublishRequest(ctx, js, subjects.Requested(it.Target), env, it.Body)

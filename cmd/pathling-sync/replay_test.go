@@ -146,7 +146,7 @@ func (e *opsEnv) cliCtx(ctx context.Context, args ...string) (code int, stdout, 
 func (e *opsEnv) publish(target, id string, req messages.SyncRequested) uint64 {
 	e.t.Helper()
 	body, _ := json.Marshal(req)
-	env := messages.Envelope{ID: id, Source: "test", Type: messages.TypeRequested, Subject: target, Time: time.Now().UTC()}
+	env := messages.NewRequestEnvelope(id, "test", target, time.Now())
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	ack, err := natsbus.PublishRequest(ctx, e.js, "pathling.sync.requested."+target, env, body)

@@ -16,7 +16,9 @@ import (
 
 	"github.com/pathling-sync/pathling-sync/clients/natsbus"
 	"github.com/pathling-sync/pathling-sync/clients/redisstore"
+	"github.com/pathling-sync/pathling-sync/clients/streamhistory"
 	"github.com/pathling-sync/pathling-sync/config"
+	"github.com/pathling-sync/pathling-sync/internal/clock"
 	"github.com/pathling-sync/pathling-sync/internal/devenv"
 	"github.com/pathling-sync/pathling-sync/messages"
 )
@@ -232,58 +234,32 @@ func runRequest(ctx context.Context, g *globals, o *requestOptions) error {
 	if err != nil {
 		return err
 	}
-	nc, js, err := openJetStream(cfg, "pathling-sync request", g)
+	h, js, closeConn, err := openHistory(cfg, "pathling-sync request", g)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
+	defer closeConn()
 	id := o.id
 	if id == "" {
 		id = uuid.NewString()
 	}
-	subjects := messages.Subjects{Prefix: cfg.NATS.Stream.SubjectPrefix}
 
-	var outcomes jetstream.ConsumeContext
-	results := make(chan jetstream.Msg, 4)
+	var outcome *streamhistory.OutcomeWatch
 	if o.wait {
 		// Listen before publishing, so that even a fast outcome is seen.
-		flt, err := serverFilter(js, []string{subjects.Completed(o.target), subjects.Failed(o.target)})
+		outcome, err = h.WatchOutcome(ctx, o.target, id)
 		if err != nil {
-			return fmt.Errorf("%w: follow outcomes on stream %s: %v", errInfra, cfg.NATS.Stream.Name, err)
+			return fmt.Errorf("%w: %v", errInfra, err)
 		}
-		cons, err := js.OrderedConsumer(ctx, cfg.NATS.Stream.Name, jetstream.OrderedConsumerConfig{
-			FilterSubjects: flt.Subjects,
-			DeliverPolicy:  jetstream.DeliverNewPolicy,
-		})
-		if err != nil {
-			return fmt.Errorf("%w: follow outcomes on stream %s: %v", errInfra, cfg.NATS.Stream.Name, err)
-		}
-		outcomes, err = cons.Consume(func(m jetstream.Msg) {
-			if !flt.Matches(m.Subject()) {
-				return
-			}
-			if m.Headers().Get(messages.HeaderID) == messages.CompletedID(id) || m.Headers().Get(messages.HeaderID) == messages.FailedID(id) {
-				select {
-				case results <- m:
-				default:
-				}
-			}
-		})
-		if err != nil {
-			return fmt.Errorf("%w: follow outcomes: %v", errInfra, err)
-		}
-		defer outcomes.Stop()
+		defer outcome.Stop()
 	}
 
 	body, _ := json.Marshal(req)
-	env := messages.Envelope{
-		ID: id, Source: "pathling-sync-cli", Type: messages.TypeRequested, Subject: o.target,
-		ContentType: messages.ContentTypeJSON, Time: time.Now().UTC(),
-		// A caller's trace (e.g. a pipeline step) continues into the sync.
-		TraceParent: strings.TrimSpace(g.env("TRACEPARENT")), TraceState: strings.TrimSpace(g.env("TRACESTATE")),
-	}
+	// A caller's trace (e.g. a pipeline step) continues into the sync.
+	env := messages.NewRequestEnvelope(id, cliSource, o.target, g.clock.Now(),
+		messages.WithTraceContext(strings.TrimSpace(g.env("TRACEPARENT")), strings.TrimSpace(g.env("TRACESTATE"))))
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	ack, err := natsbus.PublishRequest(pctx, js, subjects.Requested(o.target), env, body)
+	ack, err := natsbus.PublishRequest(pctx, js, h.Subjects().Requested(o.target), env, body)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("%w: publish SyncRequested: %v", errInfra, err)
@@ -301,7 +277,7 @@ func runRequest(ctx context.Context, g *globals, o *requestOptions) error {
 		}
 		return nil
 	}
-	w := &waiter{g: g, o: o, target: o.target, requestID: id}
+	w := &waiter{g: g, o: o, target: o.target, requestID: id, clock: g.clock}
 	if !o.jsonOut {
 		// Live progress comes from the run record in Redis; without Redis the
 		// wait still works, with elapsed time only.
@@ -313,19 +289,24 @@ func runRequest(ctx context.Context, g *globals, o *requestOptions) error {
 			w.runs = store
 		}
 	}
-	return w.wait(ctx, req, results)
+	return w.wait(ctx, req, outcome.Outcome())
 }
 
-// waiter follows a published request to its outcome.
+// cliSource is the CloudEvents source of the requests the CLI publishes
+// (request, replay).
+const cliSource = "pathling-sync-cli"
+
+// waiter shows a published request's progress until its outcome arrives.
 type waiter struct {
 	g         *globals
 	o         *requestOptions
 	target    string
 	requestID string
 	runs      runLoader // nil: no live progress
+	clock     clock.Clock
 }
 
-func (w *waiter) wait(ctx context.Context, req messages.SyncRequested, results <-chan jetstream.Msg) error {
+func (w *waiter) wait(ctx context.Context, req messages.SyncRequested, outcome <-chan streamhistory.Event) error {
 	limit := w.o.waitTimeout
 	if limit <= 0 {
 		limit = 2*time.Hour + 5*time.Minute
@@ -333,42 +314,41 @@ func (w *waiter) wait(ctx context.Context, req messages.SyncRequested, results <
 			limit = d + 5*time.Minute
 		}
 	}
-	progress := newProgressPrinter(w.g.stdout, time.Now())
-	deadline := time.NewTimer(limit)
-	defer deadline.Stop()
-	tick := time.NewTicker(progressInterval)
-	defer tick.Stop()
+	progress := newProgressPrinter(w.g.stdout, w.clock.Now())
+	deadline := w.clock.After(limit)
+	tick := w.clock.After(progressInterval)
 	for {
 		select {
 		case <-ctx.Done():
 			progress.finish()
 			return usageError{errors.New("interrupted while waiting; the sync goes on in the service")}
-		case <-deadline.C:
+		case <-deadline:
 			progress.finish()
 			return fmt.Errorf("%w: no outcome within %s", errInfra, limit)
-		case now := <-tick.C:
+		case now := <-tick:
 			if !w.o.jsonOut {
 				progress.show(now, loadProgress(ctx, w.runs, w.target, w.requestID))
 			}
-		case m := <-results:
+			tick = w.clock.After(progressInterval)
+		case ev := <-outcome:
 			progress.finish()
-			return printOutcome(w.g, w.o, m)
+			return printOutcome(w.g, w.o, ev)
 		}
 	}
 }
 
-func printOutcome(g *globals, o *requestOptions, m jetstream.Msg) error {
-	failed := m.Headers().Get(messages.HeaderType) == messages.TypeFailed
+func printOutcome(g *globals, o *requestOptions, ev streamhistory.Event) error {
+	failed := ev.Header.Get(messages.HeaderType) == messages.TypeFailed
 	if o.jsonOut {
-		fmt.Fprintln(g.stdout, string(m.Data()))
+		fmt.Fprintln(g.stdout, string(ev.Data))
 	} else if failed {
 		var f messages.SyncFailed
-		_ = json.Unmarshal(m.Data(), &f)
+		_ = json.Unmarshal(ev.Data, &f)
 		fmt.Fprintf(g.stdout, "SyncFailed: %s (retryable: %t): %s\n", f.Reason, f.Retryable, f.Message)
-		fmt.Fprintln(g.stdout, indentJSON(m.Data()))
+		fmt.Fprintln(g.stdout, indentJSON(ev.Data))
 	} else {
 		var c messages.SyncCompleted
-		_ = json.Unmarshal(m.Data(), &c)
+		_ = json.Unmarshal(ev.Data, &c)
 		empty := ""
 		if c.Empty {
 			empty = ", no changes"
@@ -379,7 +359,7 @@ func printOutcome(g *globals, o *requestOptions, m jetstream.Msg) error {
 		}
 		fmt.Fprintf(g.stdout, "SyncCompleted in %s: %s imported%s, %s; next since=auto: %s\n",
 			time.Duration(c.DurationMs)*time.Millisecond, plural(c.Outputs, "file"), empty, plural(c.Polls, "poll"), next)
-		fmt.Fprintln(g.stdout, indentJSON(m.Data()))
+		fmt.Fprintln(g.stdout, indentJSON(ev.Data))
 	}
 	if failed {
 		return errSyncFailed

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -12,10 +11,10 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/pathling-sync/pathling-sync/clients/redisstore"
+	"github.com/pathling-sync/pathling-sync/clients/streamhistory"
 	"github.com/pathling-sync/pathling-sync/messages"
 )
 
@@ -114,14 +113,14 @@ func runStatus(ctx context.Context, g *globals, o *statusOptions) error {
 	if err != nil {
 		return err
 	}
-	nc, js, err := openJetStream(cfg, "pathling-sync status", g)
+	h, _, closeConn, err := openHistory(cfg, "pathling-sync status", g)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	stream, err := openStream(ctx, js, cfg.NATS.Stream.Name)
+	defer closeConn()
+	lastSeq, err := h.LastSeq(ctx)
 	if err != nil {
-		return err
+		return historyErr(err)
 	}
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	rdb, err := connectRedis(rctx, cfg.Redis)
@@ -131,22 +130,21 @@ func runStatus(ctx context.Context, g *globals, o *statusOptions) error {
 	}
 	defer rdb.Close()
 	store := redisstore.New(rdb, redisstore.WithPrefix(cfg.Redis.KeyPrefix))
-	subjects := messages.Subjects{Prefix: cfg.NATS.Stream.SubjectPrefix}
 
 	ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	now := time.Now()
+	now := g.clock.Now()
 	names := []string{o.target}
 	if o.target == "" {
-		names, err = knownTargets(ctx, slices.Sorted(maps.Keys(cfg.Targets)), stream, subjects, store)
+		names, err = knownTargets(ctx, slices.Sorted(maps.Keys(cfg.Targets)), h, store)
 		if err != nil {
 			return err
 		}
 	}
-	rep := statusReport{Stream: cfg.NATS.Stream.Name, LastSeq: stream.CachedInfo().State.LastSeq, At: now.UTC(),
+	rep := statusReport{Stream: cfg.NATS.Stream.Name, LastSeq: lastSeq, At: now.UTC(),
 		Targets: []targetStatus{}, configured: len(cfg.Targets) > 0}
 	for _, name := range names {
-		ts, err := targetState(ctx, name, now, store, stream, subjects)
+		ts, err := targetState(ctx, name, now, store, h)
 		if err != nil {
 			return err
 		}
@@ -164,19 +162,17 @@ func runStatus(ctx context.Context, g *globals, o *statusOptions) error {
 
 // knownTargets are the configured targets plus those the stream has events
 // of and those Redis has keys of, sorted.
-func knownTargets(ctx context.Context, configured []string, stream jetstream.Stream, subjects messages.Subjects, store *redisstore.Store) ([]string, error) {
+func knownTargets(ctx context.Context, configured []string, h *streamhistory.History, store *redisstore.Store) ([]string, error) {
 	set := map[string]bool{}
 	for _, n := range configured {
 		set[n] = true
 	}
-	info, err := stream.Info(ctx, jetstream.WithSubjectFilter(subjects.All()))
+	inStream, err := h.Targets(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("%w: stream info: %v", errInfra, err)
+		return nil, historyErr(err)
 	}
-	for subj := range info.State.Subjects {
-		if _, t, ok := subjects.TargetOf(subj); ok {
-			set[t] = true
-		}
+	for _, t := range inStream {
+		set[t] = true
 	}
 	ts, err := store.Targets(ctx)
 	if err != nil {
@@ -193,7 +189,7 @@ func knownTargets(ctx context.Context, configured []string, stream jetstream.Str
 	return out, nil
 }
 
-func targetState(ctx context.Context, name string, now time.Time, store *redisstore.Store, stream jetstream.Stream, subjects messages.Subjects) (targetStatus, error) {
+func targetState(ctx context.Context, name string, now time.Time, store *redisstore.Store, h *streamhistory.History) (targetStatus, error) {
 	ts := targetStatus{Name: name, Running: []runView{}, Queue: []queueView{}, Watermarks: []watermarkView{}}
 	redisErr := func(err error) error { return fmt.Errorf("%w: Redis: %v", errInfra, err) }
 	lock, held, err := store.Lock(ctx, name)
@@ -232,34 +228,20 @@ func targetState(ctx context.Context, name string, now time.Time, store *redisst
 		ts.Watermarks = append(ts.Watermarks, watermarkView{Key: key, Time: t, AgeSeconds: int64(now.Sub(t).Seconds())})
 	}
 	slices.SortFunc(ts.Watermarks, func(a, b watermarkView) int { return strings.Compare(a.Key, b.Key) })
-	ts.LastOutcome, err = lastOutcome(ctx, stream, subjects, name)
+	ts.LastOutcome, err = lastOutcome(ctx, h, name)
 	return ts, err
 }
 
-// lastOutcome is the later of the target's last SyncCompleted and last
-// SyncFailed in the stream; nil when it has neither.
-func lastOutcome(ctx context.Context, stream jetstream.Stream, subjects messages.Subjects, target string) (*outcomeView, error) {
-	var latest *jetstream.RawStreamMsg
-	for _, subj := range []string{subjects.Completed(target), subjects.Failed(target)} {
-		m, err := stream.GetLastMsgForSubject(ctx, subj)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("%w: last event on %s: %v", errInfra, subj, err)
-		}
-		if latest == nil || m.Sequence > latest.Sequence {
-			latest = m
-		}
+// lastOutcome is the view of the target's last outcome in the stream; nil
+// when it has none.
+func lastOutcome(ctx context.Context, h *streamhistory.History, target string) (*outcomeView, error) {
+	ev, ok, err := h.LastOutcome(ctx, target)
+	if err != nil || !ok {
+		return nil, historyErr(err)
 	}
-	if latest == nil {
-		return nil, nil
-	}
-	ev := streamEvent{Stream: stream.CachedInfo().Config.Name, Seq: latest.Sequence, Stored: latest.Time, Subject: latest.Subject, Header: latest.Header, Data: latest.Data}
-	kind, _, _ := subjects.TargetOf(ev.Subject)
-	env, _ := messages.ReadEnvelope(ev.Header)
-	_, rid := ev.ids(kind)
-	v := &outcomeView{Kind: kind, Seq: ev.Seq, Time: ev.time(env), RequestID: rid, Summary: summarize(kind, ev.Data, env.ReplayOf)}
+	kind, _, _ := h.Subjects().TargetOf(ev.Subject)
+	_, rid := ev.IDs(kind)
+	v := &outcomeView{Kind: kind, Seq: ev.Seq, Time: ev.Time(), RequestID: rid, Summary: summarize(kind, ev.Data, ev.Envelope().ReplayOf)}
 	if json.Valid(ev.Data) {
 		v.Body = redactBody(ev.Data)
 	}
