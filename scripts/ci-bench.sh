@@ -12,7 +12,7 @@ if ! command -v redis-server >/dev/null; then
 fi
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-if ! timeout 180 env -u FLOORBENCH make --no-print-directory bench \
+if ! timeout 180 env -u FLOORBENCH make -s --no-print-directory bench \
     BENCHFLAGS="-short -scenario throughput -workdir $out/work" >"$out/bench.jsonl" 2>"$out/bench.txt"; then
   cat "$out/bench.txt"
   for log in "$out"/work/*.log; do [ -e "$log" ] && { echo "== $log"; tail -n 30 "$log"; }; done

@@ -142,7 +142,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("%s: %w (service logs in %s)", s.Name, err, o.WorkDir)
 		}
 		for _, r := range reports {
-			r.Params["seconds"] = int(time.Since(start).Seconds())
+			r.Params["scenarioSeconds"] = int(time.Since(start).Seconds())
 			r.WriteTable(stderr)
 			if err := enc.Encode(r); err != nil {
 				return err
