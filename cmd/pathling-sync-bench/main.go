@@ -72,7 +72,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&o.Inflight.Window, "inflight-window", o.Inflight.Window, "inflight: measurement window once all are in flight")
 	fs.IntVar(&o.Storm.N, "storm-n", o.Storm.N, "storm: requests for the one busy target")
 	fs.IntVar(&o.Queue.Pairs, "queue-pairs", o.Queue.Pairs, "queue: targets, each with a running and a queued request")
-	if err := fs.Parse(args); err != nil {
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+		return nil
+	} else if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
 	o.Paced.Rates = nil
