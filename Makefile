@@ -5,7 +5,7 @@ PKGS      := ./...
 STATICCHECK ?= $(shell command -v staticcheck 2>/dev/null || echo $(HOME)/go/bin/staticcheck)
 FUZZTIME  ?= 10s
 
-.PHONY: all build run test test-short lint fmt vet staticcheck fuzz bench clean e2e-tracing ci-observability faults faults-ci faults-bin
+.PHONY: all build run test test-short lint fmt vet staticcheck fuzz bench bench-go clean e2e-tracing ci-observability faults faults-ci faults-bin
 
 all: build
 
@@ -44,8 +44,15 @@ fuzz:
 	    echo "fuzz $$spec $$f"; $(GO) test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZTIME) $$spec; \
 	  done; done
 
-## bench: benchmarks (ratios, see docs/performance.md).
+## bench: the benchmark of the real service (docs/performance.md): every scenario against the real
+## `pathling-sync serve` binary, with the primitive floor when FLOORBENCH (or -floor) names floorbench's
+## directory. BENCHFLAGS passes flags, e.g. BENCHFLAGS="-scenario throughput,paced -short".
+BENCHFLAGS ?=
 bench:
+	$(GO) run ./cmd/pathling-sync-bench $(BENCHFLAGS)
+
+## bench-go: the Go micro-benchmarks of single operations.
+bench-go:
 	$(GO) test -run='^$$' -bench=. -benchmem $(PKGS)
 
 ## e2e-tracing: one sync's trace in a real Jaeger v2 (built from the Go module proxy once, cached; not in CI).

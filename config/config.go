@@ -119,6 +119,9 @@ type SentinelConfig struct {
 // AdminConfig is the admin HTTP listener (metrics, health).
 type AdminConfig struct {
 	Addr string `yaml:"addr" help:"admin HTTP listen address: /metrics, /livez, /readyz"`
+	// PProf is off by default: profiles and goroutine dumps reveal internals
+	// (URLs, request ids) to whoever reaches the admin port.
+	PProf bool `yaml:"pprof" help:"serve Go's net/http/pprof profiles under /debug/pprof/ on the admin listener"`
 }
 
 // LogConfig configures the service's logs.
