@@ -35,10 +35,28 @@ type driver struct {
 	skew      time.Duration // largest positive clock skew (local − Pathling) seen in this drive
 	retakes   int           // times the lock vanished and was taken again (retake)
 
+	// What the lock's store round trip read with the lease (Locker.Begin),
+	// so that the run's first steps need not read it again.
+	wm         storedWatermark // the run's stored watermark, when known under this lease
+	undeleted  []string        // jobs marked undeleted, for the first sweep
+	sweepKnown bool            // undeleted holds the first sweep's jobs (nil: none)
+
+	forget   string                          // a DELETEd job the finish drops from the registry
+	end      func(ctx context.Context) error // writes the run's end again (after a retake)
+	released bool                            // the finish released the lock
+
 	// pubSpan is the producer span of the outcome built by finish: the
 	// outcome's traceparent. It ends once the outcome is
 	// published (finishDisposition) or the drive stops without publishing.
 	pubSpan trace.Span
+}
+
+// storedWatermark is the stored watermark of a run's key as read under the
+// driver's current lease: only the lease's own fenced writes change it.
+type storedWatermark struct {
+	at    time.Time
+	ok    bool // one is stored
+	known bool // read under the current lease
 }
 
 // errTimeout ends a wait that reached the run's deadline.
@@ -130,21 +148,28 @@ func (dr *driver) retake(ctx context.Context) Disposition {
 		dr.log.ErrorContext(ctx, "another request took the target while the store had lost this run's lock; "+
 			"cancelling this run's Pathling job so that two imports never run on one target",
 			"holder", held.RequestID, "status_url", r.StatusURL)
-		dr.cancelJob(ctx)
+		dr.cancelJob(ctx, false)
 		return dr.stop(ctx, ErrLockLost)
 	case err != nil:
 		return dr.stop(ctx, err)
 	}
 	lease.Expires = granted.Add(dr.lockTTL)
 	dr.lease = lease
+	// Redis may have lost what was read under the old lease.
+	dr.wm, dr.sweepKnown, dr.undeleted = storedWatermark{}, false, nil
 	dr.log.InfoContext(ctx, "took the vanished lock again", "new_token", lease.Token)
+	if r.State.Terminal() && dr.end != nil {
+		// The run's end was refused (after the job's DELETE): write it
+		// again, whatever the clock says now.
+		if err := dr.end(ctx); err != nil {
+			return dr.stop(ctx, err)
+		}
+		return dr.finishDisposition(ctx)
+	}
 	if err := dr.save(ctx, dr.lease, r); err != nil {
 		return dr.stop(ctx, err)
 	}
 	if r.State.Terminal() {
-		// The terminal record was refused before the job's DELETE (finish):
-		// finish the finish, whatever the clock says now.
-		dr.deleteJob(ctx)
 		return dr.finishDisposition(ctx)
 	}
 	return dr.drive(ctx)
@@ -184,18 +209,18 @@ func (dr *driver) kickOff(ctx context.Context) error {
 	}
 	url := ko.StatusURL
 	dr.noteSkew(ctx, ko.ServerDate)
-	if err := dr.recordJob(ctx, url); err != nil {
-		return err
-	}
 	dr.failures = 0
 	dr.polls = 0
 	dr.deleted = false
 	r.StatusURL = url
 	r.State = RunPolling
 	r.Progress = ""
+	if err := dr.recordJob(ctx); err != nil {
+		return err
+	}
 	dr.log.InfoContext(ctx, "kicked off import", "status_url", url, "attempt", r.Attempts)
 	dr.observe(ctx, RunEvent{Kind: EventKickedOff, Target: r.Target, RequestID: r.RequestID, RunID: r.RunID})
-	return dr.save(ctx, dr.lease, r)
+	return nil
 }
 
 func (dr *driver) poll(ctx context.Context) error {
@@ -260,7 +285,7 @@ func (dr *driver) poll(ctx context.Context) error {
 		}
 		if f.Retryable {
 			// Even with KeepJobs: the identical re-kick would get the cached failure.
-			dr.cancelJob(ctx)
+			dr.cancelJob(ctx, false)
 			return dr.retryAfterFailure(ctx, f)
 		}
 		dr.deleteJob(ctx)
@@ -358,11 +383,13 @@ func (dr *driver) wait(ctx context.Context, d time.Duration) error {
 	}
 }
 
+// deleteJob DELETEs the current job unless the target keeps jobs; the run's
+// finish drops it from the registry.
 func (dr *driver) deleteJob(ctx context.Context) {
 	if dr.t.KeepJobs {
 		return
 	}
-	dr.cancelJob(ctx)
+	dr.cancelJob(ctx, true)
 }
 
 // Bounds of deleting jobs: cancelJob's tries of one DELETE, and the sweep of
@@ -379,8 +406,10 @@ const (
 // finished job's memory. It tries a few times within a short bound; a job it
 // could not delete is marked undeleted in the registry, so that the next
 // kick-off for the target deletes it first (else Pathling could hand that
-// kick-off this job, with its older export).
-func (dr *driver) cancelJob(ctx context.Context) {
+// kick-off this job, with its older export). A deleted job is dropped from
+// the registry at once, or, with forgetInFinish, by the run's finish (one
+// write fewer).
+func (dr *driver) cancelJob(ctx context.Context, forgetInFinish bool) {
 	url := dr.run.StatusURL
 	if dr.deleted || url == "" {
 		return
@@ -404,6 +433,10 @@ func (dr *driver) cancelJob(ctx context.Context) {
 			}
 		}
 		if err = dr.t.Pathling.Delete(dctx, url); err == nil {
+			if forgetInFinish && dr.jobs != nil {
+				dr.forget = url
+				return
+			}
 			dr.forgetJob(ctx, url)
 			return
 		}
@@ -423,15 +456,19 @@ func (dr *driver) cancelJob(ctx context.Context) {
 	}
 }
 
-// withinLease renews the lease (best effort: a failure shows at the next
-// fenced write) and cuts d to two thirds of what then remains, so that a
-// bounded side task (DELETE retries, the sweep) never lets the lock lapse
-// before the writes that follow it.
+// withinLease renews the lease when its renewal is due or its expiry
+// unknown (best effort: a failure shows at the next fenced write) and cuts d
+// to two thirds of what then remains, so that a bounded side task (DELETE
+// retries, the sweep) never lets the lock lapse before the writes that
+// follow it. A lease renewed less than a third of its TTL ago is left as it
+// is: a round trip saved on every fast run, for at least 4/9 of the TTL.
 func (dr *driver) withinLease(ctx context.Context, d time.Duration) time.Duration {
 	now := dr.now()
-	if err := dr.locker.Renew(context.WithoutCancel(ctx), dr.lease, dr.lockTTL); err == nil {
-		dr.lease.Expires = now.Add(dr.lockTTL)
-		dr.nextRenew = now.Add(dr.lockTTL / 3)
+	if dr.lease.Expires.IsZero() || !now.Before(dr.nextRenew) {
+		if err := dr.locker.Renew(context.WithoutCancel(ctx), dr.lease, dr.lockTTL); err == nil {
+			dr.lease.Expires = now.Add(dr.lockTTL)
+			dr.nextRenew = now.Add(dr.lockTTL / 3)
+		}
 	}
 	if dr.lease.Expires.IsZero() {
 		return d
@@ -460,12 +497,19 @@ func (dr *driver) deleteLeftBehind(ctx context.Context) {
 	if jobs == nil {
 		return
 	}
+	urls, known := dr.undeleted, dr.sweepKnown
+	dr.undeleted, dr.sweepKnown = nil, false // read with the lock: good for the first sweep only
+	if known && len(urls) == 0 {
+		return
+	}
 	sctx, cancel := context.WithTimeout(ctx, dr.withinLease(ctx, sweepBudget))
 	defer cancel()
-	urls, err := jobs.UndeletedJobs(sctx, dr.run.Target, sweepMaxJobs)
-	if err != nil {
-		dr.log.WarnContext(ctx, "list undeleted Pathling jobs", "error", err)
-		return
+	if !known {
+		var err error
+		if urls, err = jobs.UndeletedJobs(sctx, dr.run.Target, sweepMaxJobs); err != nil {
+			dr.log.WarnContext(ctx, "list undeleted Pathling jobs", "error", err)
+			return
+		}
 	}
 	for _, url := range urls {
 		if err := dr.t.Pathling.Delete(sctx, url); err != nil {
@@ -482,16 +526,24 @@ func (dr *driver) deleteLeftBehind(ctx context.Context) {
 	}
 }
 
-// recordJob registers the job a kick-off returned, with the run's watermark
-// base (its first kick-off: no later than this one). When Pathling handed back
-// a job an earlier run started (an identical request), the data come from
-// that job's export: the run's watermark base moves back to that run's.
-func (dr *driver) recordJob(ctx context.Context, url string) error {
-	if dr.jobs == nil {
-		return nil
-	}
+// recordJob registers the job a kick-off returned (r.StatusURL), with the
+// run's watermark base (its first kick-off: no later than this one), and
+// saves the polling record in the same write. When Pathling handed back a
+// job an earlier run started (an identical request), the data come from
+// that job's export: the run's watermark base moves back to that run's
+// before the record is saved.
+func (dr *driver) recordJob(ctx context.Context) error {
 	r := dr.run
-	earliest, err := dr.jobs.RecordJob(ctx, r.Target, url, r.FirstKickOff)
+	if dr.jobs == nil {
+		return dr.save(ctx, dr.lease, r)
+	}
+	var earliest time.Time
+	err := dr.retryStore(ctx, dr.lease, "record job", func(ctx context.Context) error {
+		r.UpdatedAt = dr.now()
+		var err error
+		earliest, err = dr.jobs.RecordKickOff(ctx, dr.lease, r)
+		return err
+	})
 	if err != nil {
 		// Without the record a reused job would go unnoticed: try again later
 		// (the identical kick-off gets the same job back).
@@ -499,8 +551,9 @@ func (dr *driver) recordJob(ctx context.Context, url string) error {
 	}
 	if earliest.Before(r.FirstKickOff.Truncate(time.Millisecond)) { // the registry keeps milliseconds
 		dr.log.WarnContext(ctx, "Pathling returned an existing job: its export started before this run's kick-off; the watermark starts from that job's kick-off",
-			"status_url", url, "job_kicked_off_at", earliest, "run_kicked_off_at", r.FirstKickOff)
+			"status_url", r.StatusURL, "job_kicked_off_at", earliest, "run_kicked_off_at", r.FirstKickOff)
 		r.FirstKickOff = earliest
+		return dr.save(ctx, dr.lease, r)
 	}
 	return nil
 }
@@ -520,7 +573,7 @@ func (dr *driver) noteSkew(ctx context.Context, serverDate time.Time) {
 func (dr *driver) timeout(ctx context.Context) Disposition {
 	r := dr.run
 	// Cancel best-effort: Pathling stops at the import phase at the latest.
-	dr.cancelJob(ctx)
+	dr.cancelJob(ctx, true)
 	msg := fmt.Sprintf("sync did not finish within %s (%d polls, %d attempts)", r.Deadline.Sub(r.StartedAt), r.Polls, r.Attempts)
 	if dr.lastErr != "" {
 		msg += "; last error: " + dr.lastErr
@@ -532,9 +585,10 @@ func (dr *driver) timeout(ctx context.Context) Disposition {
 	return dr.finishDisposition(ctx)
 }
 
-// complete records a successful run: watermark first (idempotent, never
-// backwards), then the terminal record holding the outcome.
+// complete records a successful run: the watermark decision, the terminal
+// record holding the outcome and the lock's release, in one write (finish).
 func (dr *driver) complete(ctx context.Context, st JobStatus, empty bool) error {
+	dr.end = func(ctx context.Context) error { return dr.complete(ctx, st, empty) }
 	r := dr.run
 	if r.FirstKickOff.IsZero() {
 		r.FirstKickOff = r.StartedAt // adopted from a record written before kick-off
@@ -557,32 +611,65 @@ func (dr *driver) complete(ctx context.Context, st JobStatus, empty bool) error 
 		AttrTarget.String(r.Target), AttrRunID.String(r.RunID), AttrWatermark.String(messages.FormatInstant(wm))))
 	// The stored watermark may be later than this run's (never backwards),
 	// or not moved by it at all (an explicit since leaving a gap), or absent.
-	wm, stored, err := dr.settleWatermark(wctx, dr.lease, r, wm)
-	if err != nil {
-		endSpan(span, err)
-		return err
+	for tries := 1; ; tries++ {
+		if !dr.wm.known {
+			at, ok, err := dr.marks.Watermark(wctx, r.Target, r.WatermarkKey)
+			if err != nil {
+				err = fmt.Errorf("read watermark: %w", err)
+				endSpan(span, err)
+				return err
+			}
+			dr.wm = storedWatermark{at: at, ok: ok, known: true}
+		}
+		after, stored, commit := settleWatermark(r.Params.Since, dr.wm.at, dr.wm.ok, wm)
+		wu := &WatermarkUpdate{Key: r.WatermarkKey, Stored: dr.wm.at, HasStored: dr.wm.ok}
+		if commit {
+			wu.Commit = after
+		}
+		markOutcome(ctx, false, "")
+		err := dr.finish(ctx, RunCompleted, completion(r.StatusURL, st, empty, formatWatermark(after, stored)), wu)
+		var moved *WatermarkMovedError
+		if errors.As(err, &moved) && tries < 3 {
+			// Changed by someone other than this lease (an operator's reset?):
+			// decide again on what is stored now.
+			dr.log.WarnContext(ctx, "the stored watermark changed during the run; deciding again",
+				"read", dr.wm.at, "stored", moved.Stored, "present", moved.HasStored)
+			dr.wm = storedWatermark{at: moved.Stored, ok: moved.HasStored, known: true}
+			continue
+		}
+		if err != nil {
+			endSpan(span, err)
+			return err
+		}
+		dr.wm = storedWatermark{at: after, ok: stored, known: true}
+		if stored {
+			span.SetAttributes(attribute.String("pathling_sync.watermark.stored", messages.FormatInstant(after)))
+			dr.observe(ctx, RunEvent{Kind: EventWatermark, Target: r.Target, RequestID: r.RequestID, RunID: r.RunID, Watermark: after})
+		}
+		span.End()
+		return nil
 	}
-	if stored {
-		span.SetAttributes(attribute.String("pathling_sync.watermark.stored", messages.FormatInstant(wm)))
-		dr.observe(ctx, RunEvent{Kind: EventWatermark, Target: r.Target, RequestID: r.RequestID, RunID: r.RunID, Watermark: wm})
-	}
-	span.End()
-	markOutcome(ctx, false, "")
-	return dr.finish(ctx, RunCompleted, completion(r.StatusURL, st, empty, formatWatermark(wm, stored)))
 }
 
 // fail records a failed run with its SyncFailed outcome.
 func (dr *driver) fail(ctx context.Context, reason messages.Reason, retryable bool, msg string, pe *PathlingError) error {
+	dr.end = func(ctx context.Context) error { return dr.fail(ctx, reason, retryable, msg, pe) }
 	markOutcome(ctx, true, reason)
-	return dr.finish(ctx, RunFailed, failure(reason, retryable, msg, pe))
+	return dr.finish(ctx, RunFailed, failure(reason, retryable, msg, pe), nil)
 }
 
 // finish builds the run's outcome (outcome.go) under a new producer span,
-// dr.pubSpan, the event's traceparent; writes the terminal record (fenced)
-// holding it; then deletes the Pathling job. Releasing the lock and
-// publishing come after, in finishDisposition: a crash in between leaves a
-// terminal record whose redelivery re-publishes.
-func (dr *driver) finish(ctx context.Context, state RunState, res result) error {
+// dr.pubSpan, the event's traceparent; DELETEs the Pathling job; then, in
+// one fenced write (Runs.Finish), commits the watermark decision wu (nil:
+// none), writes the terminal record holding the outcome and releases the
+// lock. Publishing comes after, in finishDisposition: a crash in between
+// leaves a terminal record whose redelivery re-publishes.
+//
+// The DELETE comes first because the lock is released in the same write:
+// the target's next run must not be handed this job back. A crash between
+// the DELETE and the write leaves a polling record whose job is gone: its
+// adopter meets a 404 (job lost) and kicks off again.
+func (dr *driver) finish(ctx context.Context, state RunState, res result, wu *WatermarkUpdate) error {
 	r := dr.run
 	finishedAt := dr.now()
 	ev, span, err := dr.outcomes.build(ctx, runEcho(r), res, finishedAt)
@@ -593,14 +680,19 @@ func (dr *driver) finish(ctx context.Context, state RunState, res result) error 
 		dr.pubSpan.End() // an outcome built before (whose recording failed) is superseded
 	}
 	dr.pubSpan = span
+	dr.deleteJob(ctx)
 	r.State = state
 	r.FinishedAt = finishedAt
 	r.Outcome = &ev
+	r.UpdatedAt = finishedAt
+	r.Token = dr.lease.Token
 	// The outcome must be recorded even while shutting down.
-	if err := dr.save(context.WithoutCancel(ctx), dr.lease, r); err != nil {
+	f := &Finish{Run: r, Watermark: wu, ForgetJob: dr.forget}
+	if err := dr.runs.Finish(context.WithoutCancel(ctx), dr.lease, f); err != nil {
 		return err
 	}
-	dr.deleteJob(ctx)
+	dr.forget = ""
+	dr.released = true
 	return nil
 }
 
@@ -611,11 +703,14 @@ func (dr *driver) finishDisposition(ctx context.Context) Disposition {
 	pctx := context.WithoutCancel(ctx)
 	span := dr.pubSpan // nil for an outcome recorded by an earlier driver: a republish
 	dr.pubSpan = nil
-	// Release before publishing: whoever reacts to the outcome (a script's next request, a
-	// chain) must find the target free. The terminal record is the truth: a crash between the
-	// two means a redelivery, which re-publishes the recorded outcome.
-	if err := dr.locker.Release(pctx, dr.lease); err != nil {
-		dr.log.WarnContext(ctx, "release lock", "error", err)
+	// Release before publishing (finish released with the terminal record): whoever reacts to
+	// the outcome (a script's next request, a chain) must find the target free. The terminal
+	// record is the truth: a crash before the publish means a redelivery, which re-publishes
+	// the recorded outcome.
+	if !dr.released {
+		if err := dr.locker.Release(pctx, dr.lease); err != nil {
+			dr.log.WarnContext(ctx, "release lock", "error", err)
+		}
 	}
 	if err := dr.outcomes.publish(pctx, *r.Outcome, span); err != nil {
 		dr.log.ErrorContext(ctx, "publish outcome", "error", err)

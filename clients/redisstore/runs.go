@@ -35,6 +35,59 @@ func (s *Store) LoadRun(ctx context.Context, target, requestID string) (*handler
 	return &r, nil
 }
 
+// decodeRun decodes a record a script returned: nil (no error) when the
+// script found none.
+func decodeRun(v any, requestID string) (*handlers.Run, error) {
+	data, ok := v.(string)
+	if !ok {
+		return nil, nil
+	}
+	var r handlers.Run
+	if err := json.Unmarshal([]byte(data), &r); err != nil {
+		return nil, fmt.Errorf("decode run %q: %w", requestID, err)
+	}
+	return &r, nil
+}
+
+// savedRecord is a run record ready for save_run.lua (ARGV[3..7]) or
+// finish.lua: r under the lease's token, as JSON, with its retention.
+type savedRecord struct {
+	data      []byte
+	retention int64  // ms, 0 = forever
+	score     string // runs index: expiry unix ms or "+inf"
+	now       int64  // unix ms
+	done      string // "1" when terminal
+}
+
+func (s *Store) record(l handlers.Lease, r *handlers.Run) (savedRecord, error) {
+	if err := checkLease(l); err != nil {
+		return savedRecord{}, err
+	}
+	if r == nil {
+		return savedRecord{}, fmt.Errorf("%w: nil run", ErrInvalidArgument)
+	}
+	if r.RequestID != l.RequestID || r.Target != l.Target {
+		return savedRecord{}, fmt.Errorf("%w: run of %q on %q under a lease of %q on %q",
+			ErrInvalidArgument, r.RequestID, r.Target, l.RequestID, l.Target)
+	}
+	rec := *r
+	rec.Token = l.Token
+	data, err := json.Marshal(&rec)
+	if err != nil {
+		return savedRecord{}, err
+	}
+	now := s.clock.Now()
+	out := savedRecord{data: data, score: "+inf", now: now.UnixMilli(), done: "0"}
+	if s.retention > 0 {
+		out.retention = max(s.retention.Milliseconds(), 1)
+		out.score = strconv.FormatInt(now.Add(s.retention).UnixMilli(), 10)
+	}
+	if r.State.Terminal() {
+		out.done = "1"
+	}
+	return out, nil
+}
+
 // SaveRun writes r under the lease: the lease must still hold the target's
 // lock and no later token may have written the record. The stored record
 // carries Token = l.Token, and so does r once saved. r must belong to the
@@ -49,31 +102,13 @@ func (s *Store) LoadRun(ctx context.Context, target, requestID string) (*handler
 // gone (or held by another request while the record is gone),
 // ErrInvalidArgument, or a wrapped Redis or encoding error.
 func (s *Store) SaveRun(ctx context.Context, l handlers.Lease, r *handlers.Run) error {
-	if err := checkLease(l); err != nil {
-		return fmt.Errorf("redisstore: save run: %w", err)
-	}
-	if r == nil {
-		return fmt.Errorf("redisstore: save run: %w: nil run", ErrInvalidArgument)
-	}
-	if r.RequestID != l.RequestID || r.Target != l.Target {
-		return fmt.Errorf("redisstore: save run: %w: run of %q on %q under a lease of %q on %q",
-			ErrInvalidArgument, r.RequestID, r.Target, l.RequestID, l.Target)
-	}
-	rec := *r
-	rec.Token = l.Token
-	data, err := json.Marshal(&rec)
+	rec, err := s.record(l, r)
 	if err != nil {
 		return fmt.Errorf("redisstore: save run: %w", err)
 	}
-	now := s.clock.Now()
-	retention, score := int64(0), "+inf"
-	if s.retention > 0 {
-		retention = max(s.retention.Milliseconds(), 1)
-		score = strconv.FormatInt(now.Add(s.retention).UnixMilli(), 10)
-	}
 	k := s.keys(l.Target)
 	n, err := scriptSaveRun.Run(ctx, s.client, []string{k.lock(), k.run(l.RequestID), k.runs()},
-		l.RequestID, l.Token, data, retention, score, now.UnixMilli()).Int64()
+		l.RequestID, l.Token, rec.data, rec.retention, rec.score, rec.now, rec.done).Int64()
 	if err != nil {
 		return fmt.Errorf("redisstore: save run: %w", err)
 	}
@@ -81,6 +116,80 @@ func (s *Store) SaveRun(ctx context.Context, l handlers.Lease, r *handlers.Run) 
 		return err
 	}
 	r.Token = l.Token
+	return nil
+}
+
+// Finish writes a run's end in one script (lua/finish.lua): it drops
+// f.ForgetJob from the job registry (whoever holds the lock), then, fenced
+// like SaveRun: checks that the stored watermark is the one f.Watermark's
+// decision read and commits its value (max of stored and committed), writes
+// the terminal record (Token = l.Token, retention as SaveRun), releases the
+// lock, drops the request's queue ticket, publishes the target's name on
+// <prefix>released, and adds f.Duration to the duration history (as
+// RecordDuration). Errors: handlers.ErrLockLost, handlers.ErrLockVanished
+// (as SaveRun), *handlers.WatermarkMovedError (nothing written but the job's
+// removal), ErrInvalidArgument (also for a record that is not terminal), or
+// a wrapped Redis or encoding error.
+func (s *Store) Finish(ctx context.Context, l handlers.Lease, f *handlers.Finish) error {
+	if f == nil || f.Run == nil || !f.Run.State.Terminal() {
+		return fmt.Errorf("redisstore: finish: %w: not a terminal run", ErrInvalidArgument)
+	}
+	rec, err := s.record(l, f.Run)
+	if err != nil {
+		return fmt.Errorf("redisstore: finish: %w", err)
+	}
+	k := s.keys(l.Target)
+	keys := []string{k.lock(), k.run(l.RequestID), k.runs(), k.watermarks(), k.queue(), k.queueDeadlines(),
+		k.jobs(), k.undeletedJobs()}
+	wmKey, wmStored, wmCommit := "", "", ""
+	if w := f.Watermark; w != nil {
+		if w.Key == "" {
+			return fmt.Errorf("redisstore: finish: %w: empty watermark key", ErrInvalidArgument)
+		}
+		wmKey = w.Key
+		if w.HasStored {
+			wmStored = strconv.FormatInt(w.Stored.UnixMilli(), 10)
+		}
+		if !w.Commit.IsZero() {
+			wmCommit = strconv.FormatInt(w.Commit.Truncate(time.Millisecond).UnixMilli(), 10)
+		}
+	}
+	args := []any{l.RequestID, l.Token, rec.data, rec.retention, rec.score, rec.now,
+		wmKey, wmStored, wmCommit, f.ForgetJob, s.prefix + "released", l.Target}
+	if d := f.Duration; d != nil {
+		if err := checkShape(l.Target, d.Shape); err != nil {
+			return fmt.Errorf("redisstore: finish: %w", err)
+		}
+		ms := d.D.Milliseconds()
+		if ms < 1 {
+			return fmt.Errorf("redisstore: finish: %w: duration %s under 1ms", ErrInvalidArgument, d.D)
+		}
+		keys = append(keys, k.durations(d.Shape))
+		args = append(args, ms, DurationSamples, DurationRetention.Milliseconds())
+	}
+	v, err := scriptFinish.Run(ctx, s.client, keys, args...).Result()
+	if err != nil {
+		return fmt.Errorf("redisstore: finish: %w", err)
+	}
+	code, val, err := scriptReply(v)
+	if err != nil {
+		return fmt.Errorf("redisstore: finish: %w", err)
+	}
+	if code == 2 {
+		moved := &handlers.WatermarkMovedError{}
+		if ms, ok := val.(string); ok {
+			n, err := strconv.ParseInt(ms, 10, 64)
+			if err != nil {
+				return fmt.Errorf("redisstore: finish: stored watermark %q: %w", ms, err)
+			}
+			moved.Stored, moved.HasStored = time.UnixMilli(n).UTC(), true
+		}
+		return moved
+	}
+	if err := fencedReply(code); err != nil {
+		return err
+	}
+	f.Run.Token = l.Token
 	return nil
 }
 

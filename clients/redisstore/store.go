@@ -103,6 +103,12 @@ var (
 	recordJobLua string
 	//go:embed lua/reacquire.lua
 	reacquireLua string
+	//go:embed lua/begin.lua
+	beginLua string
+	//go:embed lua/kicked_off.lua
+	kickedOffLua string
+	//go:embed lua/finish.lua
+	finishLua string
 
 	scriptAcquire         = redis.NewScript(acquireLua)
 	scriptRenew           = redis.NewScript(renewLua)
@@ -113,7 +119,23 @@ var (
 	scriptRecordOutcome   = redis.NewScript(recordOutcomeLua)
 	scriptRecordJob       = redis.NewScript(recordJobLua)
 	scriptReacquire       = redis.NewScript(reacquireLua)
+
+	// The scripts of a run's life run the one-operation scripts above as
+	// functions of their own KEYS and ARGV (asFunction), so that each
+	// operation has one definition.
+	scriptBegin     = redis.NewScript(asFunction("acquire", acquireLua) + beginLua)
+	scriptKickedOff = redis.NewScript(asFunction("recordJob", recordJobLua) +
+		asFunction("saveRun", saveRunLua) + kickedOffLua)
+	scriptFinish = redis.NewScript(asFunction("recordDuration", recordDurationLua) + finishLua)
 )
+
+// asFunction wraps a script as a local Lua function of (KEYS, ARGV): the
+// parameters shadow the globals, so the body runs unchanged on whatever keys
+// and arguments the including script hands it, and its returns become the
+// function's.
+func asFunction(name, script string) string {
+	return "local function " + name + "(KEYS, ARGV)\n" + script + "\nend\n"
+}
 
 // Store implements the store ports of handlers (Locker, LockRecovery, Runs,
 // Watermarks; Jobs in jobs.go) on Redis. It is safe for concurrent use.

@@ -1,0 +1,106 @@
+package handlers_test
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	pathlingemu "github.com/pathling-sync/pathling-sync/emulators/pathling"
+	"github.com/pathling-sync/pathling-sync/handlers"
+	"github.com/pathling-sync/pathling-sync/messages"
+)
+
+// roundTrips counts what a go-redis client sends: each command and each
+// pipeline (a MULTI/EXEC transaction too) is one round trip.
+type roundTrips struct{ n atomic.Int64 }
+
+func (c *roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (c *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		c.n.Add(1)
+		return next(ctx, cmd)
+	}
+}
+
+func (c *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		c.n.Add(1)
+		return next(ctx, cmds)
+	}
+}
+
+// A sync whose job is done at the first poll costs at most 4 Redis round
+// trips: take the lock with what the run starts from; the record before the
+// kick-off; the job and the polling record; the finish (watermark, terminal
+// record, release). Also with since "auto", whose watermark read rides on
+// the first.
+func TestFastSyncRedisRoundTrips(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	if err := e.emu.SetDefaultScript(pathlingemu.Script{Polls: 0}); err != nil {
+		t.Fatal(err)
+	}
+	rt := &roundTrips{}
+	e.rdb.AddHook(rt)
+	s := e.syncer(syncerOptions{lockTTL: time.Minute})
+	ctx := context.Background()
+	for i, c := range []struct {
+		id   string
+		body req
+	}{
+		{"full", req{}},
+		{"auto", req{"since": "auto"}},
+	} {
+		// Warm up the script cache (EVALSHA misses cost a second round trip
+		// once per script and connection, not per sync).
+		if i == 0 {
+			warm := e.delivery("t1", "warm-up", req{}, 100)
+			if got := s.Handle(ctx, warm); got.Action != handlers.Ack {
+				t.Fatalf("warm-up: %v", got.Action)
+			}
+		}
+		rt.n.Store(0)
+		if got := s.Handle(ctx, e.delivery("t1", c.id, c.body, uint64(i+1))); got.Action != handlers.Ack {
+			t.Fatalf("%s: %v", c.id, got.Action)
+		}
+		n := rt.n.Load()
+		e.outcomes.of(t, c.id, waitLong).completedBody(t)
+		if n > 4 {
+			t.Errorf("%s: %d Redis round trips for one fast sync, want at most 4", c.id, n)
+		}
+		t.Logf("%s: %d round trips", c.id, n)
+	}
+}
+
+// A forbid request meeting a busy target is answered in at most 2 round
+// trips: the lock attempt (which also tells a finished request) and the
+// refusal's record.
+func TestConflictRedisRoundTrips(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	rt := &roundTrips{}
+	e.rdb.AddHook(rt)
+	s := e.syncer(syncerOptions{lockTTL: time.Minute})
+	ctx := context.Background()
+	if _, err := e.store.Acquire(ctx, handlers.AcquireRequest{Target: "t1", RequestID: "holder", TTL: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	// Warm up the script cache with a first conflict.
+	if got := s.Handle(ctx, e.delivery("t1", "warm-up", req{}, 1)); got.Action != handlers.Ack {
+		t.Fatalf("warm-up: %v", got.Action)
+	}
+	rt.n.Store(0)
+	if got := s.Handle(ctx, e.delivery("t1", "busy", req{}, 2)); got.Action != handlers.Ack {
+		t.Fatalf("conflict: %v", got.Action)
+	}
+	n := rt.n.Load()
+	if f := e.outcomes.of(t, "busy", waitLong).failedBody(t); f.Reason != messages.ReasonConflict {
+		t.Fatalf("%+v", f)
+	}
+	if n > 2 {
+		t.Errorf("%d Redis round trips for one conflict answer, want at most 2", n)
+	}
+	t.Logf("conflict: %d round trips", n)
+}
