@@ -10,6 +10,7 @@ import (
 
 	pathlingemu "github.com/pathling-sync/pathling-sync/emulators/pathling"
 	"github.com/pathling-sync/pathling-sync/handlers"
+	"github.com/pathling-sync/pathling-sync/internal/testenv"
 	"github.com/pathling-sync/pathling-sync/messages"
 )
 
@@ -103,4 +104,40 @@ func TestConflictRedisRoundTrips(t *testing.T) {
 		t.Errorf("%d Redis round trips for one conflict answer, want at most 2", n)
 	}
 	t.Logf("conflict: %d round trips", n)
+}
+
+// A watermark changed under a running sync by someone other than its lease
+// (an operator's reset, here a raw write) is seen by the finish, which
+// decides again on it: the run never moves it backwards, and its outcome
+// reports what is stored.
+func TestWatermarkChangedDuringRunIsDecidedAgain(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	if err := e.emu.SetDefaultScript(pathlingemu.Script{Polls: 1}); err != nil {
+		t.Fatal(err)
+	}
+	key := handlers.WatermarkKey(handlers.ImportParams{ExportURL: e.exportURL()})
+	later := time.Now().Add(time.Hour).UTC().Truncate(time.Millisecond)
+	var once atomic.Bool
+	obs := observerFunc(func(ctx context.Context, ev handlers.RunEvent) {
+		if ev.Kind == handlers.EventPolled && once.CompareAndSwap(false, true) {
+			if err := e.rdb.HSet(ctx, "test:{t1}:wm", key, later.UnixMilli()).Err(); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	logs := &testenv.Buffer{}
+	s := e.syncer(syncerOptions{lockTTL: time.Minute, observer: obs, log: jsonLogger(logs)})
+	if got := s.Handle(context.Background(), e.delivery("t1", "full", req{}, 1)); got.Action != handlers.Ack {
+		t.Fatalf("%v", got.Action)
+	}
+	c := e.outcomes.of(t, "full", waitLong).completedBody(t)
+	if c.Watermark != messages.FormatInstant(later) {
+		t.Errorf("outcome's watermark %q, want the stored %q", c.Watermark, messages.FormatInstant(later))
+	}
+	if got, ok, _ := e.store.Watermark(context.Background(), "t1", key); !ok || !got.Equal(later) {
+		t.Errorf("stored watermark %v, want %v", got, later)
+	}
+	if !hasLog(logs, "WARN", "the stored watermark changed during the run") {
+		t.Errorf("the finish did not meet the change:\n%s", logs.String())
+	}
 }
