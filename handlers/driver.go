@@ -40,6 +40,7 @@ type driver struct {
 	wm         storedWatermark // the run's stored watermark, when known under this lease
 	undeleted  []string        // jobs marked undeleted, for the first sweep
 	sweepKnown bool            // undeleted holds the first sweep's jobs (nil: none)
+	kickSaved  bool            // the lock's round trip saved the first kick-off's record
 
 	forget   string                          // a DELETEd job the finish drops from the registry
 	end      func(ctx context.Context) error // writes the run's end again (after a retake)
@@ -156,7 +157,7 @@ func (dr *driver) retake(ctx context.Context) Disposition {
 	lease.Expires = granted.Add(dr.lockTTL)
 	dr.lease = lease
 	// Redis may have lost what was read under the old lease.
-	dr.wm, dr.sweepKnown, dr.undeleted = storedWatermark{}, false, nil
+	dr.wm, dr.sweepKnown, dr.undeleted, dr.kickSaved = storedWatermark{}, false, nil, false
 	dr.log.InfoContext(ctx, "took the vanished lock again", "new_token", lease.Token)
 	if r.State.Terminal() && dr.end != nil {
 		// The run's end was refused (after the job's DELETE): write it
@@ -187,10 +188,14 @@ func (dr *driver) kickOff(ctx context.Context) error {
 		dr.pause = 0
 	}
 	dr.deleteLeftBehind(ctx)
-	r.State = RunKicking
-	r.Attempts++
-	if err := dr.save(ctx, dr.lease, r); err != nil {
-		return err
+	if dr.kickSaved {
+		dr.kickSaved = false // written with the lock: state kicking, attempt 1
+	} else {
+		r.State = RunKicking
+		r.Attempts++
+		if err := dr.save(ctx, dr.lease, r); err != nil {
+			return err
+		}
 	}
 	sctx, span := dr.tracer.Start(ctx, SpanKickOff, trace.WithAttributes(
 		AttrTarget.String(r.Target), AttrRunID.String(r.RunID), AttrAttempt.Int(r.Attempts)))

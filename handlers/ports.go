@@ -196,6 +196,10 @@ type BeginRequest struct {
 	// UndeletedJobs is how many jobs marked undeleted (Jobs.UndeletedJobs)
 	// to read, oldest first; 0 reads none.
 	UndeletedJobs int
+	// NewRun, when set, is the record of the request's new run: written
+	// under the new lease (Token set from it) when the request has none
+	// (Begun.Created).
+	NewRun *Run
 }
 
 // Begun is a granted BeginRequest.
@@ -209,6 +213,8 @@ type Begun struct {
 	HasWatermark bool
 	// Undeleted are the jobs marked undeleted, oldest first.
 	Undeleted []string
+	// Created says BeginRequest.NewRun was written (Run is then nil).
+	Created bool
 }
 
 // RunFinishedError says the request's run is terminal already: Begin took

@@ -96,7 +96,9 @@ func acquireReply(req handlers.AcquireRequest, code int64, val any) (handlers.Le
 // (lua/begin.lua around lua/acquire.lua): unless the request's run record is
 // terminal (*handlers.RunFinishedError, nothing taken), it takes the lock as
 // Acquire does and, when granted, reads the request's record, the watermark
-// of req.WatermarkKey and up to req.UndeletedJobs jobs marked undeleted.
+// of req.WatermarkKey and up to req.UndeletedJobs jobs marked undeleted;
+// when the request has no record, it writes req.NewRun (if set) under the
+// new token, as SaveRun would.
 // Records written before the terminal mark existed are not told apart: the
 // caller finds them terminal in Begun.Run. Errors: those of Acquire, or a
 // wrapped decoding error.
@@ -106,8 +108,22 @@ func (s *Store) Begin(ctx context.Context, req handlers.BeginRequest) (handlers.
 		return handlers.Begun{}, fmt.Errorf("redisstore: begin: %w", err)
 	}
 	k := s.keys(req.Target)
-	keys = append(keys, k.run(req.RequestID), k.watermarks(), k.undeletedJobs())
+	keys = append(keys, k.run(req.RequestID), k.watermarks(), k.undeletedJobs(), k.runs())
 	args = append(args, req.WatermarkKey, max(req.UndeletedJobs, 0))
+	rec := savedRecord{score: "+inf"}
+	if r := req.NewRun; r != nil {
+		if r.RequestID != req.RequestID || r.Target != req.Target {
+			return handlers.Begun{}, fmt.Errorf("redisstore: begin: %w: new run of %q on %q for %q on %q",
+				ErrInvalidArgument, r.RequestID, r.Target, req.RequestID, req.Target)
+		}
+		// The token is not known before the grant: the script puts it in
+		// place of this one.
+		l := handlers.Lease{Target: req.Target, RequestID: req.RequestID, Token: -1}
+		if rec, err = s.record(l, r); err != nil {
+			return handlers.Begun{}, fmt.Errorf("redisstore: begin: %w", err)
+		}
+	}
+	args = append(args, rec.data, rec.retention, rec.score, rec.now)
 	v, err := scriptBegin.Run(ctx, s.client, keys, args...).Result()
 	if err != nil {
 		return handlers.Begun{}, fmt.Errorf("redisstore: begin: %w", err)
@@ -128,10 +144,14 @@ func (s *Store) Begin(ctx context.Context, req handlers.BeginRequest) (handlers.
 	if err != nil {
 		return handlers.Begun{}, fmt.Errorf("redisstore: begin: %w", err)
 	}
-	if len(arr) != 5 {
+	if len(arr) != 6 {
 		return handlers.Begun{}, fmt.Errorf("redisstore: begin: unexpected script reply %v", v)
 	}
 	b := handlers.Begun{Lease: lease}
+	if created, _ := arr[5].(int64); created == 1 {
+		b.Created = true
+		req.NewRun.Token = lease.Token
+	}
 	if b.Run, err = decodeRun(arr[2], req.RequestID); err != nil {
 		// The lock is taken: the caller releases it (the lease is returned).
 		return b, fmt.Errorf("redisstore: begin: %w", err)

@@ -231,3 +231,40 @@ func TestRecordKickOff(t *testing.T) {
 		t.Errorf("stale lease's job not recorded (earliest %v)", got)
 	}
 }
+
+// Begin writes a new run's record under the granted token (a fence seeded
+// from Redis' clock: a 16-digit token), unless the request has one.
+func TestBeginWritesNewRun(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	req := handlers.BeginRequest{AcquireRequest: handlers.AcquireRequest{Target: "tgt", RequestID: "r1", TTL: time.Minute}}
+	r := newRun(handlers.Lease{Target: "tgt", RequestID: "r1"}, handlers.RunKicking)
+	req.NewRun = r
+	b, err := s.Begin(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !b.Created || b.Run != nil || r.Token != b.Lease.Token || b.Lease.Token < 1e15 {
+		t.Fatalf("begun %+v, record token %d", b, r.Token)
+	}
+	got, err := s.LoadRun(ctx, "tgt", "r1")
+	if err != nil || got.Token != b.Lease.Token || got.State != handlers.RunKicking || got.RunID != r.RunID {
+		t.Fatalf("stored %+v, %v", got, err)
+	}
+	// The lease's fenced writes go on from it.
+	got.State = handlers.RunPolling
+	if err := s.SaveRun(ctx, b.Lease, got); err != nil {
+		t.Fatal(err)
+	}
+	// A redelivery adopts it: the new record is not written.
+	other := newRun(handlers.Lease{Target: "tgt", RequestID: "r1"}, handlers.RunKicking)
+	other.RunID = "another"
+	req.NewRun = other
+	b2, err := s.Begin(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b2.Created || b2.Run == nil || b2.Run.RunID != r.RunID || b2.Run.State != handlers.RunPolling {
+		t.Fatalf("redelivery: %+v", b2)
+	}
+}
