@@ -41,6 +41,7 @@ type driver struct {
 	undeleted  []string        // jobs marked undeleted, for the first sweep
 	sweepKnown bool            // undeleted holds the first sweep's jobs (nil: none)
 	kickSaved  bool            // the lock's round trip saved the first kick-off's record
+	jobPending bool            // the run's job (StatusURL) is not recorded yet (its write failed)
 
 	forget   string                          // a DELETEd job the finish drops from the registry
 	end      func(ctx context.Context) error // writes the run's end again (after a retake)
@@ -167,7 +168,7 @@ func (dr *driver) retake(ctx context.Context) Disposition {
 		}
 		return dr.finishDisposition(ctx)
 	}
-	if err := dr.save(ctx, dr.lease, r); err != nil {
+	if err := dr.persist(ctx); err != nil {
 		return dr.stop(ctx, err)
 	}
 	if r.State.Terminal() {
@@ -220,7 +221,11 @@ func (dr *driver) kickOff(ctx context.Context) error {
 	r.StatusURL = url
 	r.State = RunPolling
 	r.Progress = ""
-	if err := dr.recordJob(ctx); err != nil {
+	// The job and the polling record, in one write, at once: an adopter of
+	// the "kicking" record would re-kick, and Pathling hands an identical
+	// kick-off the same job only until its import changed the database.
+	dr.jobPending = true
+	if err := dr.persist(ctx); err != nil {
 		return err
 	}
 	dr.log.InfoContext(ctx, "kicked off import", "status_url", url, "attempt", r.Attempts)
@@ -267,7 +272,7 @@ func (dr *driver) poll(ctx context.Context) error {
 			// Honour the server's pace for the next poll, within the cadence's cap.
 			dr.pause = min(st.RetryAfter, dr.t.Poll.Max)
 		}
-		return dr.save(ctx, dr.lease, r)
+		return dr.persist(ctx)
 	case JobDone:
 		return dr.complete(ctx, st, false)
 	case JobLost:
@@ -279,6 +284,7 @@ func (dr *driver) poll(ctx context.Context) error {
 		}
 		r.State = RunStarting
 		r.StatusURL = ""
+		dr.jobPending = false // gone from Pathling: nothing to record
 		return dr.save(ctx, dr.lease, r)
 	case JobFailed:
 		f := st.Failure
@@ -335,8 +341,9 @@ func (dr *driver) retryAfterFailure(ctx context.Context, pe *PathlingError) erro
 		// The job itself failed: a new one is needed.
 		dr.run.State = RunStarting
 		dr.run.StatusURL = ""
+		dr.jobPending = false
 	}
-	return dr.save(ctx, dr.lease, dr.run)
+	return dr.persist(ctx)
 }
 
 // wait sleeps d (cut at the deadline) while renewing the lease every third
@@ -531,16 +538,23 @@ func (dr *driver) deleteLeftBehind(ctx context.Context) {
 	}
 }
 
-// recordJob registers the job a kick-off returned (r.StatusURL), with the
-// run's watermark base (its first kick-off: no later than this one), and
-// saves the polling record in the same write. When Pathling handed back a
-// job an earlier run started (an identical request), the data come from
-// that job's export: the run's watermark base moves back to that run's
-// before the record is saved.
-func (dr *driver) recordJob(ctx context.Context) error {
+// persist saves the run record, fenced; while the job of the last kick-off
+// is pending (kickOff) it also registers that job (Jobs.RecordKickOff), with
+// the run's watermark base (its first kick-off: no later than this one), in
+// the same write. When Pathling handed back a job an earlier run started (an
+// identical request), the data come from that job's export: the run's
+// watermark base moves back to that run's before the record is saved.
+func (dr *driver) persist(ctx context.Context) error {
 	r := dr.run
-	if dr.jobs == nil {
+	if !dr.jobPending || r.StatusURL == "" {
 		return dr.save(ctx, dr.lease, r)
+	}
+	if dr.jobs == nil {
+		if err := dr.save(ctx, dr.lease, r); err != nil {
+			return err
+		}
+		dr.jobPending = false
+		return nil
 	}
 	var earliest time.Time
 	err := dr.retryStore(ctx, dr.lease, "record job", func(ctx context.Context) error {
@@ -554,13 +568,25 @@ func (dr *driver) recordJob(ctx context.Context) error {
 		// (the identical kick-off gets the same job back).
 		return fmt.Errorf("record Pathling job: %w", err)
 	}
-	if earliest.Before(r.FirstKickOff.Truncate(time.Millisecond)) { // the registry keeps milliseconds
-		dr.log.WarnContext(ctx, "Pathling returned an existing job: its export started before this run's kick-off; the watermark starts from that job's kick-off",
-			"status_url", r.StatusURL, "job_kicked_off_at", earliest, "run_kicked_off_at", r.FirstKickOff)
-		r.FirstKickOff = earliest
+	dr.jobPending = false
+	if dr.earlierJob(ctx, earliest) {
 		return dr.save(ctx, dr.lease, r)
 	}
 	return nil
+}
+
+// earlierJob moves the run's watermark base back to its job's kick-off when
+// that was earlier (Pathling handed back a job an earlier run started), and
+// reports whether it did.
+func (dr *driver) earlierJob(ctx context.Context, kickedOffAt time.Time) bool {
+	r := dr.run
+	if !kickedOffAt.Before(r.FirstKickOff.Truncate(time.Millisecond)) { // the registry keeps milliseconds
+		return false
+	}
+	dr.log.WarnContext(ctx, "Pathling returned an existing job: its export started before this run's kick-off; the watermark starts from that job's kick-off",
+		"status_url", r.StatusURL, "job_kicked_off_at", kickedOffAt, "run_kicked_off_at", r.FirstKickOff)
+	r.FirstKickOff = kickedOffAt
+	return true
 }
 
 // noteSkew measures the clock skew from a response's Date header: local
@@ -590,8 +616,8 @@ func (dr *driver) timeout(ctx context.Context) Disposition {
 	return dr.finishDisposition(ctx)
 }
 
-// complete records a successful run: the watermark decision, the terminal
-// record holding the outcome and the lock's release, in one write (finish).
+// complete records a successful run: the watermark decision with the
+// terminal record holding the outcome (finish).
 func (dr *driver) complete(ctx context.Context, st JobStatus, empty bool) error {
 	dr.end = func(ctx context.Context) error { return dr.complete(ctx, st, empty) }
 	r := dr.run
@@ -607,18 +633,23 @@ func (dr *driver) complete(ctx context.Context, st JobStatus, empty bool) error 
 			"clock_skew", dr.skew, "overlap", overlap, "widened_overlap", overlap+dr.skew)
 		overlap += dr.skew
 	}
-	wm := r.FirstKickOff.Add(-overlap).UTC()
-	if r.Params.Until != nil && r.Params.Until.Before(wm) {
-		// A bounded export covers nothing after until.
-		wm = r.Params.Until.UTC()
-	}
-	wctx, span := dr.tracer.Start(ctx, SpanWatermark, trace.WithAttributes(
-		AttrTarget.String(r.Target), AttrRunID.String(r.RunID), AttrWatermark.String(messages.FormatInstant(wm))))
-	// The stored watermark may be later than this run's (never backwards),
-	// or not moved by it at all (an explicit since leaving a gap), or absent.
+	var span trace.Span
 	for tries := 1; ; tries++ {
+		wm := r.FirstKickOff.Add(-overlap).UTC()
+		if r.Params.Until != nil && r.Params.Until.Before(wm) {
+			// A bounded export covers nothing after until.
+			wm = r.Params.Until.UTC()
+		}
+		if span == nil {
+			_, span = dr.tracer.Start(ctx, SpanWatermark, trace.WithAttributes(
+				AttrTarget.String(r.Target), AttrRunID.String(r.RunID)))
+		}
+		span.SetAttributes(AttrWatermark.String(messages.FormatInstant(wm)))
+		// The stored watermark may be later than this run's (never
+		// backwards), or not moved by it at all (an explicit since leaving a
+		// gap), or absent.
 		if !dr.wm.known {
-			at, ok, err := dr.marks.Watermark(wctx, r.Target, r.WatermarkKey)
+			at, ok, err := dr.marks.Watermark(ctx, r.Target, r.WatermarkKey)
 			if err != nil {
 				err = fmt.Errorf("read watermark: %w", err)
 				endSpan(span, err)
@@ -634,15 +665,20 @@ func (dr *driver) complete(ctx context.Context, st JobStatus, empty bool) error 
 		markOutcome(ctx, false, "")
 		err := dr.finish(ctx, RunCompleted, completion(r.StatusURL, st, empty, formatWatermark(after, stored)), wu)
 		var moved *WatermarkMovedError
-		if errors.As(err, &moved) && tries < 3 {
+		var earlier *EarlierJobError
+		switch {
+		case errors.As(err, &moved) && tries < 3:
 			// Changed by someone other than this lease (an operator's reset?):
 			// decide again on what is stored now.
 			dr.log.WarnContext(ctx, "the stored watermark changed during the run; deciding again",
 				"read", dr.wm.at, "stored", moved.Stored, "present", moved.HasStored)
 			dr.wm = storedWatermark{at: moved.Stored, ok: moved.HasStored, known: true}
 			continue
-		}
-		if err != nil {
+		case errors.As(err, &earlier) && tries < 3:
+			dr.jobPending = false // recorded now
+			dr.earlierJob(ctx, earlier.KickedOffAt)
+			continue
+		case err != nil:
 			endSpan(span, err)
 			return err
 		}
@@ -664,16 +700,15 @@ func (dr *driver) fail(ctx context.Context, reason messages.Reason, retryable bo
 }
 
 // finish builds the run's outcome (outcome.go) under a new producer span,
-// dr.pubSpan, the event's traceparent; DELETEs the Pathling job; then, in
-// one fenced write (Runs.Finish), commits the watermark decision wu (nil:
-// none), writes the terminal record holding the outcome and releases the
-// lock. Publishing comes after, in finishDisposition: a crash in between
-// leaves a terminal record whose redelivery re-publishes.
-//
-// The DELETE comes first because the lock is released in the same write:
-// the target's next run must not be handed this job back. A crash between
-// the DELETE and the write leaves a polling record whose job is gone: its
-// adopter meets a 404 (job lost) and kicks off again.
+// dr.pubSpan, the event's traceparent; writes, fenced, the terminal record
+// holding it with the watermark decision wu (nil: none) and the job's record
+// if pending (Runs.Finish); DELETEs the Pathling job; then lets the target
+// go (Runs.Finish again: the lock's release, the deleted job dropped from
+// the registry). Publishing comes after, in finishDisposition: a crash in
+// between leaves a terminal record whose redelivery re-publishes. The
+// DELETE comes after the terminal record (an adopter of a record still
+// polling would find the job gone and import again) and before the release
+// (the target's next run must not be handed this job back).
 func (dr *driver) finish(ctx context.Context, state RunState, res result, wu *WatermarkUpdate) error {
 	r := dr.run
 	finishedAt := dr.now()
@@ -685,16 +720,22 @@ func (dr *driver) finish(ctx context.Context, state RunState, res result, wu *Wa
 		dr.pubSpan.End() // an outcome built before (whose recording failed) is superseded
 	}
 	dr.pubSpan = span
-	dr.deleteJob(ctx)
 	r.State = state
 	r.FinishedAt = finishedAt
 	r.Outcome = &ev
 	r.UpdatedAt = finishedAt
 	r.Token = dr.lease.Token
 	// The outcome must be recorded even while shutting down.
-	f := &Finish{Run: r, Watermark: wu, ForgetJob: dr.forget}
-	if err := dr.runs.Finish(context.WithoutCancel(ctx), dr.lease, f); err != nil {
+	pctx := context.WithoutCancel(ctx)
+	f := &Finish{Run: r, Watermark: wu, RecordJob: dr.jobPending && r.StatusURL != "" && dr.jobs != nil}
+	if err := dr.runs.Finish(pctx, dr.lease, f); err != nil {
 		return err
+	}
+	dr.jobPending = false
+	dr.deleteJob(ctx)
+	if err := dr.runs.Finish(pctx, dr.lease, &Finish{Release: true, ForgetJob: dr.forget}); err != nil {
+		dr.log.WarnContext(ctx, "release lock", "error", err) // finishDisposition tries once more
+		return nil
 	}
 	dr.forget = ""
 	dr.released = true

@@ -198,7 +198,10 @@ type BeginRequest struct {
 	UndeletedJobs int
 	// NewRun, when set, is the record of the request's new run: written
 	// under the new lease (Token set from it) when the request has none
-	// (Begun.Created).
+	// (Begun.Created). A since "auto" (Request.Since) is resolved against
+	// the watermark of WatermarkKey read in the same step: NewRun's
+	// Params.Since is set to it when one is stored, and every read of the
+	// record sees it so.
 	NewRun *Run
 }
 
@@ -274,28 +277,46 @@ type Runs interface {
 	// wrote. A redelivery then re-publishes that outcome instead of running.
 	// Not fenced: the request never held the lock.
 	RecordOutcome(ctx context.Context, r *Run) (bool, error)
-	// Finish is a run's last write, fenced, in one step: it drops the
-	// deleted job from the registry (unfenced, like Jobs), commits the
-	// watermark decision (never backwards), writes the terminal record
-	// holding the outcome (Token set from the lease), releases the lock,
-	// drops the request's queue ticket, tells the replicas waiting for the
-	// target that it is free, and adds the duration sample. Errors as
-	// SaveRun's, and *WatermarkMovedError when the stored watermark is not
-	// the one the decision read (nothing written but the job's removal).
+	// Finish writes a run's end in two calls. The first (Finish.Run set),
+	// fenced, records the run's job if asked (unfenced, like Jobs), commits
+	// the watermark decision (never backwards), writes the terminal record
+	// holding the outcome (Token set from the lease) and adds the duration
+	// sample; errors as SaveRun's, *WatermarkMovedError or *EarlierJobError
+	// (nothing written but the job's record). The second (Finish.Release),
+	// once the run's job is DELETEd, drops that job from the registry,
+	// releases the lock if the lease holds it, drops the request's queue
+	// ticket and tells the replicas waiting for the target that it is free.
 	Finish(ctx context.Context, l Lease, f *Finish) error
 }
 
-// Finish is a run's last store write (Runs.Finish).
+// Finish is one of the two writes of a run's end (Runs.Finish): Run set,
+// or Release.
 type Finish struct {
 	// Run is the terminal record, holding its outcome.
 	Run *Run
+	// RecordJob asks to record Run's job (Run.StatusURL, kicked off at
+	// Run.FirstKickOff) as Jobs.RecordKickOff would: the run has not yet.
+	RecordJob bool
 	// Watermark, when set, is the run's watermark decision.
 	Watermark *WatermarkUpdate
-	// ForgetJob, when set, is the status URL of a job the run DELETEd:
-	// dropped from the job registry.
-	ForgetJob string
 	// Duration, when set, is added to the history of (target, Shape).
 	Duration *DurationSample
+
+	// Release lets the target go (Run unset).
+	Release bool
+	// ForgetJob, with Release, is the status URL of the job the run
+	// DELETEd: dropped from the job registry.
+	ForgetJob string
+}
+
+// EarlierJobError says the run's job was kicked off before the run's first
+// kick-off (KickedOffAt): Pathling handed back a job an earlier run started,
+// whose kick-off is the run's watermark base. Runs.Finish wrote nothing but
+// the job's record: decide again.
+type EarlierJobError struct{ KickedOffAt time.Time }
+
+func (e *EarlierJobError) Error() string {
+	return fmt.Sprintf("the job was kicked off earlier, at %s", e.KickedOffAt.Format(time.RFC3339Nano))
 }
 
 // WatermarkUpdate is a finished run's watermark decision on Key: made on

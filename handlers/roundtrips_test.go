@@ -8,6 +8,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/pathling-sync/pathling-sync/clients/redisstore"
 	pathlingemu "github.com/pathling-sync/pathling-sync/emulators/pathling"
 	"github.com/pathling-sync/pathling-sync/handlers"
 	"github.com/pathling-sync/pathling-sync/internal/testenv"
@@ -34,11 +35,11 @@ func (c *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 	}
 }
 
-// A sync whose job is done at the first poll costs at most 3 Redis round
-// trips: take the lock with what the run starts from and write the record
-// the kick-off needs; the job and the polling record; the finish (watermark,
-// terminal record, release). With since "auto" the record waits for the
-// watermark read with the lock: 4.
+// A sync whose job is done at the first poll costs at most 4 Redis round
+// trips: take the lock, read what the run starts from and write the record
+// the kick-off needs; the job and the polling record; the watermark with the
+// terminal record; after the job's DELETE, the release. With since "auto"
+// too: its since is resolved in the first.
 func TestFastSyncRedisRoundTrips(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	if err := e.emu.SetDefaultScript(pathlingemu.Script{Polls: 0}); err != nil {
@@ -53,7 +54,7 @@ func TestFastSyncRedisRoundTrips(t *testing.T) {
 		body req
 		max  int64
 	}{
-		{"full", req{}, 3}, // its record is written with the lock
+		{"full", req{}, 4},
 		{"auto", req{"since": "auto"}, 4},
 	} {
 		// Warm up the script cache (an EVALSHA miss costs a second round
@@ -138,5 +139,53 @@ func TestWatermarkChangedDuringRunIsDecidedAgain(t *testing.T) {
 	}
 	if !hasLog(logs, "WARN", "the stored watermark changed during the run") {
 		t.Errorf("the finish did not meet the change:\n%s", logs.String())
+	}
+}
+
+// refuseFirstTerminalWrite fails the first terminal write of a run's end as
+// a store that lost the lock would: the driver leaves the run to its next
+// delivery.
+type refuseFirstTerminalWrite struct {
+	*redisstore.Store
+	once atomic.Bool
+}
+
+func (f *refuseFirstTerminalWrite) Finish(ctx context.Context, l handlers.Lease, fin *handlers.Finish) error {
+	if fin.Run != nil && f.once.CompareAndSwap(false, true) {
+		return handlers.ErrLockLost
+	}
+	return f.Store.Finish(ctx, l, fin)
+}
+
+// The job is DELETEd only once the terminal record is written: a run whose
+// terminal write fails leaves its job for the next delivery, which adopts
+// it from the polling record rather than importing again.
+func TestJobOutlivesAFailedTerminalWrite(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	if err := e.emu.SetDefaultScript(pathlingemu.Script{Polls: 0}); err != nil {
+		t.Fatal(err)
+	}
+	ports := e.ports(e.store)
+	ports.Jobs = e.store
+	ports.Runs = &refuseFirstTerminalWrite{Store: e.store}
+	s, err := handlers.New(handlers.Config{
+		Targets: []handlers.Target{e.target()}, Subjects: e.subjects, LockTTL: time.Minute,
+		StoreRetry: 50 * time.Millisecond,
+	}, ports)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	d := e.delivery("t1", "r1", req{}, 1)
+	if got := s.Handle(ctx, d); got.Action != handlers.Leave {
+		t.Fatalf("first delivery: %v, want leave", got.Action)
+	}
+	d.NumDelivered = 2
+	if got := s.Handle(ctx, d); got.Action != handlers.Ack {
+		t.Fatalf("redelivery: %v", got.Action)
+	}
+	e.outcomes.of(t, "r1", waitLong).completedBody(t)
+	if c := e.emu.Counters(); c.JobsCreated != 1 {
+		t.Errorf("%d jobs created, want 1: the first was deleted before its run's end was recorded", c.JobsCreated)
 	}
 }

@@ -71,10 +71,10 @@ func (r retryingRuns) SaveRun(ctx context.Context, l Lease, run *Run) error {
 	})
 }
 
-// Finish is retried like SaveRun. A retry after an attempt that did write
-// but lost its reply finds the lock released: ErrLockVanished, which the
-// driver answers by taking the lock again and finishing again (the
-// watermark decision is read anew, the terminal record rewritten).
+// Finish is retried like SaveRun. A retry after a terminal write that did
+// happen but lost its reply meets the watermark it committed
+// (*WatermarkMovedError): the driver decides again and writes the same.
+// The release is idempotent.
 func (r retryingRuns) Finish(ctx context.Context, l Lease, f *Finish) error {
 	return r.d.retryStore(ctx, l, "finish run", func(ctx context.Context) error {
 		return r.Runs.Finish(ctx, l, f)

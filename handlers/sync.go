@@ -88,11 +88,7 @@ func (s *Syncer) handle(ctx context.Context, d Delivery, in intake) Disposition 
 // from (one store round trip: Locker.Begin), and adopts or creates its run
 // record, under the "lock" span; the request's finished run instead
 // re-publishes its outcome. ok is false when the delivery ends here, with
-// disp. A new run's record is written with the lock, unless since is "auto"
-// (its parameters wait for the watermark read with the lock): then its
-// kick-off writes it first (driver.go), before anything is sent to
-// Pathling; a crash before that leaves nothing to adopt, and nothing to
-// adopt is needed.
+// disp. A new run's record is written with the lock.
 func (s *Syncer) lock(ctx context.Context, log *slog.Logger, d Delivery, in intake, acq AcquireRequest) (dr *driver, disp Disposition, ok bool) {
 	t := in.t
 	lctx, span := s.tracer.Start(ctx, SpanLock, trace.WithAttributes(
@@ -103,21 +99,20 @@ func (s *Syncer) lock(ctx context.Context, log *slog.Logger, d Delivery, in inta
 	if s.jobs != nil {
 		breq.UndeletedJobs = sweepMaxJobs
 	}
-	if in.req.Since != "auto" {
-		// Its parameters do not depend on the watermark: the lock's round
-		// trip writes its record too, in the state the kick-off needs
-		// (kickOff: a kick-off may be sent from now on; its time, at the
-		// latest, is the watermark base).
-		r, err := s.newRun(in, params, key, time.Time{}, false)
-		if err != nil {
-			log.ErrorContext(lctx, "create run", "error", err)
-			endSpan(span, err)
-			return nil, s.retryLater(ctx), false
-		}
-		r.Driver = s.driver
-		r.State, r.Attempts, r.FirstKickOff = RunKicking, 1, r.StartedAt
-		breq.NewRun = r
+	// The lock's round trip writes a new run's record too, in the state the
+	// kick-off needs (kickOff: a kick-off may be sent from now on; its time,
+	// at the latest, is the watermark base). A since "auto" is resolved by
+	// the store against the watermark it reads in that round trip
+	// (BeginRequest.NewRun).
+	newRun, err := s.newRun(in, params, key, time.Time{}, false)
+	if err != nil {
+		log.ErrorContext(lctx, "create run", "error", err)
+		endSpan(span, err)
+		return nil, s.retryLater(ctx), false
 	}
+	newRun.Driver = s.driver
+	newRun.State, newRun.Attempts, newRun.FirstKickOff = RunKicking, 1, newRun.StartedAt
+	breq.NewRun = newRun
 	granted := s.now()
 	begun, err := s.locker.Begin(lctx, breq)
 	if err != nil {
@@ -165,11 +160,13 @@ func (s *Syncer) lock(ctx context.Context, log *slog.Logger, d Delivery, in inta
 			return nil, s.storeFailed(ctx, log, run, err), false
 		}
 	case begun.Created:
-		run = breq.NewRun
+		run = breq.NewRun // since "auto" resolved by Begin
 		span.SetAttributes(AttrAdopted.Bool(false), AttrRunID.String(run.RunID))
 		dr.undeleted, dr.sweepKnown = begun.Undeleted, s.jobs != nil
 		dr.kickSaved = true
 	default:
+		// A store that did not write the new record (a Locker without it):
+		// the kick-off writes it first.
 		run, err = s.newRun(in, params, key, begun.Watermark, begun.HasWatermark)
 		if err != nil {
 			log.ErrorContext(lctx, "create run", "error", err)

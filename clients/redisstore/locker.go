@@ -123,7 +123,11 @@ func (s *Store) Begin(ctx context.Context, req handlers.BeginRequest) (handlers.
 			return handlers.Begun{}, fmt.Errorf("redisstore: begin: %w", err)
 		}
 	}
-	args = append(args, rec.data, rec.retention, rec.score, rec.now)
+	auto := "0"
+	if req.NewRun != nil && req.NewRun.Request.Since == "auto" {
+		auto = "1"
+	}
+	args = append(args, rec.data, rec.retention, rec.score, rec.now, auto)
 	v, err := scriptBegin.Run(ctx, s.client, keys, args...).Result()
 	if err != nil {
 		return handlers.Begun{}, fmt.Errorf("redisstore: begin: %w", err)
@@ -134,7 +138,7 @@ func (s *Store) Begin(ctx context.Context, req handlers.BeginRequest) (handlers.
 	}
 	code, _ := arr[0].(int64)
 	if code == 4 {
-		r, err := decodeRun(arr[1], req.RequestID)
+		r, err := decodeRun(arr[1], nil, req.RequestID)
 		if err != nil || r == nil {
 			return handlers.Begun{}, fmt.Errorf("redisstore: begin: finished record: %w", err)
 		}
@@ -144,24 +148,28 @@ func (s *Store) Begin(ctx context.Context, req handlers.BeginRequest) (handlers.
 	if err != nil {
 		return handlers.Begun{}, fmt.Errorf("redisstore: begin: %w", err)
 	}
-	if len(arr) != 6 {
+	if len(arr) != 7 {
 		return handlers.Begun{}, fmt.Errorf("redisstore: begin: unexpected script reply %v", v)
 	}
 	b := handlers.Begun{Lease: lease}
-	if created, _ := arr[5].(int64); created == 1 {
-		b.Created = true
-		req.NewRun.Token = lease.Token
-	}
-	if b.Run, err = decodeRun(arr[2], req.RequestID); err != nil {
+	if b.Run, err = decodeRun(arr[2], arr[6], req.RequestID); err != nil {
 		// The lock is taken: the caller releases it (the lease is returned).
 		return b, fmt.Errorf("redisstore: begin: %w", err)
 	}
 	if ms, ok := arr[3].(string); ok {
-		n, err := strconv.ParseInt(ms, 10, 64)
+		t, err := parseMillis(ms)
 		if err != nil {
-			return b, fmt.Errorf("redisstore: begin: watermark %q: %w", ms, err)
+			return b, fmt.Errorf("redisstore: begin: watermark: %w", err)
 		}
-		b.Watermark, b.HasWatermark = time.UnixMilli(n).UTC(), true
+		b.Watermark, b.HasWatermark = t, true
+	}
+	if created, _ := arr[5].(int64); created == 1 {
+		b.Created = true
+		req.NewRun.Token = lease.Token
+		if auto == "1" && b.HasWatermark {
+			since := b.Watermark
+			req.NewRun.Params.Since = &since
+		}
 	}
 	if urls, ok := arr[4].([]any); ok {
 		for _, u := range urls {

@@ -79,6 +79,9 @@ func TestBeginTellsFinishedRun(t *testing.T) {
 	if err := s.Finish(ctx, b.Lease, &handlers.Finish{Run: newRun(b.Lease, handlers.RunCompleted)}); err != nil {
 		t.Fatal(err)
 	}
+	if err := s.Finish(ctx, b.Lease, &handlers.Finish{Release: true}); err != nil {
+		t.Fatal(err)
+	}
 	_, err = begin(t, s, "tgt", "done", "", 0)
 	var fin *handlers.RunFinishedError
 	if !errors.As(err, &fin) || fin.Run.State != handlers.RunCompleted || fin.Run.RequestID != "done" {
@@ -139,10 +142,16 @@ func TestFinish(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Decided on what is stored, committing an earlier value: kept.
-	err = s.Finish(ctx, b.Lease, &handlers.Finish{Run: r, ForgetJob: "http://p/job/1",
+	err = s.Finish(ctx, b.Lease, &handlers.Finish{Run: r,
 		Watermark: &handlers.WatermarkUpdate{Key: "wm", Stored: wm.Add(time.Hour), HasStored: true, Commit: wm},
 		Duration:  &handlers.DurationSample{Shape: "full", D: 1500 * time.Millisecond}})
 	if err != nil {
+		t.Fatal(err)
+	}
+	if _, held, _ := s.Lock(ctx, "tgt"); !held {
+		t.Error("the terminal write released the lock before the job's DELETE")
+	}
+	if err := s.Finish(ctx, b.Lease, &handlers.Finish{Release: true, ForgetJob: "http://p/job/1"}); err != nil {
 		t.Fatal(err)
 	}
 	if got, ok, _ := s.Watermark(ctx, "tgt", "wm"); !ok || !got.Equal(wm.Add(time.Hour)) {
@@ -176,6 +185,9 @@ func TestFinish(t *testing.T) {
 	r2 := newRun(b2.Lease, handlers.RunCompleted)
 	if err := s.Finish(ctx, b2.Lease, &handlers.Finish{Run: r2, Watermark: &handlers.WatermarkUpdate{
 		Key: "wm", Stored: b2.Watermark, HasStored: b2.HasWatermark, Commit: later}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Finish(ctx, b2.Lease, &handlers.Finish{Release: true}); err != nil {
 		t.Fatal(err)
 	}
 	if got, _, _ := s.Watermark(ctx, "tgt", "wm"); !got.Equal(later) {
@@ -266,5 +278,76 @@ func TestBeginWritesNewRun(t *testing.T) {
 	}
 	if b2.Created || b2.Run == nil || b2.Run.RunID != r.RunID || b2.Run.State != handlers.RunPolling {
 		t.Fatalf("redelivery: %+v", b2)
+	}
+}
+
+// The terminal write records a job not yet recorded, and refuses, writing
+// only that, when the job was kicked off before the run.
+func TestFinishRecordsPendingJob(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	b, err := begin(t, s, "tgt", "r1", "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kicked := time.Now().UTC().Truncate(time.Millisecond)
+	r := newRun(b.Lease, handlers.RunCompleted)
+	r.StatusURL, r.FirstKickOff = "http://p/job/old", kicked
+	if _, err := s.RecordJob(ctx, "tgt", "http://p/job/old", kicked.Add(-time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	err = s.Finish(ctx, b.Lease, &handlers.Finish{Run: r, RecordJob: true})
+	var earlier *handlers.EarlierJobError
+	if !errors.As(err, &earlier) || !earlier.KickedOffAt.Equal(kicked.Add(-time.Minute)) {
+		t.Fatalf("err = %v, want *EarlierJobError at %v", err, kicked.Add(-time.Minute))
+	}
+	if _, err := s.LoadRun(ctx, "tgt", "r1"); !errors.Is(err, handlers.ErrRunNotFound) {
+		t.Fatalf("record written: %v", err)
+	}
+	r.StatusURL = "http://p/job/new"
+	if err := s.Finish(ctx, b.Lease, &handlers.Finish{Run: r, RecordJob: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.RecordJob(ctx, "tgt", "http://p/job/new", kicked.Add(time.Hour)); !got.Equal(kicked) {
+		t.Errorf("job recorded at %v, want %v", got, kicked)
+	}
+}
+
+// A new since "auto" run's record takes the watermark Begin reads as its
+// since, for every reader, until a full write carries it.
+func TestBeginResolvesAutoSince(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	l := acquire(t, s, "tgt", "earlier", time.Minute)
+	wm := time.Now().UTC().Truncate(time.Millisecond)
+	if err := s.CommitWatermark(ctx, l, "wm", wm); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Release(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	r := newRun(handlers.Lease{Target: "tgt", RequestID: "auto"}, handlers.RunKicking)
+	r.Request.Since = "auto"
+	b, err := s.Begin(ctx, handlers.BeginRequest{
+		AcquireRequest: handlers.AcquireRequest{Target: "tgt", RequestID: "auto", TTL: time.Minute},
+		WatermarkKey:   "wm", NewRun: r})
+	if err != nil || !b.Created {
+		t.Fatalf("begin: %+v, %v", b, err)
+	}
+	if r.Params.Since == nil || !r.Params.Since.Equal(wm) {
+		t.Fatalf("new run's since %v, want %v", r.Params.Since, wm)
+	}
+	got, err := s.LoadRun(ctx, "tgt", "auto")
+	if err != nil || got.Params.Since == nil || !got.Params.Since.Equal(wm) {
+		t.Fatalf("loaded since %v (%v), want %v", got.Params.Since, err, wm)
+	}
+	runs, err := s.ListRuns(ctx, "tgt")
+	if err != nil || len(runs) != 1 || runs[0].Params.Since == nil || !runs[0].Params.Since.Equal(wm) {
+		t.Fatalf("listed %v, %v", runs, err)
+	}
+	b2, err := s.Begin(ctx, handlers.BeginRequest{
+		AcquireRequest: handlers.AcquireRequest{Target: "tgt", RequestID: "auto", TTL: time.Minute}, WatermarkKey: "wm"})
+	if err != nil || b2.Run == nil || b2.Run.Params.Since == nil || !b2.Run.Params.Since.Equal(wm) {
+		t.Fatalf("adopted: %+v, %v", b2.Run, err)
 	}
 }

@@ -11,7 +11,8 @@
 //
 //	<prefix>{<target>}:lock            hash  request, token; PX = lease TTL
 //	<prefix>{<target>}:fence           int   INCR counter of fencing tokens, never expires
-//	<prefix>{<target>}:run:<request>   hash  token, run (the Run as JSON); PX = retention
+//	<prefix>{<target>}:run:<request>   hash  token, run (the Run as JSON), done ("1": terminal),
+//	                                         since (a new since "auto" run's, unix ms); PX = retention
 //	<prefix>{<target>}:runs            zset  request ids with records, scored by expiry (unix ms)
 //	<prefix>{<target>}:wm              hash  watermark key -> unix ms
 //	<prefix>{<target>}:queue           zset  queued request ids, scored by Queue.Seq
@@ -76,6 +77,7 @@ var ErrInvalidArgument = errors.New("redisstore: invalid argument")
 type RedisClient interface {
 	redis.Scripter
 	HGet(ctx context.Context, key, field string) *redis.StringCmd
+	HMGet(ctx context.Context, key string, fields ...string) *redis.SliceCmd
 	HGetAll(ctx context.Context, key string) *redis.MapStringStringCmd
 	ZRange(ctx context.Context, key string, start, stop int64) *redis.StringSliceCmd
 	Pipelined(ctx context.Context, fn func(redis.Pipeliner) error) ([]redis.Cmder, error)
@@ -109,6 +111,8 @@ var (
 	kickedOffLua string
 	//go:embed lua/finish.lua
 	finishLua string
+	//go:embed lua/release_run.lua
+	releaseRunLua string
 
 	scriptAcquire         = redis.NewScript(acquireLua)
 	scriptRenew           = redis.NewScript(renewLua)
@@ -126,7 +130,9 @@ var (
 	scriptBegin     = redis.NewScript(asFunction("acquire", acquireLua) + beginLua)
 	scriptKickedOff = redis.NewScript(asFunction("recordJob", recordJobLua) +
 		asFunction("saveRun", saveRunLua) + kickedOffLua)
-	scriptFinish = redis.NewScript(asFunction("recordDuration", recordDurationLua) + finishLua)
+	scriptFinish = redis.NewScript(asFunction("recordJob", recordJobLua) +
+		asFunction("recordDuration", recordDurationLua) + finishLua)
+	scriptReleaseRun = redis.NewScript(releaseRunLua)
 )
 
 // asFunction wraps a script as a local Lua function of (KEYS, ARGV): the

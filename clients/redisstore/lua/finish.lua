@@ -1,23 +1,27 @@
--- Finish a run in one round trip, fenced by the lease token: forget its deleted Pathling job,
--- commit the watermark (never backwards), write the terminal record holding the outcome,
--- release the lock and drop the request's queue ticket, tell waiting replicas the target is
--- free, and add an optional duration sample (record_duration.lua, run as recordDuration).
--- KEYS[1] lock  KEYS[2] run  KEYS[3] runs index  KEYS[4] watermarks  KEYS[5] queue
--- KEYS[6] queue deadlines  KEYS[7] jobs  KEYS[8] undeleted jobs  KEYS[9] durations (optional)
+-- Write a run's end, fenced by the lease token, in one round trip: record its job when the run
+-- has not yet (record_job.lua, run as recordJob: a fact about Pathling, whoever holds the lock),
+-- commit the watermark (never backwards), write the terminal record holding the outcome, and add
+-- an optional duration sample (record_duration.lua, run as recordDuration). The lock stays: the
+-- run DELETEs its job before it lets the target go (release_run.lua).
+-- KEYS[1] lock  KEYS[2] run  KEYS[3] runs index  KEYS[4] watermarks  KEYS[5] jobs
+-- KEYS[6] durations (optional)
 -- ARGV[1] request id  ARGV[2] token  ARGV[3] record JSON  ARGV[4] retention ms (0 = forever)
 -- ARGV[5] index score (expiry unix ms or "+inf")  ARGV[6] now unix ms
 -- ARGV[7] watermark key ("" = watermarks untouched)
 -- ARGV[8] the stored watermark the caller decided on (unix ms, "" = none stored)
 -- ARGV[9] watermark to commit (unix ms, "" = none: the run does not move it)
--- ARGV[10] status URL of the deleted job to forget ("" = none)
--- ARGV[11] release notification channel  ARGV[12] target
--- ARGV[13..15] with KEYS[9]: record_duration.lua's ARGV[1..3]
--- Returns {1, ""} finished | {0, ""} lock lost | {-1, ""} vanished (as save_run.lua) |
---         {2, stored watermark or false}: the stored watermark is not ARGV[8]; nothing written.
+-- ARGV[10..13] record_job.lua's ARGV (status URL, the run's first kick-off unix ms, cutoff,
+--              most entries), ARGV[10] "" = the job is recorded already
+-- ARGV[14..16] with KEYS[6]: record_duration.lua's ARGV[1..3]
+-- Returns {1, ""} written | {0, ""} lock lost | {-1, ""} vanished (as save_run.lua) |
+--         {2, stored watermark or false}: the stored watermark is not ARGV[8] |
+--         {3, earliest}: the job was kicked off before the run (Pathling handed back an earlier
+--         job): its time is the watermark base. Nothing but the job's record is written on 2, 3.
 if ARGV[10] ~= "" then
-  -- A fact about Pathling (the job is gone), whoever holds the lock.
-  redis.call("ZREM", KEYS[7], ARGV[10])
-  redis.call("ZREM", KEYS[8], ARGV[10])
+  local t = recordJob({KEYS[5]}, {ARGV[10], ARGV[11], ARGV[12], ARGV[13]})
+  if t < tonumber(ARGV[11]) then
+    return {3, t}
+  end
 end
 local token = tonumber(ARGV[2])
 local v = redis.call("HMGET", KEYS[1], "request", "token")
@@ -47,11 +51,7 @@ else
 end
 redis.call("ZADD", KEYS[3], ARGV[5], ARGV[1])
 redis.call("ZREMRANGEBYSCORE", KEYS[3], "-inf", "(" .. ARGV[6])
-redis.call("DEL", KEYS[1])
-redis.call("ZREM", KEYS[5], ARGV[1])
-redis.call("HDEL", KEYS[6], ARGV[1])
-redis.call("PUBLISH", ARGV[11], ARGV[12])
-if KEYS[9] then
-  recordDuration({KEYS[9]}, {ARGV[13], ARGV[14], ARGV[15]})
+if KEYS[6] then
+  recordDuration({KEYS[6]}, {ARGV[14], ARGV[15], ARGV[16]})
 end
 return {1, ""}
