@@ -112,7 +112,10 @@ func (s *Syncer) lock(ctx context.Context, log *slog.Logger, d Delivery, in inta
 	}
 	newRun.Driver = s.driver
 	newRun.State, newRun.Attempts, newRun.FirstKickOff = RunKicking, 1, newRun.StartedAt
-	breq.NewRun = newRun
+	if acq.Queue == nil || !acq.Queue.Settle {
+		// A settling ticket only takes its place: no record to carry.
+		breq.NewRun = newRun
+	}
 	granted := s.now()
 	begun, err := s.locker.Begin(lctx, breq)
 	if err != nil {
