@@ -35,10 +35,30 @@ type driver struct {
 	skew      time.Duration // largest positive clock skew (local − Pathling) seen in this drive
 	retakes   int           // times the lock vanished and was taken again (retake)
 
+	// What the lock's store round trip read with the lease (Locker.Begin),
+	// so that the run's first steps need not read it again.
+	wm         storedWatermark // the run's stored watermark, when known under this lease
+	undeleted  []string        // jobs marked undeleted, for the first sweep
+	sweepKnown bool            // undeleted holds the first sweep's jobs (nil: none)
+	kickSaved  bool            // the lock's round trip saved the first kick-off's record
+	jobPending bool            // the run's job (StatusURL) is not recorded yet (its write failed)
+
+	forget   string                          // a DELETEd job the finish drops from the registry
+	end      func(ctx context.Context) error // writes the run's end again (after a retake)
+	released bool                            // the finish released the lock
+
 	// pubSpan is the producer span of the outcome built by finish: the
 	// outcome's traceparent. It ends once the outcome is
 	// published (finishDisposition) or the drive stops without publishing.
 	pubSpan trace.Span
+}
+
+// storedWatermark is the stored watermark of a run's key as read under the
+// driver's current lease: only the lease's own fenced writes change it.
+type storedWatermark struct {
+	at    time.Time
+	ok    bool // one is stored
+	known bool // read under the current lease
 }
 
 // errTimeout ends a wait that reached the run's deadline.
@@ -130,21 +150,28 @@ func (dr *driver) retake(ctx context.Context) Disposition {
 		dr.log.ErrorContext(ctx, "another request took the target while the store had lost this run's lock; "+
 			"cancelling this run's Pathling job so that two imports never run on one target",
 			"holder", held.RequestID, "status_url", r.StatusURL)
-		dr.cancelJob(ctx)
+		dr.cancelJob(ctx, false)
 		return dr.stop(ctx, ErrLockLost)
 	case err != nil:
 		return dr.stop(ctx, err)
 	}
 	lease.Expires = granted.Add(dr.lockTTL)
 	dr.lease = lease
+	// Redis may have lost what was read under the old lease.
+	dr.wm, dr.sweepKnown, dr.undeleted, dr.kickSaved = storedWatermark{}, false, nil, false
 	dr.log.InfoContext(ctx, "took the vanished lock again", "new_token", lease.Token)
-	if err := dr.save(ctx, dr.lease, r); err != nil {
+	if r.State.Terminal() && dr.end != nil {
+		// The run's end was refused (after the job's DELETE): write it
+		// again, whatever the clock says now.
+		if err := dr.end(ctx); err != nil {
+			return dr.stop(ctx, err)
+		}
+		return dr.finishDisposition(ctx)
+	}
+	if err := dr.persist(ctx); err != nil {
 		return dr.stop(ctx, err)
 	}
 	if r.State.Terminal() {
-		// The terminal record was refused before the job's DELETE (finish):
-		// finish the finish, whatever the clock says now.
-		dr.deleteJob(ctx)
 		return dr.finishDisposition(ctx)
 	}
 	return dr.drive(ctx)
@@ -162,10 +189,14 @@ func (dr *driver) kickOff(ctx context.Context) error {
 		dr.pause = 0
 	}
 	dr.deleteLeftBehind(ctx)
-	r.State = RunKicking
-	r.Attempts++
-	if err := dr.save(ctx, dr.lease, r); err != nil {
-		return err
+	if dr.kickSaved {
+		dr.kickSaved = false // written with the lock: state kicking, attempt 1
+	} else {
+		r.State = RunKicking
+		r.Attempts++
+		if err := dr.save(ctx, dr.lease, r); err != nil {
+			return err
+		}
 	}
 	sctx, span := dr.tracer.Start(ctx, SpanKickOff, trace.WithAttributes(
 		AttrTarget.String(r.Target), AttrRunID.String(r.RunID), AttrAttempt.Int(r.Attempts)))
@@ -184,18 +215,22 @@ func (dr *driver) kickOff(ctx context.Context) error {
 	}
 	url := ko.StatusURL
 	dr.noteSkew(ctx, ko.ServerDate)
-	if err := dr.recordJob(ctx, url); err != nil {
-		return err
-	}
 	dr.failures = 0
 	dr.polls = 0
 	dr.deleted = false
 	r.StatusURL = url
 	r.State = RunPolling
 	r.Progress = ""
+	// The job and the polling record, in one write, at once: an adopter of
+	// the "kicking" record would re-kick, and Pathling hands an identical
+	// kick-off the same job only until its import changed the database.
+	dr.jobPending = true
+	if err := dr.persist(ctx); err != nil {
+		return err
+	}
 	dr.log.InfoContext(ctx, "kicked off import", "status_url", url, "attempt", r.Attempts)
 	dr.observe(ctx, RunEvent{Kind: EventKickedOff, Target: r.Target, RequestID: r.RequestID, RunID: r.RunID})
-	return dr.save(ctx, dr.lease, r)
+	return nil
 }
 
 func (dr *driver) poll(ctx context.Context) error {
@@ -237,7 +272,7 @@ func (dr *driver) poll(ctx context.Context) error {
 			// Honour the server's pace for the next poll, within the cadence's cap.
 			dr.pause = min(st.RetryAfter, dr.t.Poll.Max)
 		}
-		return dr.save(ctx, dr.lease, r)
+		return dr.persist(ctx)
 	case JobDone:
 		return dr.complete(ctx, st, false)
 	case JobLost:
@@ -249,6 +284,7 @@ func (dr *driver) poll(ctx context.Context) error {
 		}
 		r.State = RunStarting
 		r.StatusURL = ""
+		dr.jobPending = false // gone from Pathling: nothing to record
 		return dr.save(ctx, dr.lease, r)
 	case JobFailed:
 		f := st.Failure
@@ -260,7 +296,7 @@ func (dr *driver) poll(ctx context.Context) error {
 		}
 		if f.Retryable {
 			// Even with KeepJobs: the identical re-kick would get the cached failure.
-			dr.cancelJob(ctx)
+			dr.cancelJob(ctx, false)
 			return dr.retryAfterFailure(ctx, f)
 		}
 		dr.deleteJob(ctx)
@@ -305,8 +341,9 @@ func (dr *driver) retryAfterFailure(ctx context.Context, pe *PathlingError) erro
 		// The job itself failed: a new one is needed.
 		dr.run.State = RunStarting
 		dr.run.StatusURL = ""
+		dr.jobPending = false
 	}
-	return dr.save(ctx, dr.lease, dr.run)
+	return dr.persist(ctx)
 }
 
 // wait sleeps d (cut at the deadline) while renewing the lease every third
@@ -358,11 +395,13 @@ func (dr *driver) wait(ctx context.Context, d time.Duration) error {
 	}
 }
 
+// deleteJob DELETEs the current job unless the target keeps jobs; the run's
+// finish drops it from the registry.
 func (dr *driver) deleteJob(ctx context.Context) {
 	if dr.t.KeepJobs {
 		return
 	}
-	dr.cancelJob(ctx)
+	dr.cancelJob(ctx, true)
 }
 
 // Bounds of deleting jobs: cancelJob's tries of one DELETE, and the sweep of
@@ -379,8 +418,10 @@ const (
 // finished job's memory. It tries a few times within a short bound; a job it
 // could not delete is marked undeleted in the registry, so that the next
 // kick-off for the target deletes it first (else Pathling could hand that
-// kick-off this job, with its older export).
-func (dr *driver) cancelJob(ctx context.Context) {
+// kick-off this job, with its older export). A deleted job is dropped from
+// the registry at once, or, with forgetInFinish, by the run's finish (one
+// write fewer).
+func (dr *driver) cancelJob(ctx context.Context, forgetInFinish bool) {
 	url := dr.run.StatusURL
 	if dr.deleted || url == "" {
 		return
@@ -404,6 +445,10 @@ func (dr *driver) cancelJob(ctx context.Context) {
 			}
 		}
 		if err = dr.t.Pathling.Delete(dctx, url); err == nil {
+			if forgetInFinish && dr.jobs != nil {
+				dr.forget = url
+				return
+			}
 			dr.forgetJob(ctx, url)
 			return
 		}
@@ -423,15 +468,19 @@ func (dr *driver) cancelJob(ctx context.Context) {
 	}
 }
 
-// withinLease renews the lease (best effort: a failure shows at the next
-// fenced write) and cuts d to two thirds of what then remains, so that a
-// bounded side task (DELETE retries, the sweep) never lets the lock lapse
-// before the writes that follow it.
+// withinLease renews the lease when its renewal is due or its expiry
+// unknown (best effort: a failure shows at the next fenced write) and cuts d
+// to two thirds of what then remains, so that a bounded side task (DELETE
+// retries, the sweep) never lets the lock lapse before the writes that
+// follow it. A lease renewed less than a third of its TTL ago is left as it
+// is: a round trip saved on every fast run, for at least 4/9 of the TTL.
 func (dr *driver) withinLease(ctx context.Context, d time.Duration) time.Duration {
 	now := dr.now()
-	if err := dr.locker.Renew(context.WithoutCancel(ctx), dr.lease, dr.lockTTL); err == nil {
-		dr.lease.Expires = now.Add(dr.lockTTL)
-		dr.nextRenew = now.Add(dr.lockTTL / 3)
+	if dr.lease.Expires.IsZero() || !now.Before(dr.nextRenew) {
+		if err := dr.locker.Renew(context.WithoutCancel(ctx), dr.lease, dr.lockTTL); err == nil {
+			dr.lease.Expires = now.Add(dr.lockTTL)
+			dr.nextRenew = now.Add(dr.lockTTL / 3)
+		}
 	}
 	if dr.lease.Expires.IsZero() {
 		return d
@@ -460,12 +509,19 @@ func (dr *driver) deleteLeftBehind(ctx context.Context) {
 	if jobs == nil {
 		return
 	}
+	urls, known := dr.undeleted, dr.sweepKnown
+	dr.undeleted, dr.sweepKnown = nil, false // read with the lock: good for the first sweep only
+	if known && len(urls) == 0 {
+		return
+	}
 	sctx, cancel := context.WithTimeout(ctx, dr.withinLease(ctx, sweepBudget))
 	defer cancel()
-	urls, err := jobs.UndeletedJobs(sctx, dr.run.Target, sweepMaxJobs)
-	if err != nil {
-		dr.log.WarnContext(ctx, "list undeleted Pathling jobs", "error", err)
-		return
+	if !known {
+		var err error
+		if urls, err = jobs.UndeletedJobs(sctx, dr.run.Target, sweepMaxJobs); err != nil {
+			dr.log.WarnContext(ctx, "list undeleted Pathling jobs", "error", err)
+			return
+		}
 	}
 	for _, url := range urls {
 		if err := dr.t.Pathling.Delete(sctx, url); err != nil {
@@ -482,27 +538,55 @@ func (dr *driver) deleteLeftBehind(ctx context.Context) {
 	}
 }
 
-// recordJob registers the job a kick-off returned, with the run's watermark
-// base (its first kick-off: no later than this one). When Pathling handed back
-// a job an earlier run started (an identical request), the data come from
-// that job's export: the run's watermark base moves back to that run's.
-func (dr *driver) recordJob(ctx context.Context, url string) error {
+// persist saves the run record, fenced; while the job of the last kick-off
+// is pending (kickOff) it also registers that job (Jobs.RecordKickOff), with
+// the run's watermark base (its first kick-off: no later than this one), in
+// the same write. When Pathling handed back a job an earlier run started (an
+// identical request), the data come from that job's export: the run's
+// watermark base moves back to that run's before the record is saved.
+func (dr *driver) persist(ctx context.Context) error {
+	r := dr.run
+	if !dr.jobPending || r.StatusURL == "" {
+		return dr.save(ctx, dr.lease, r)
+	}
 	if dr.jobs == nil {
+		if err := dr.save(ctx, dr.lease, r); err != nil {
+			return err
+		}
+		dr.jobPending = false
 		return nil
 	}
-	r := dr.run
-	earliest, err := dr.jobs.RecordJob(ctx, r.Target, url, r.FirstKickOff)
+	var earliest time.Time
+	err := dr.retryStore(ctx, dr.lease, "record job", func(ctx context.Context) error {
+		r.UpdatedAt = dr.now()
+		var err error
+		earliest, err = dr.jobs.RecordKickOff(ctx, dr.lease, r)
+		return err
+	})
 	if err != nil {
 		// Without the record a reused job would go unnoticed: try again later
 		// (the identical kick-off gets the same job back).
 		return fmt.Errorf("record Pathling job: %w", err)
 	}
-	if earliest.Before(r.FirstKickOff.Truncate(time.Millisecond)) { // the registry keeps milliseconds
-		dr.log.WarnContext(ctx, "Pathling returned an existing job: its export started before this run's kick-off; the watermark starts from that job's kick-off",
-			"status_url", url, "job_kicked_off_at", earliest, "run_kicked_off_at", r.FirstKickOff)
-		r.FirstKickOff = earliest
+	dr.jobPending = false
+	if dr.earlierJob(ctx, earliest) {
+		return dr.save(ctx, dr.lease, r)
 	}
 	return nil
+}
+
+// earlierJob moves the run's watermark base back to its job's kick-off when
+// that was earlier (Pathling handed back a job an earlier run started), and
+// reports whether it did.
+func (dr *driver) earlierJob(ctx context.Context, kickedOffAt time.Time) bool {
+	r := dr.run
+	if !kickedOffAt.Before(r.FirstKickOff.Truncate(time.Millisecond)) { // the registry keeps milliseconds
+		return false
+	}
+	dr.log.WarnContext(ctx, "Pathling returned an existing job: its export started before this run's kick-off; the watermark starts from that job's kick-off",
+		"status_url", r.StatusURL, "job_kicked_off_at", kickedOffAt, "run_kicked_off_at", r.FirstKickOff)
+	r.FirstKickOff = kickedOffAt
+	return true
 }
 
 // noteSkew measures the clock skew from a response's Date header: local
@@ -520,7 +604,7 @@ func (dr *driver) noteSkew(ctx context.Context, serverDate time.Time) {
 func (dr *driver) timeout(ctx context.Context) Disposition {
 	r := dr.run
 	// Cancel best-effort: Pathling stops at the import phase at the latest.
-	dr.cancelJob(ctx)
+	dr.cancelJob(ctx, true)
 	msg := fmt.Sprintf("sync did not finish within %s (%d polls, %d attempts)", r.Deadline.Sub(r.StartedAt), r.Polls, r.Attempts)
 	if dr.lastErr != "" {
 		msg += "; last error: " + dr.lastErr
@@ -532,9 +616,10 @@ func (dr *driver) timeout(ctx context.Context) Disposition {
 	return dr.finishDisposition(ctx)
 }
 
-// complete records a successful run: watermark first (idempotent, never
-// backwards), then the terminal record holding the outcome.
+// complete records a successful run: the watermark decision with the
+// terminal record holding the outcome (finish).
 func (dr *driver) complete(ctx context.Context, st JobStatus, empty bool) error {
+	dr.end = func(ctx context.Context) error { return dr.complete(ctx, st, empty) }
 	r := dr.run
 	if r.FirstKickOff.IsZero() {
 		r.FirstKickOff = r.StartedAt // adopted from a record written before kick-off
@@ -548,41 +633,83 @@ func (dr *driver) complete(ctx context.Context, st JobStatus, empty bool) error 
 			"clock_skew", dr.skew, "overlap", overlap, "widened_overlap", overlap+dr.skew)
 		overlap += dr.skew
 	}
-	wm := r.FirstKickOff.Add(-overlap).UTC()
-	if r.Params.Until != nil && r.Params.Until.Before(wm) {
-		// A bounded export covers nothing after until.
-		wm = r.Params.Until.UTC()
+	var span trace.Span
+	for tries := 1; ; tries++ {
+		wm := r.FirstKickOff.Add(-overlap).UTC()
+		if r.Params.Until != nil && r.Params.Until.Before(wm) {
+			// A bounded export covers nothing after until.
+			wm = r.Params.Until.UTC()
+		}
+		if span == nil {
+			_, span = dr.tracer.Start(ctx, SpanWatermark, trace.WithAttributes(
+				AttrTarget.String(r.Target), AttrRunID.String(r.RunID)))
+		}
+		span.SetAttributes(AttrWatermark.String(messages.FormatInstant(wm)))
+		// The stored watermark may be later than this run's (never
+		// backwards), or not moved by it at all (an explicit since leaving a
+		// gap), or absent.
+		if !dr.wm.known {
+			at, ok, err := dr.marks.Watermark(ctx, r.Target, r.WatermarkKey)
+			if err != nil {
+				err = fmt.Errorf("read watermark: %w", err)
+				endSpan(span, err)
+				return err
+			}
+			dr.wm = storedWatermark{at: at, ok: ok, known: true}
+		}
+		after, stored, commit := settleWatermark(r.Params.Since, dr.wm.at, dr.wm.ok, wm)
+		wu := &WatermarkUpdate{Key: r.WatermarkKey, Stored: dr.wm.at, HasStored: dr.wm.ok}
+		if commit {
+			wu.Commit = after
+		}
+		markOutcome(ctx, false, "")
+		err := dr.finish(ctx, RunCompleted, completion(r.StatusURL, st, empty, formatWatermark(after, stored)), wu)
+		var moved *WatermarkMovedError
+		var earlier *EarlierJobError
+		switch {
+		case errors.As(err, &moved) && tries < 3:
+			// Changed by someone other than this lease (an operator's reset?):
+			// decide again on what is stored now.
+			dr.log.WarnContext(ctx, "the stored watermark changed during the run; deciding again",
+				"read", dr.wm.at, "stored", moved.Stored, "present", moved.HasStored)
+			dr.wm = storedWatermark{at: moved.Stored, ok: moved.HasStored, known: true}
+			continue
+		case errors.As(err, &earlier) && tries < 3:
+			dr.jobPending = false // recorded now
+			dr.earlierJob(ctx, earlier.KickedOffAt)
+			continue
+		case err != nil:
+			endSpan(span, err)
+			return err
+		}
+		dr.wm = storedWatermark{at: after, ok: stored, known: true}
+		if stored {
+			span.SetAttributes(attribute.String("pathling_sync.watermark.stored", messages.FormatInstant(after)))
+			dr.observe(ctx, RunEvent{Kind: EventWatermark, Target: r.Target, RequestID: r.RequestID, RunID: r.RunID, Watermark: after})
+		}
+		span.End()
+		return nil
 	}
-	wctx, span := dr.tracer.Start(ctx, SpanWatermark, trace.WithAttributes(
-		AttrTarget.String(r.Target), AttrRunID.String(r.RunID), AttrWatermark.String(messages.FormatInstant(wm))))
-	// The stored watermark may be later than this run's (never backwards),
-	// or not moved by it at all (an explicit since leaving a gap), or absent.
-	wm, stored, err := dr.settleWatermark(wctx, dr.lease, r, wm)
-	if err != nil {
-		endSpan(span, err)
-		return err
-	}
-	if stored {
-		span.SetAttributes(attribute.String("pathling_sync.watermark.stored", messages.FormatInstant(wm)))
-		dr.observe(ctx, RunEvent{Kind: EventWatermark, Target: r.Target, RequestID: r.RequestID, RunID: r.RunID, Watermark: wm})
-	}
-	span.End()
-	markOutcome(ctx, false, "")
-	return dr.finish(ctx, RunCompleted, completion(r.StatusURL, st, empty, formatWatermark(wm, stored)))
 }
 
 // fail records a failed run with its SyncFailed outcome.
 func (dr *driver) fail(ctx context.Context, reason messages.Reason, retryable bool, msg string, pe *PathlingError) error {
+	dr.end = func(ctx context.Context) error { return dr.fail(ctx, reason, retryable, msg, pe) }
 	markOutcome(ctx, true, reason)
-	return dr.finish(ctx, RunFailed, failure(reason, retryable, msg, pe))
+	return dr.finish(ctx, RunFailed, failure(reason, retryable, msg, pe), nil)
 }
 
 // finish builds the run's outcome (outcome.go) under a new producer span,
-// dr.pubSpan, the event's traceparent; writes the terminal record (fenced)
-// holding it; then deletes the Pathling job. Releasing the lock and
-// publishing come after, in finishDisposition: a crash in between leaves a
-// terminal record whose redelivery re-publishes.
-func (dr *driver) finish(ctx context.Context, state RunState, res result) error {
+// dr.pubSpan, the event's traceparent; writes, fenced, the terminal record
+// holding it with the watermark decision wu (nil: none) and the job's record
+// if pending (Runs.Finish); DELETEs the Pathling job; then lets the target
+// go (Runs.Finish again: the lock's release, the deleted job dropped from
+// the registry). Publishing comes after, in finishDisposition: a crash in
+// between leaves a terminal record whose redelivery re-publishes. The
+// DELETE comes after the terminal record (an adopter of a record still
+// polling would find the job gone and import again) and before the release
+// (the target's next run must not be handed this job back).
+func (dr *driver) finish(ctx context.Context, state RunState, res result, wu *WatermarkUpdate) error {
 	r := dr.run
 	finishedAt := dr.now()
 	ev, span, err := dr.outcomes.build(ctx, runEcho(r), res, finishedAt)
@@ -596,11 +723,22 @@ func (dr *driver) finish(ctx context.Context, state RunState, res result) error 
 	r.State = state
 	r.FinishedAt = finishedAt
 	r.Outcome = &ev
+	r.UpdatedAt = finishedAt
+	r.Token = dr.lease.Token
 	// The outcome must be recorded even while shutting down.
-	if err := dr.save(context.WithoutCancel(ctx), dr.lease, r); err != nil {
+	pctx := context.WithoutCancel(ctx)
+	f := &Finish{Run: r, Watermark: wu, RecordJob: dr.jobPending && r.StatusURL != "" && dr.jobs != nil}
+	if err := dr.runs.Finish(pctx, dr.lease, f); err != nil {
 		return err
 	}
+	dr.jobPending = false
 	dr.deleteJob(ctx)
+	if err := dr.runs.Finish(pctx, dr.lease, &Finish{Release: true, ForgetJob: dr.forget}); err != nil {
+		dr.log.WarnContext(ctx, "release lock", "error", err) // finishDisposition tries once more
+		return nil
+	}
+	dr.forget = ""
+	dr.released = true
 	return nil
 }
 
@@ -611,11 +749,14 @@ func (dr *driver) finishDisposition(ctx context.Context) Disposition {
 	pctx := context.WithoutCancel(ctx)
 	span := dr.pubSpan // nil for an outcome recorded by an earlier driver: a republish
 	dr.pubSpan = nil
-	// Release before publishing: whoever reacts to the outcome (a script's next request, a
-	// chain) must find the target free. The terminal record is the truth: a crash between the
-	// two means a redelivery, which re-publishes the recorded outcome.
-	if err := dr.locker.Release(pctx, dr.lease); err != nil {
-		dr.log.WarnContext(ctx, "release lock", "error", err)
+	// Release before publishing (finish released with the terminal record): whoever reacts to
+	// the outcome (a script's next request, a chain) must find the target free. The terminal
+	// record is the truth: a crash before the publish means a redelivery, which re-publishes
+	// the recorded outcome.
+	if !dr.released {
+		if err := dr.locker.Release(pctx, dr.lease); err != nil {
+			dr.log.WarnContext(ctx, "release lock", "error", err)
+		}
 	}
 	if err := dr.outcomes.publish(pctx, *r.Outcome, span); err != nil {
 		dr.log.ErrorContext(ctx, "publish outcome", "error", err)

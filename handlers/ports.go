@@ -186,12 +186,59 @@ func (e *LockHeldError) Error() string {
 	return fmt.Sprintf("target locked by request %q", e.RequestID)
 }
 
+// BeginRequest asks for a target's lock together with what a run starts
+// from, read under the new lease in the same store round trip (reads after
+// the grant see exactly what fenced writers left).
+type BeginRequest struct {
+	AcquireRequest
+	// WatermarkKey, when set, names the watermark to read (Begun.Watermark).
+	WatermarkKey string
+	// UndeletedJobs is how many jobs marked undeleted (Jobs.UndeletedJobs)
+	// to read, oldest first; 0 reads none.
+	UndeletedJobs int
+	// NewRun, when set, is the record of the request's new run: written
+	// under the new lease (Token set from it) when the request has none
+	// (Begun.Created). A since "auto" (Request.Since) is resolved against
+	// the watermark of WatermarkKey read in the same step: NewRun's
+	// Params.Since is set to it when one is stored, and every read of the
+	// record sees it so.
+	NewRun *Run
+}
+
+// Begun is a granted BeginRequest.
+type Begun struct {
+	Lease Lease
+	// Run is the request's record, nil when it has none: a new run.
+	Run *Run
+	// Watermark is the stored watermark of BeginRequest.WatermarkKey;
+	// HasWatermark is false when none is stored (or no key was asked for).
+	Watermark    time.Time
+	HasWatermark bool
+	// Undeleted are the jobs marked undeleted, oldest first.
+	Undeleted []string
+	// Created says BeginRequest.NewRun was written (Run is then nil).
+	Created bool
+}
+
+// RunFinishedError says the request's run is terminal already: Begin took
+// nothing, and the recorded outcome (Run.Outcome) is what goes out again.
+type RunFinishedError struct{ Run *Run }
+
+func (e *RunFinishedError) Error() string {
+	return fmt.Sprintf("run of request %q is finished (%s)", e.Run.RequestID, e.Run.State)
+}
+
 // Locker serialises runs per target with fenced leases.
 type Locker interface {
 	// Acquire takes the target's lock for req.RequestID with a new fencing
 	// token. If the lock is held by the same request (a redelivery), it is
 	// taken over with a new token. Errors: *LockHeldError, ErrNotYourTurn.
 	Acquire(ctx context.Context, req AcquireRequest) (Lease, error)
+	// Begin is Acquire for a delivery: unless the request's run is finished
+	// (*RunFinishedError, nothing taken), it takes the lock as Acquire does
+	// and reads the request's record, the watermark and the undeleted jobs
+	// the run starts from, in one round trip. Errors as Acquire's.
+	Begin(ctx context.Context, req BeginRequest) (Begun, error)
 	// Renew extends the lease by ttl. ErrLockLost when another token holds
 	// it, ErrLockVanished when it is gone.
 	Renew(ctx context.Context, l Lease, ttl time.Duration) error
@@ -230,15 +277,81 @@ type Runs interface {
 	// wrote. A redelivery then re-publishes that outcome instead of running.
 	// Not fenced: the request never held the lock.
 	RecordOutcome(ctx context.Context, r *Run) (bool, error)
+	// Finish writes a run's end in two calls. The first (Finish.Run set),
+	// fenced, records the run's job if asked (unfenced, like Jobs), commits
+	// the watermark decision (never backwards), writes the terminal record
+	// holding the outcome (Token set from the lease) and adds the duration
+	// sample; errors as SaveRun's, *WatermarkMovedError or *EarlierJobError
+	// (nothing written but the job's record). The second (Finish.Release),
+	// once the run's job is DELETEd, drops that job from the registry,
+	// releases the lock if the lease holds it, drops the request's queue
+	// ticket and tells the replicas waiting for the target that it is free.
+	Finish(ctx context.Context, l Lease, f *Finish) error
 }
 
-// Watermarks stores the watermarks of since "auto" (see WatermarkKey).
+// Finish is one of the two writes of a run's end (Runs.Finish): Run set,
+// or Release.
+type Finish struct {
+	// Run is the terminal record, holding its outcome.
+	Run *Run
+	// RecordJob asks to record Run's job (Run.StatusURL, kicked off at
+	// Run.FirstKickOff) as Jobs.RecordKickOff would: the run has not yet.
+	RecordJob bool
+	// Watermark, when set, is the run's watermark decision.
+	Watermark *WatermarkUpdate
+	// Duration, when set, is added to the history of (target, Shape).
+	Duration *DurationSample
+
+	// Release lets the target go (Run unset).
+	Release bool
+	// ForgetJob, with Release, is the status URL of the job the run
+	// DELETEd: dropped from the job registry.
+	ForgetJob string
+}
+
+// EarlierJobError says the run's job was kicked off before the run's first
+// kick-off (KickedOffAt): Pathling handed back a job an earlier run started,
+// whose kick-off is the run's watermark base. Runs.Finish wrote nothing but
+// the job's record: decide again.
+type EarlierJobError struct{ KickedOffAt time.Time }
+
+func (e *EarlierJobError) Error() string {
+	return fmt.Sprintf("the job was kicked off earlier, at %s", e.KickedOffAt.Format(time.RFC3339Nano))
+}
+
+// WatermarkUpdate is a finished run's watermark decision on Key: made on
+// the stored value Stored (HasStored false: none), it commits Commit
+// (never backwards), or nothing when Commit is zero.
+type WatermarkUpdate struct {
+	Key       string
+	Stored    time.Time
+	HasStored bool
+	Commit    time.Time
+}
+
+// DurationSample is a finished job's duration, for the history of its
+// (target, shape).
+type DurationSample struct {
+	Shape string
+	D     time.Duration
+}
+
+// WatermarkMovedError says Runs.Finish found another stored watermark than
+// the one its decision read (Stored, HasStored false: none): decide again.
+type WatermarkMovedError struct {
+	Stored    time.Time
+	HasStored bool
+}
+
+func (e *WatermarkMovedError) Error() string {
+	return fmt.Sprintf("stored watermark changed to %s (present %v) since it was read", e.Stored.Format(time.RFC3339Nano), e.HasStored)
+}
+
+// Watermarks reads the watermarks of since "auto" (see WatermarkKey); runs
+// commit them in Runs.Finish.
 type Watermarks interface {
 	// Watermark returns the stored watermark for key, ok=false when none.
 	Watermark(ctx context.Context, target, key string) (t time.Time, ok bool, err error)
-	// CommitWatermark sets the watermark to max(stored, t), fenced like
-	// Runs.SaveRun.
-	CommitWatermark(ctx context.Context, l Lease, key string, t time.Time) error
 }
 
 // Jobs is a per-target registry of the Pathling jobs kick-offs returned.
@@ -253,10 +366,13 @@ type Watermarks interface {
 // its DELETE did fail), and a refused write would lose the only trace of a
 // job left behind.
 type Jobs interface {
-	// RecordJob notes that a kick-off sent at kickedOffAt returned statusURL
-	// and returns the earliest kick-off time recorded for it (the earliest
-	// writer wins), which is kickedOffAt for a new job.
-	RecordJob(ctx context.Context, target, statusURL string, kickedOffAt time.Time) (time.Time, error)
+	// RecordKickOff notes that r's kick-off (at r.FirstKickOff) returned
+	// r.StatusURL and returns the earliest kick-off time recorded for that
+	// job (the earliest writer wins; r.FirstKickOff for a new job). Unless
+	// that time is before r.FirstKickOff (Pathling handed back an earlier
+	// job), it also saves r under l as Runs.SaveRun does, in the same
+	// step, with SaveRun's errors (the job is recorded either way).
+	RecordKickOff(ctx context.Context, l Lease, r *Run) (time.Time, error)
 	// MarkUndeleted notes that the job's DELETE failed: it may still exist.
 	MarkUndeleted(ctx context.Context, target, statusURL string) error
 	// UndeletedJobs returns up to n jobs marked undeleted, oldest first.

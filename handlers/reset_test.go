@@ -213,23 +213,32 @@ func TestRedisPauseWithinLockValidityKeepsRun(t *testing.T) {
 }
 
 // flushBeforeTerminalSave empties Redis once, just before the first write
-// of a terminal run record: the data loss at the worst moment, between the
-// watermark and the outcome's record.
+// of a terminal run record: the data loss at the worst moment, after the
+// job's DELETE and before the outcome's record.
 type flushBeforeTerminalSave struct {
 	*redisstore.Store
 	rdb  *redis.Client
 	once sync.Once
 }
 
+func (f *flushBeforeTerminalSave) flush(ctx context.Context) {
+	f.once.Do(func() {
+		if err := f.rdb.FlushAll(ctx).Err(); err != nil {
+			panic(err)
+		}
+	})
+}
+
 func (f *flushBeforeTerminalSave) SaveRun(ctx context.Context, l handlers.Lease, r *handlers.Run) error {
 	if r.State.Terminal() {
-		f.once.Do(func() {
-			if err := f.rdb.FlushAll(ctx).Err(); err != nil {
-				panic(err)
-			}
-		})
+		f.flush(ctx)
 	}
 	return f.Store.SaveRun(ctx, l, r)
+}
+
+func (f *flushBeforeTerminalSave) Finish(ctx context.Context, l handlers.Lease, fin *handlers.Finish) error {
+	f.flush(ctx)
+	return f.Store.Finish(ctx, l, fin)
 }
 
 // Redis loses its data as the run records its outcome: the driver takes the

@@ -20,8 +20,9 @@ const (
 // failure to get one: retrying cannot change it.
 func storeDecided(err error) bool {
 	var held *LockHeldError
+	var moved *WatermarkMovedError
 	return errors.Is(err, ErrLockLost) || errors.Is(err, ErrLockVanished) ||
-		errors.Is(err, ErrNotYourTurn) || errors.As(err, &held)
+		errors.Is(err, ErrNotYourTurn) || errors.As(err, &held) || errors.As(err, &moved)
 }
 
 // retryStore runs op until it succeeds, the store decides, ctx ends, or the
@@ -70,14 +71,12 @@ func (r retryingRuns) SaveRun(ctx context.Context, l Lease, run *Run) error {
 	})
 }
 
-// retryingWatermarks retries watermark commits like retryingRuns.
-type retryingWatermarks struct {
-	Watermarks
-	d *deps
-}
-
-func (w retryingWatermarks) CommitWatermark(ctx context.Context, l Lease, key string, t time.Time) error {
-	return w.d.retryStore(ctx, l, "commit watermark", func(ctx context.Context) error {
-		return w.Watermarks.CommitWatermark(ctx, l, key, t)
+// Finish is retried like SaveRun. A retry after a terminal write that did
+// happen but lost its reply meets the watermark it committed
+// (*WatermarkMovedError): the driver decides again and writes the same.
+// The release is idempotent.
+func (r retryingRuns) Finish(ctx context.Context, l Lease, f *Finish) error {
+	return r.d.retryStore(ctx, l, "finish run", func(ctx context.Context) error {
+		return r.Runs.Finish(ctx, l, f)
 	})
 }

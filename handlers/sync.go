@@ -67,45 +67,65 @@ func (s *Syncer) handle(ctx context.Context, d Delivery, in intake) Disposition 
 	}
 
 	t := in.t
-	// A terminal run: re-publish its outcome, free a lock its driver left.
-	run, err := s.runs.LoadRun(ctx, t.Name, in.requestID)
-	switch {
-	case err == nil && run.State.Terminal():
-		return s.republish(ctx, log, run)
-	case err != nil && !errors.Is(err, ErrRunNotFound):
-		log.ErrorContext(ctx, "load run", "error", err)
-		return s.retryLater(ctx)
-	}
-
 	acq := AcquireRequest{Target: t.Name, RequestID: in.requestID, TTL: s.lockTTL}
 	if in.req.Concurrency == "queue" {
 		acq.Queue = &QueueTicket{Seq: d.StreamSeq, Deadline: in.requestedAt.Add(in.timeout), Settle: d.NumDelivered == 1}
 	}
-	run, lease, disp, ok := s.lock(ctx, log, d, in, acq)
+	dr, disp, ok := s.lock(ctx, log, d, in, acq)
 	if !ok {
 		return disp
 	}
+	run, lease := dr.run, dr.lease
 	log = log.With("token", lease.Token)
 	trace.SpanFromContext(ctx).SetAttributes(AttrRunID.String(run.RunID))
-	dr := &driver{deps: &s.deps, t: t, lease: lease, run: run, log: log.With("run_id", run.RunID)}
+	dr.log = log.With("run_id", run.RunID)
 	s.observe(ctx, RunEvent{Kind: EventStarted, Target: t.Name, RequestID: in.requestID, RunID: run.RunID})
 	defer s.observe(ctx, RunEvent{Kind: EventStopped, Target: t.Name, RequestID: in.requestID, RunID: run.RunID})
 	return dr.drive(ctx)
 }
 
-// lock takes the target's lock for the request and loads (adopts) or
-// creates its run record, under the "lock" span. ok is false when the
-// delivery ends here, with disp.
-func (s *Syncer) lock(ctx context.Context, log *slog.Logger, d Delivery, in intake, acq AcquireRequest) (run *Run, lease Lease, disp Disposition, ok bool) {
+// lock takes the target's lock for the request, with what its run starts
+// from (one store round trip: Locker.Begin), and adopts or creates its run
+// record, under the "lock" span; the request's finished run instead
+// re-publishes its outcome. ok is false when the delivery ends here, with
+// disp. A new run's record is written with the lock.
+func (s *Syncer) lock(ctx context.Context, log *slog.Logger, d Delivery, in intake, acq AcquireRequest) (dr *driver, disp Disposition, ok bool) {
 	t := in.t
 	lctx, span := s.tracer.Start(ctx, SpanLock, trace.WithAttributes(
 		AttrTarget.String(t.Name), attribute.String("pathling_sync.concurrency", in.req.Concurrency)))
 	defer span.End()
+	params, key := s.params(in)
+	breq := BeginRequest{AcquireRequest: acq, WatermarkKey: key}
+	if s.jobs != nil {
+		breq.UndeletedJobs = sweepMaxJobs
+	}
+	// The lock's round trip writes a new run's record too, in the state the
+	// kick-off needs (kickOff: a kick-off may be sent from now on; its time,
+	// at the latest, is the watermark base). A since "auto" is resolved by
+	// the store against the watermark it reads in that round trip
+	// (BeginRequest.NewRun).
+	newRun, err := s.newRun(in, params, key, time.Time{}, false)
+	if err != nil {
+		log.ErrorContext(lctx, "create run", "error", err)
+		endSpan(span, err)
+		return nil, s.retryLater(ctx), false
+	}
+	newRun.Driver = s.driver
+	newRun.State, newRun.Attempts, newRun.FirstKickOff = RunKicking, 1, newRun.StartedAt
+	if acq.Queue == nil || !acq.Queue.Settle {
+		// A settling ticket only takes its place: no record to carry.
+		breq.NewRun = newRun
+	}
 	granted := s.now()
-	lease, err := s.locker.Acquire(lctx, acq)
+	begun, err := s.locker.Begin(lctx, breq)
 	if err != nil {
 		var held *LockHeldError
+		var finished *RunFinishedError
 		switch {
+		case errors.As(err, &finished):
+			// A terminal run: re-publish its outcome, free a lock its driver left.
+			span.End()
+			return nil, s.republish(ctx, log, finished.Run), false
 		case errors.As(err, &held):
 			span.SetAttributes(AttrLockResult.String(lockHeld))
 		case errors.Is(err, ErrNotYourTurn):
@@ -113,43 +133,59 @@ func (s *Syncer) lock(ctx context.Context, log *slog.Logger, d Delivery, in inta
 		default:
 			span.SetAttributes(AttrLockResult.String(lockError))
 			span.RecordError(err)
+			if begun.Lease.Token != 0 { // granted, but what came with it was unreadable
+				_ = s.locker.Release(ctx, begun.Lease)
+			}
 		}
-		return nil, Lease{}, s.notAcquired(ctx, log, d, in, err), false
+		return nil, s.notAcquired(ctx, log, d, in, err), false
 	}
+	lease := begun.Lease
 	span.SetAttributes(AttrLockResult.String(lockAcquired), AttrLockToken.Int64(lease.Token))
 	lease.Expires = granted.Add(s.lockTTL)
+	dr = &driver{deps: &s.deps, t: t, lease: lease, log: log, nextRenew: granted.Add(s.lockTTL / 3)}
 
-	run, err = s.runs.LoadRun(lctx, t.Name, in.requestID)
+	run := begun.Run
 	switch {
-	case err == nil && run.State.Terminal():
+	case run != nil && run.State.Terminal():
+		// Recorded before terminal records were marked for Begin to tell.
 		_ = s.locker.Release(lctx, lease)
 		span.End()
-		return nil, Lease{}, s.republish(ctx, log, run), false
-	case err == nil:
+		return nil, s.republish(ctx, log, run), false
+	case run != nil:
 		log.InfoContext(lctx, "adopting run", "run_id", run.RunID, "state", run.State, "status_url", run.StatusURL)
 		span.SetAttributes(AttrAdopted.Bool(true), AttrRunID.String(run.RunID))
 		s.observe(ctx, RunEvent{Kind: EventAdopted, Target: t.Name, RequestID: in.requestID, RunID: run.RunID})
-	case errors.Is(err, ErrRunNotFound):
-		run, err = s.newRun(lctx, in)
+		run.Driver = s.driver
+		// The record now carries this lease's token: a stale driver's
+		// writes are refused from here on.
+		if err := s.save(lctx, lease, run); err != nil {
+			endSpan(span, err)
+			return nil, s.storeFailed(ctx, log, run, err), false
+		}
+	case begun.Created:
+		run = breq.NewRun // since "auto" resolved by Begin
+		span.SetAttributes(AttrAdopted.Bool(false), AttrRunID.String(run.RunID))
+		dr.undeleted, dr.sweepKnown = begun.Undeleted, s.jobs != nil
+		dr.kickSaved = true
+	default:
+		// A store that did not write the new record (a Locker without it):
+		// the kick-off writes it first.
+		run, err = s.newRun(in, params, key, begun.Watermark, begun.HasWatermark)
 		if err != nil {
 			log.ErrorContext(lctx, "create run", "error", err)
 			endSpan(span, err)
 			_ = s.locker.Release(ctx, lease)
-			return nil, Lease{}, s.retryLater(ctx), false
+			return nil, s.retryLater(ctx), false
 		}
+		run.Driver = s.driver
 		span.SetAttributes(AttrAdopted.Bool(false), AttrRunID.String(run.RunID))
-	default:
-		log.ErrorContext(lctx, "load run", "error", err)
-		endSpan(span, err)
-		_ = s.locker.Release(ctx, lease)
-		return nil, Lease{}, s.retryLater(ctx), false
+		dr.undeleted, dr.sweepKnown = begun.Undeleted, s.jobs != nil
 	}
-	run.Driver = s.driver
-	if err := s.save(lctx, lease, run); err != nil {
-		endSpan(span, err)
-		return nil, Lease{}, s.storeFailed(ctx, log, run, err), false
+	dr.run = run
+	if run.WatermarkKey == key {
+		dr.wm = storedWatermark{at: begun.Watermark, ok: begun.HasWatermark, known: true}
 	}
-	return run, lease, Disposition{}, true
+	return dr, Disposition{}, true
 }
 
 // intake is a delivery decoded far enough to decide what to do with it.
@@ -301,10 +337,9 @@ func withDefaults(r, def messages.SyncRequested) messages.SyncRequested {
 	return r
 }
 
-// newRun builds the record of a new run, resolving since "auto" against the
-// watermark now, once, so that every later attempt re-kicks identically.
-func (s *Syncer) newRun(ctx context.Context, in intake) (*Run, error) {
-	now := s.now()
+// params are a request's kick-off parameters before since is resolved, and
+// the key of the watermark they read and write.
+func (s *Syncer) params(in intake) (ImportParams, string) {
 	p := ImportParams{
 		ExportURL:             in.exportURL,
 		SaveMode:              in.req.SaveMode,
@@ -313,14 +348,17 @@ func (s *Syncer) newRun(ctx context.Context, in intake) (*Run, error) {
 		TypeFilters:           in.req.TypeFilters,
 		IncludeAssociatedData: in.req.IncludeAssociatedData,
 	}
-	key := WatermarkKey(p)
+	return p, WatermarkKey(p)
+}
+
+// newRun builds the record of a new run, resolving since "auto" against the
+// stored watermark (wm, ok; read with the lock), once, so that every later
+// attempt re-kicks identically.
+func (s *Syncer) newRun(in intake, p ImportParams, key string, wm time.Time, ok bool) (*Run, error) {
+	now := s.now()
 	switch in.req.Since {
 	case "":
 	case "auto":
-		wm, ok, err := s.marks.Watermark(ctx, in.t.Name, key)
-		if err != nil {
-			return nil, fmt.Errorf("read watermark: %w", err)
-		}
 		if ok {
 			p.Since = &wm
 		}
@@ -417,7 +455,9 @@ func (s *Syncer) refuse(ctx context.Context, log *slog.Logger, in intake, res re
 		return s.retryLater(ctx)
 	}
 	s.observe(ctx, RunEvent{Kind: EventRefused, Target: in.target, RequestID: in.requestID, Reason: res.reason})
-	_ = s.recovery.ReleaseFinished(ctx, in.target, in.requestID) // drops a queue ticket
+	if in.req.Concurrency == "queue" {
+		_ = s.recovery.ReleaseFinished(ctx, in.target, in.requestID) // drops its queue ticket
+	}
 	return Disposition{Action: Ack}
 }
 

@@ -135,9 +135,9 @@ type Syncer struct {
 type deps struct {
 	locker   Locker
 	recovery LockRecovery
-	runs     Runs       // SaveRun retried while the lease is valid (storeretry.go)
-	marks    Watermarks // CommitWatermark retried likewise
-	jobs     Jobs       // nil: no job registry
+	runs     Runs // SaveRun and Finish retried while the lease is valid (storeretry.go)
+	marks    Watermarks
+	jobs     Jobs // nil: no job registry
 	outcomes *outcomes
 
 	// lockTTL is the target lock's time to live, renewed every third of it.
@@ -189,7 +189,7 @@ func New(cfg Config, p Ports) (*Syncer, error) {
 		s.newID = func() string { return uuid.NewString() }
 	}
 	s.runs = retryingRuns{Runs: p.Runs, d: &s.deps}
-	s.marks = retryingWatermarks{Watermarks: p.Watermarks, d: &s.deps}
+	s.marks = p.Watermarks
 	s.outcomes = &outcomes{
 		pub:      p.Publisher,
 		subjects: s.subjects,

@@ -1,8 +1,6 @@
 package handlers
 
 import (
-	"context"
-	"fmt"
 	"slices"
 	"strings"
 	"time"
@@ -49,28 +47,20 @@ func watermarkMoves(since *time.Time, stored time.Time, hasStored bool) bool {
 	return hasStored && !since.After(stored)
 }
 
-// settleWatermark commits wm as the run's watermark when the run covers the
-// gap (watermarkMoves; the store keeps the later of the two), and returns
-// the stored watermark after it: ok is false when none is stored.
-func (d *deps) settleWatermark(ctx context.Context, l Lease, r *Run, wm time.Time) (stored time.Time, ok bool, err error) {
-	stored, ok, err = d.marks.Watermark(ctx, r.Target, r.WatermarkKey)
-	if err != nil {
-		return time.Time{}, false, fmt.Errorf("read watermark: %w", err)
+// settleWatermark decides a finished run's watermark wm (rounded down to
+// the store's milliseconds) against the stored one (stored, ok: none when
+// false), read under the run's lease, so that only the run itself can change
+// it before its finish: commit is whether the run moves it (watermarkMoves,
+// and never backwards), after the stored watermark once the run finished.
+func settleWatermark(since *time.Time, stored time.Time, ok bool, wm time.Time) (after time.Time, afterOK, commit bool) {
+	if !watermarkMoves(since, stored, ok) {
+		return stored, ok, false
 	}
-	if !watermarkMoves(r.Params.Since, stored, ok) {
-		return stored, ok, nil
+	wm = wm.Truncate(time.Millisecond).UTC()
+	if ok && !stored.Before(wm) {
+		return stored, true, false
 	}
-	if err := d.marks.CommitWatermark(ctx, l, r.WatermarkKey, wm); err != nil {
-		return time.Time{}, false, fmt.Errorf("commit watermark: %w", err)
-	}
-	if after, found, err := d.marks.Watermark(ctx, r.Target, r.WatermarkKey); err == nil && found {
-		return after, true, nil
-	}
-	// Committed, but not read back: the store kept the later of the two.
-	if ok && stored.After(wm) {
-		return stored, true, nil
-	}
-	return wm, true, nil
+	return wm, true, true
 }
 
 // formatWatermark is SyncCompleted's watermark: the stored one after the

@@ -2,7 +2,6 @@ package redisstore
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -78,10 +77,10 @@ func (s *Store) ListRuns(ctx context.Context, target string) ([]*handlers.Run, e
 	const batch = 256
 	for start := 0; start < len(ids); start += batch {
 		chunk := ids[start:min(start+batch, len(ids))]
-		cmds := make([]*redis.StringCmd, len(chunk))
+		cmds := make([]*redis.SliceCmd, len(chunk))
 		_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for i, id := range chunk {
-				cmds[i] = p.HGet(ctx, k.run(id), "run")
+				cmds[i] = p.HMGet(ctx, k.run(id), "run", "since")
 			}
 			return nil
 		})
@@ -89,18 +88,18 @@ func (s *Store) ListRuns(ctx context.Context, target string) ([]*handlers.Run, e
 			return nil, fmt.Errorf("redisstore: list runs: %w", err)
 		}
 		for i, c := range cmds {
-			data, err := c.Bytes()
-			if errors.Is(err, redis.Nil) {
-				continue // expired since it was indexed
-			}
+			v, err := c.Result()
 			if err != nil {
 				return nil, fmt.Errorf("redisstore: list runs: %w", err)
 			}
-			var r handlers.Run
-			if err := json.Unmarshal(data, &r); err != nil {
-				return nil, fmt.Errorf("redisstore: list runs: run %q: %w", chunk[i], err)
+			r, err := decodeRun(v[0], v[1], chunk[i])
+			if err != nil {
+				return nil, fmt.Errorf("redisstore: list runs: %w", err)
 			}
-			runs = append(runs, &r)
+			if r == nil {
+				continue // expired since it was indexed
+			}
+			runs = append(runs, r)
 		}
 	}
 	slices.SortFunc(runs, func(a, b *handlers.Run) int {

@@ -44,6 +44,47 @@ func (s *Store) RecordJob(ctx context.Context, target, statusURL string, kickedO
 	return time.UnixMilli(ms).UTC(), nil
 }
 
+// RecordKickOff records r's job (r.StatusURL, kicked off at r.FirstKickOff)
+// as RecordJob does and, unless the earliest kick-off recorded for it is
+// before r.FirstKickOff (millisecond precision), saves r under l as SaveRun
+// does, in one script (lua/kicked_off.lua). It returns the earliest
+// kick-off. Errors: those of SaveRun (the job is recorded regardless),
+// ErrInvalidArgument, or a wrapped Redis error.
+func (s *Store) RecordKickOff(ctx context.Context, l handlers.Lease, r *handlers.Run) (time.Time, error) {
+	rec, err := s.record(l, r)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("redisstore: record kick-off: %w", err)
+	}
+	if err := checkJob(l.Target, r.StatusURL); err != nil {
+		return time.Time{}, fmt.Errorf("redisstore: record kick-off: %w", err)
+	}
+	k := s.keys(l.Target)
+	cutoff := s.clock.Now().Add(-s.jobRetention()).UnixMilli()
+	v, err := scriptKickedOff.Run(ctx, s.client, []string{k.jobs(), k.lock(), k.run(l.RequestID), k.runs()},
+		r.StatusURL, r.FirstKickOff.UnixMilli(), cutoff, maxJobs,
+		l.RequestID, l.Token, rec.data, rec.retention, rec.score, rec.now, rec.done).Result()
+	if err != nil {
+		return time.Time{}, fmt.Errorf("redisstore: record kick-off: %w", err)
+	}
+	code, val, err := scriptReply(v)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("redisstore: record kick-off: %w", err)
+	}
+	ms, ok := val.(int64)
+	if !ok {
+		return time.Time{}, fmt.Errorf("redisstore: record kick-off: unexpected earliest %T", val)
+	}
+	earliest := time.UnixMilli(ms).UTC()
+	if code == 2 {
+		return earliest, nil
+	}
+	if err := fencedReply(code); err != nil {
+		return earliest, err
+	}
+	r.Token = l.Token
+	return earliest, nil
+}
+
 // MarkUndeleted notes that the job's DELETE failed. The oldest marks are kept
 // first (they were left longest); beyond maxUndeleted or the retention they
 // are dropped. Errors: ErrInvalidArgument or a wrapped Redis error.

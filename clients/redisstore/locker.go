@@ -26,15 +26,36 @@ import (
 // earlier queued request goes first, ErrInvalidArgument, or a wrapped Redis
 // error.
 func (s *Store) Acquire(ctx context.Context, req handlers.AcquireRequest) (handlers.Lease, error) {
-	if err := checkTarget(req.Target); err != nil {
+	keys, args, err := s.acquireArgs(req)
+	if err != nil {
 		return handlers.Lease{}, fmt.Errorf("redisstore: acquire: %w", err)
 	}
+	v, err := scriptAcquire.Run(ctx, s.client, keys, args...).Result()
+	if err != nil {
+		return handlers.Lease{}, fmt.Errorf("redisstore: acquire: %w", err)
+	}
+	code, val, err := scriptReply(v)
+	if err != nil {
+		return handlers.Lease{}, fmt.Errorf("redisstore: acquire: %w", err)
+	}
+	l, err := acquireReply(req, code, val)
+	if err != nil {
+		return handlers.Lease{}, fmt.Errorf("redisstore: acquire: %w", err)
+	}
+	return l, nil
+}
+
+// acquireArgs are acquire.lua's KEYS and ARGV for req.
+func (s *Store) acquireArgs(req handlers.AcquireRequest) ([]string, []any, error) {
+	if err := checkTarget(req.Target); err != nil {
+		return nil, nil, err
+	}
 	if req.RequestID == "" {
-		return handlers.Lease{}, fmt.Errorf("redisstore: acquire: %w: empty request id", ErrInvalidArgument)
+		return nil, nil, fmt.Errorf("%w: empty request id", ErrInvalidArgument)
 	}
 	ttl, err := ttlMillis(req.TTL)
 	if err != nil {
-		return handlers.Lease{}, fmt.Errorf("redisstore: acquire: %w", err)
+		return nil, nil, err
 	}
 	queued, seq, deadline, settle := "0", "0", "0", "0"
 	if q := req.Queue; q != nil {
@@ -48,21 +69,18 @@ func (s *Store) Acquire(ctx context.Context, req handlers.AcquireRequest) (handl
 		}
 	}
 	k := s.keys(req.Target)
-	v, err := scriptAcquire.Run(ctx, s.client,
-		[]string{k.lock(), k.fence(), k.queue(), k.queueDeadlines()},
-		req.RequestID, ttl, queued, seq, deadline, s.clock.Now().UnixMilli(), settle).Result()
-	if err != nil {
-		return handlers.Lease{}, fmt.Errorf("redisstore: acquire: %w", err)
-	}
-	code, val, err := scriptReply(v)
-	if err != nil {
-		return handlers.Lease{}, fmt.Errorf("redisstore: acquire: %w", err)
-	}
+	return []string{k.lock(), k.fence(), k.queue(), k.queueDeadlines()},
+		[]any{req.RequestID, ttl, queued, seq, deadline, s.clock.Now().UnixMilli(), settle}, nil
+}
+
+// acquireReply maps acquire.lua's reply codes other than a grant to errors.
+// Its errors are not wrapped with the operation.
+func acquireReply(req handlers.AcquireRequest, code int64, val any) (handlers.Lease, error) {
 	switch code {
 	case 1:
 		token, ok := val.(int64)
 		if !ok {
-			return handlers.Lease{}, fmt.Errorf("redisstore: acquire: unexpected token %T", val)
+			return handlers.Lease{}, fmt.Errorf("unexpected token %T", val)
 		}
 		return handlers.Lease{Target: req.Target, RequestID: req.RequestID, Token: token}, nil
 	case 0:
@@ -71,7 +89,96 @@ func (s *Store) Acquire(ctx context.Context, req handlers.AcquireRequest) (handl
 	case 2:
 		return handlers.Lease{}, handlers.ErrNotYourTurn
 	}
-	return handlers.Lease{}, fmt.Errorf("redisstore: acquire: unexpected script reply code %d", code)
+	return handlers.Lease{}, fmt.Errorf("unexpected script reply code %d", code)
+}
+
+// Begin is Acquire and the reads a run starts from, in one script
+// (lua/begin.lua around lua/acquire.lua): unless the request's run record is
+// terminal (*handlers.RunFinishedError, nothing taken), it takes the lock as
+// Acquire does and, when granted, reads the request's record, the watermark
+// of req.WatermarkKey and up to req.UndeletedJobs jobs marked undeleted;
+// when the request has no record, it writes req.NewRun (if set) under the
+// new token, as SaveRun would.
+// Records written before the terminal mark existed are not told apart: the
+// caller finds them terminal in Begun.Run. Errors: those of Acquire, or a
+// wrapped decoding error.
+func (s *Store) Begin(ctx context.Context, req handlers.BeginRequest) (handlers.Begun, error) {
+	keys, args, err := s.acquireArgs(req.AcquireRequest)
+	if err != nil {
+		return handlers.Begun{}, fmt.Errorf("redisstore: begin: %w", err)
+	}
+	k := s.keys(req.Target)
+	keys = append(keys, k.run(req.RequestID), k.watermarks(), k.undeletedJobs(), k.runs())
+	args = append(args, req.WatermarkKey, max(req.UndeletedJobs, 0))
+	rec := savedRecord{score: "+inf"}
+	if r := req.NewRun; r != nil {
+		if r.RequestID != req.RequestID || r.Target != req.Target {
+			return handlers.Begun{}, fmt.Errorf("redisstore: begin: %w: new run of %q on %q for %q on %q",
+				ErrInvalidArgument, r.RequestID, r.Target, req.RequestID, req.Target)
+		}
+		// The token is not known before the grant: the script puts it in
+		// place of this one.
+		l := handlers.Lease{Target: req.Target, RequestID: req.RequestID, Token: -1}
+		if rec, err = s.record(l, r); err != nil {
+			return handlers.Begun{}, fmt.Errorf("redisstore: begin: %w", err)
+		}
+	}
+	auto := "0"
+	if req.NewRun != nil && req.NewRun.Request.Since == "auto" {
+		auto = "1"
+	}
+	args = append(args, rec.data, rec.retention, rec.score, rec.now, auto)
+	v, err := scriptBegin.Run(ctx, s.client, keys, args...).Result()
+	if err != nil {
+		return handlers.Begun{}, fmt.Errorf("redisstore: begin: %w", err)
+	}
+	arr, ok := v.([]any)
+	if !ok || len(arr) < 2 {
+		return handlers.Begun{}, fmt.Errorf("redisstore: begin: unexpected script reply %T %v", v, v)
+	}
+	code, _ := arr[0].(int64)
+	if code == 4 {
+		r, err := decodeRun(arr[1], nil, req.RequestID)
+		if err != nil || r == nil {
+			return handlers.Begun{}, fmt.Errorf("redisstore: begin: finished record: %w", err)
+		}
+		return handlers.Begun{}, &handlers.RunFinishedError{Run: r}
+	}
+	lease, err := acquireReply(req.AcquireRequest, code, arr[1])
+	if err != nil {
+		return handlers.Begun{}, fmt.Errorf("redisstore: begin: %w", err)
+	}
+	if len(arr) != 7 {
+		return handlers.Begun{}, fmt.Errorf("redisstore: begin: unexpected script reply %v", v)
+	}
+	b := handlers.Begun{Lease: lease}
+	if b.Run, err = decodeRun(arr[2], arr[6], req.RequestID); err != nil {
+		// The lock is taken: the caller releases it (the lease is returned).
+		return b, fmt.Errorf("redisstore: begin: %w", err)
+	}
+	if ms, ok := arr[3].(string); ok {
+		t, err := parseMillis(ms)
+		if err != nil {
+			return b, fmt.Errorf("redisstore: begin: watermark: %w", err)
+		}
+		b.Watermark, b.HasWatermark = t, true
+	}
+	if created, _ := arr[5].(int64); created == 1 {
+		b.Created = true
+		req.NewRun.Token = lease.Token
+		if auto == "1" && b.HasWatermark {
+			since := b.Watermark
+			req.NewRun.Params.Since = &since
+		}
+	}
+	if urls, ok := arr[4].([]any); ok {
+		for _, u := range urls {
+			if s, ok := u.(string); ok {
+				b.Undeleted = append(b.Undeleted, s)
+			}
+		}
+	}
+	return b, nil
 }
 
 // Renew extends the lease by ttl. Errors: handlers.ErrLockLost when another

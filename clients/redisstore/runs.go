@@ -21,18 +21,89 @@ func (s *Store) LoadRun(ctx context.Context, target, requestID string) (*handler
 	if err := checkTarget(target); err != nil {
 		return nil, fmt.Errorf("redisstore: load run: %w", err)
 	}
-	data, err := s.client.HGet(ctx, s.keys(target).run(requestID), "run").Bytes()
-	if errors.Is(err, redis.Nil) {
-		return nil, handlers.ErrRunNotFound
-	}
+	v, err := s.client.HMGet(ctx, s.keys(target).run(requestID), "run", "since").Result()
 	if err != nil {
 		return nil, fmt.Errorf("redisstore: load run: %w", err)
 	}
+	r, err := decodeRun(v[0], v[1], requestID)
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: load run: %w", err)
+	}
+	if r == nil {
+		return nil, handlers.ErrRunNotFound
+	}
+	return r, nil
+}
+
+// decodeRun decodes a record's fields run and since as Redis returned them:
+// nil (no error) when there is no record. since (unix ms), set by Begin for
+// a new since "auto" run, is its resolved since until a full write carries
+// it in the JSON.
+func decodeRun(run, since any, requestID string) (*handlers.Run, error) {
+	data, ok := run.(string)
+	if !ok {
+		return nil, nil
+	}
 	var r handlers.Run
-	if err := json.Unmarshal(data, &r); err != nil {
-		return nil, fmt.Errorf("redisstore: load run %q: %w", requestID, err)
+	if err := json.Unmarshal([]byte(data), &r); err != nil {
+		return nil, fmt.Errorf("decode run %q: %w", requestID, err)
+	}
+	if ms, ok := since.(string); ok && r.Params.Since == nil && r.Request.Since == "auto" {
+		t, err := parseMillis(ms)
+		if err != nil {
+			return nil, fmt.Errorf("decode run %q: since: %w", requestID, err)
+		}
+		r.Params.Since = &t
 	}
 	return &r, nil
+}
+
+// parseMillis parses unix milliseconds as Redis keeps them.
+func parseMillis(ms string) (time.Time, error) {
+	n, err := strconv.ParseInt(ms, 10, 64)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("unix ms %q: %w", ms, err)
+	}
+	return time.UnixMilli(n).UTC(), nil
+}
+
+// savedRecord is a run record ready for save_run.lua (ARGV[3..7]) or
+// finish.lua: r under the lease's token, as JSON, with its retention.
+type savedRecord struct {
+	data      []byte
+	retention int64  // ms, 0 = forever
+	score     string // runs index: expiry unix ms or "+inf"
+	now       int64  // unix ms
+	done      string // "1" when terminal
+}
+
+func (s *Store) record(l handlers.Lease, r *handlers.Run) (savedRecord, error) {
+	if err := checkLease(l); err != nil {
+		return savedRecord{}, err
+	}
+	if r == nil {
+		return savedRecord{}, fmt.Errorf("%w: nil run", ErrInvalidArgument)
+	}
+	if r.RequestID != l.RequestID || r.Target != l.Target {
+		return savedRecord{}, fmt.Errorf("%w: run of %q on %q under a lease of %q on %q",
+			ErrInvalidArgument, r.RequestID, r.Target, l.RequestID, l.Target)
+	}
+	rec := *r
+	rec.Token = l.Token
+	data, err := json.Marshal(&rec)
+	if err != nil {
+		return savedRecord{}, err
+	}
+	now := s.clock.Now()
+	out := savedRecord{data: data, score: "+inf", now: now.UnixMilli(), done: "0"}
+	if s.retention > 0 {
+		out.retention = max(s.retention.Milliseconds(), 1)
+		out.score = strconv.FormatInt(now.Add(s.retention).UnixMilli(), 10)
+	}
+	if r.State.Terminal() {
+		out.done = "1"
+	}
+	return out, nil
 }
 
 // SaveRun writes r under the lease: the lease must still hold the target's
@@ -49,31 +120,13 @@ func (s *Store) LoadRun(ctx context.Context, target, requestID string) (*handler
 // gone (or held by another request while the record is gone),
 // ErrInvalidArgument, or a wrapped Redis or encoding error.
 func (s *Store) SaveRun(ctx context.Context, l handlers.Lease, r *handlers.Run) error {
-	if err := checkLease(l); err != nil {
-		return fmt.Errorf("redisstore: save run: %w", err)
-	}
-	if r == nil {
-		return fmt.Errorf("redisstore: save run: %w: nil run", ErrInvalidArgument)
-	}
-	if r.RequestID != l.RequestID || r.Target != l.Target {
-		return fmt.Errorf("redisstore: save run: %w: run of %q on %q under a lease of %q on %q",
-			ErrInvalidArgument, r.RequestID, r.Target, l.RequestID, l.Target)
-	}
-	rec := *r
-	rec.Token = l.Token
-	data, err := json.Marshal(&rec)
+	rec, err := s.record(l, r)
 	if err != nil {
 		return fmt.Errorf("redisstore: save run: %w", err)
 	}
-	now := s.clock.Now()
-	retention, score := int64(0), "+inf"
-	if s.retention > 0 {
-		retention = max(s.retention.Milliseconds(), 1)
-		score = strconv.FormatInt(now.Add(s.retention).UnixMilli(), 10)
-	}
 	k := s.keys(l.Target)
 	n, err := scriptSaveRun.Run(ctx, s.client, []string{k.lock(), k.run(l.RequestID), k.runs()},
-		l.RequestID, l.Token, data, retention, score, now.UnixMilli()).Int64()
+		l.RequestID, l.Token, rec.data, rec.retention, rec.score, rec.now, rec.done).Int64()
 	if err != nil {
 		return fmt.Errorf("redisstore: save run: %w", err)
 	}
@@ -81,6 +134,116 @@ func (s *Store) SaveRun(ctx context.Context, l handlers.Lease, r *handlers.Run) 
 		return err
 	}
 	r.Token = l.Token
+	return nil
+}
+
+// Finish writes a run's end (handlers.Runs.Finish) in two calls of one
+// script each. With f.Run (lua/finish.lua): the job's record when
+// f.RecordJob (as RecordJob, whoever holds the lock), then, fenced like
+// SaveRun: a check that the stored watermark is the one f.Watermark's
+// decision read and its commit (the later of stored and committed), the
+// terminal record (Token = l.Token, retention as SaveRun), and f.Duration
+// added to the duration history (as RecordDuration). With f.Release
+// (lua/release_run.lua): f.ForgetJob dropped from the registry, the lock
+// freed if the lease holds it (then the target's name is published on
+// <prefix>released), the request's queue ticket dropped.
+//
+// Errors: handlers.ErrLockLost, handlers.ErrLockVanished (as SaveRun),
+// *handlers.WatermarkMovedError, *handlers.EarlierJobError (nothing written
+// but the job's record), ErrInvalidArgument (also for a record that is not
+// terminal), or a wrapped Redis or encoding error.
+func (s *Store) Finish(ctx context.Context, l handlers.Lease, f *handlers.Finish) error {
+	if f != nil && f.Release && f.Run == nil {
+		return s.releaseRun(ctx, l, f.ForgetJob)
+	}
+	if f == nil || f.Run == nil || !f.Run.State.Terminal() {
+		return fmt.Errorf("redisstore: finish: %w: not a terminal run", ErrInvalidArgument)
+	}
+	rec, err := s.record(l, f.Run)
+	if err != nil {
+		return fmt.Errorf("redisstore: finish: %w", err)
+	}
+	k := s.keys(l.Target)
+	keys := []string{k.lock(), k.run(l.RequestID), k.runs(), k.watermarks(), k.jobs()}
+	wmKey, wmStored, wmCommit := "", "", ""
+	if w := f.Watermark; w != nil {
+		if w.Key == "" {
+			return fmt.Errorf("redisstore: finish: %w: empty watermark key", ErrInvalidArgument)
+		}
+		wmKey = w.Key
+		if w.HasStored {
+			wmStored = strconv.FormatInt(w.Stored.UnixMilli(), 10)
+		}
+		if !w.Commit.IsZero() {
+			wmCommit = strconv.FormatInt(w.Commit.Truncate(time.Millisecond).UnixMilli(), 10)
+		}
+	}
+	jobURL, kicked := "", f.Run.FirstKickOff.UnixMilli()
+	if f.RecordJob {
+		if err := checkJob(l.Target, f.Run.StatusURL); err != nil {
+			return fmt.Errorf("redisstore: finish: %w", err)
+		}
+		jobURL = f.Run.StatusURL
+	}
+	cutoff := s.clock.Now().Add(-s.jobRetention()).UnixMilli()
+	args := []any{l.RequestID, l.Token, rec.data, rec.retention, rec.score, rec.now,
+		wmKey, wmStored, wmCommit, jobURL, kicked, cutoff, maxJobs}
+	if d := f.Duration; d != nil {
+		if err := checkShape(l.Target, d.Shape); err != nil {
+			return fmt.Errorf("redisstore: finish: %w", err)
+		}
+		ms := d.D.Milliseconds()
+		if ms < 1 {
+			return fmt.Errorf("redisstore: finish: %w: duration %s under 1ms", ErrInvalidArgument, d.D)
+		}
+		keys = append(keys, k.durations(d.Shape))
+		args = append(args, ms, DurationSamples, DurationRetention.Milliseconds())
+	}
+	v, err := scriptFinish.Run(ctx, s.client, keys, args...).Result()
+	if err != nil {
+		return fmt.Errorf("redisstore: finish: %w", err)
+	}
+	code, val, err := scriptReply(v)
+	if err != nil {
+		return fmt.Errorf("redisstore: finish: %w", err)
+	}
+	switch code {
+	case 2:
+		moved := &handlers.WatermarkMovedError{}
+		if ms, ok := val.(string); ok {
+			n, err := strconv.ParseInt(ms, 10, 64)
+			if err != nil {
+				return fmt.Errorf("redisstore: finish: stored watermark %q: %w", ms, err)
+			}
+			moved.Stored, moved.HasStored = time.UnixMilli(n).UTC(), true
+		}
+		return moved
+	case 3:
+		ms, ok := val.(int64)
+		if !ok {
+			return fmt.Errorf("redisstore: finish: unexpected earliest kick-off %T", val)
+		}
+		return &handlers.EarlierJobError{KickedOffAt: time.UnixMilli(ms).UTC()}
+	}
+	if err := fencedReply(code); err != nil {
+		return err
+	}
+	f.Run.Token = l.Token
+	return nil
+}
+
+// releaseRun is Finish's second call (lua/release_run.lua).
+func (s *Store) releaseRun(ctx context.Context, l handlers.Lease, forget string) error {
+	if err := checkLease(l); err != nil {
+		return fmt.Errorf("redisstore: release run: %w", err)
+	}
+	k := s.keys(l.Target)
+	err := scriptReleaseRun.Run(ctx, s.client,
+		[]string{k.lock(), k.queue(), k.queueDeadlines(), k.jobs(), k.undeletedJobs()},
+		l.RequestID, l.Token, forget, s.prefix+"released", l.Target).Err()
+	if err != nil {
+		return fmt.Errorf("redisstore: release run: %w", err)
+	}
 	return nil
 }
 

@@ -11,7 +11,8 @@
 //
 //	<prefix>{<target>}:lock            hash  request, token; PX = lease TTL
 //	<prefix>{<target>}:fence           int   INCR counter of fencing tokens, never expires
-//	<prefix>{<target>}:run:<request>   hash  token, run (the Run as JSON); PX = retention
+//	<prefix>{<target>}:run:<request>   hash  token, run (the Run as JSON), done ("1": terminal),
+//	                                         since (a new since "auto" run's, unix ms); PX = retention
 //	<prefix>{<target>}:runs            zset  request ids with records, scored by expiry (unix ms)
 //	<prefix>{<target>}:wm              hash  watermark key -> unix ms
 //	<prefix>{<target>}:queue           zset  queued request ids, scored by Queue.Seq
@@ -76,6 +77,7 @@ var ErrInvalidArgument = errors.New("redisstore: invalid argument")
 type RedisClient interface {
 	redis.Scripter
 	HGet(ctx context.Context, key, field string) *redis.StringCmd
+	HMGet(ctx context.Context, key string, fields ...string) *redis.SliceCmd
 	HGetAll(ctx context.Context, key string) *redis.MapStringStringCmd
 	ZRange(ctx context.Context, key string, start, stop int64) *redis.StringSliceCmd
 	Pipelined(ctx context.Context, fn func(redis.Pipeliner) error) ([]redis.Cmder, error)
@@ -103,6 +105,14 @@ var (
 	recordJobLua string
 	//go:embed lua/reacquire.lua
 	reacquireLua string
+	//go:embed lua/begin.lua
+	beginLua string
+	//go:embed lua/kicked_off.lua
+	kickedOffLua string
+	//go:embed lua/finish.lua
+	finishLua string
+	//go:embed lua/release_run.lua
+	releaseRunLua string
 
 	scriptAcquire         = redis.NewScript(acquireLua)
 	scriptRenew           = redis.NewScript(renewLua)
@@ -113,7 +123,25 @@ var (
 	scriptRecordOutcome   = redis.NewScript(recordOutcomeLua)
 	scriptRecordJob       = redis.NewScript(recordJobLua)
 	scriptReacquire       = redis.NewScript(reacquireLua)
+
+	// The scripts of a run's life run the one-operation scripts above as
+	// functions of their own KEYS and ARGV (asFunction), so that each
+	// operation has one definition.
+	scriptBegin     = redis.NewScript(asFunction("acquire", acquireLua) + beginLua)
+	scriptKickedOff = redis.NewScript(asFunction("recordJob", recordJobLua) +
+		asFunction("saveRun", saveRunLua) + kickedOffLua)
+	scriptFinish = redis.NewScript(asFunction("recordJob", recordJobLua) +
+		asFunction("recordDuration", recordDurationLua) + finishLua)
+	scriptReleaseRun = redis.NewScript(releaseRunLua)
 )
+
+// asFunction wraps a script as a local Lua function of (KEYS, ARGV): the
+// parameters shadow the globals, so the body runs unchanged on whatever keys
+// and arguments the including script hands it, and its returns become the
+// function's.
+func asFunction(name, script string) string {
+	return "local function " + name + "(KEYS, ARGV)\n" + script + "\nend\n"
+}
 
 // Store implements the store ports of handlers (Locker, LockRecovery, Runs,
 // Watermarks; Jobs in jobs.go) on Redis. It is safe for concurrent use.

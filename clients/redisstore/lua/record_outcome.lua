@@ -7,7 +7,7 @@
 if redis.call("EXISTS", KEYS[1]) == 1 then
   return 0
 end
-redis.call("HSET", KEYS[1], "token", "0", "run", ARGV[2])
+redis.call("HSET", KEYS[1], "token", "0", "run", ARGV[2], "done", "1")
 if tonumber(ARGV[3]) > 0 then
   redis.call("PEXPIRE", KEYS[1], ARGV[3])
 end

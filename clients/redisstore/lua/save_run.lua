@@ -2,6 +2,8 @@
 -- KEYS[1] lock  KEYS[2] run (hash: token, run)  KEYS[3] runs index (zset: request -> expiry unix ms)
 -- ARGV[1] request id  ARGV[2] token  ARGV[3] record JSON  ARGV[4] retention ms (0 = keep forever)
 -- ARGV[5] index score (expiry unix ms or "+inf")  ARGV[6] now unix ms
+-- ARGV[7] "1" when the record is terminal: the field done = 1 lets begin.lua tell a finished
+--         request without decoding the record
 -- Returns 1 written | 0 lock lost (lease stale, or a later token already wrote the record) |
 -- -1 vanished (the lock is gone, or another request holds it while this record is gone).
 local token = tonumber(ARGV[2])
@@ -19,6 +21,9 @@ if stored > token then
   return 0
 end
 redis.call("HSET", KEYS[2], "token", ARGV[2], "run", ARGV[3])
+if ARGV[7] == "1" then
+  redis.call("HSET", KEYS[2], "done", "1")
+end
 if tonumber(ARGV[4]) > 0 then
   redis.call("PEXPIRE", KEYS[2], ARGV[4])
 else

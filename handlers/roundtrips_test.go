@@ -1,0 +1,191 @@
+package handlers_test
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/pathling-sync/pathling-sync/clients/redisstore"
+	pathlingemu "github.com/pathling-sync/pathling-sync/emulators/pathling"
+	"github.com/pathling-sync/pathling-sync/handlers"
+	"github.com/pathling-sync/pathling-sync/internal/testenv"
+	"github.com/pathling-sync/pathling-sync/messages"
+)
+
+// roundTrips counts what a go-redis client sends: each command and each
+// pipeline (a MULTI/EXEC transaction too) is one round trip.
+type roundTrips struct{ n atomic.Int64 }
+
+func (c *roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (c *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		c.n.Add(1)
+		return next(ctx, cmd)
+	}
+}
+
+func (c *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		c.n.Add(1)
+		return next(ctx, cmds)
+	}
+}
+
+// A sync whose job is done at the first poll costs at most 4 Redis round
+// trips: take the lock, read what the run starts from and write the record
+// the kick-off needs; the job and the polling record; the watermark with the
+// terminal record; after the job's DELETE, the release. With since "auto"
+// too: its since is resolved in the first.
+func TestFastSyncRedisRoundTrips(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	if err := e.emu.SetDefaultScript(pathlingemu.Script{Polls: 0}); err != nil {
+		t.Fatal(err)
+	}
+	rt := &roundTrips{}
+	e.rdb.AddHook(rt)
+	s := e.syncer(syncerOptions{lockTTL: time.Minute})
+	ctx := context.Background()
+	for i, c := range []struct {
+		id   string
+		body req
+		max  int64
+	}{
+		{"full", req{}, 4},
+		{"auto", req{"since": "auto"}, 4},
+	} {
+		// Warm up the script cache (an EVALSHA miss costs a second round
+		// trip once per script, not per sync).
+		warm := e.delivery("t1", "warm-up-"+c.id, c.body, uint64(100+i))
+		if got := s.Handle(ctx, warm); got.Action != handlers.Ack {
+			t.Fatalf("warm-up: %v", got.Action)
+		}
+		rt.n.Store(0)
+		if got := s.Handle(ctx, e.delivery("t1", c.id, c.body, uint64(i+1))); got.Action != handlers.Ack {
+			t.Fatalf("%s: %v", c.id, got.Action)
+		}
+		n := rt.n.Load()
+		e.outcomes.of(t, c.id, waitLong).completedBody(t)
+		if n > c.max {
+			t.Errorf("%s: %d Redis round trips for one fast sync, want at most %d", c.id, n, c.max)
+		}
+		t.Logf("%s: %d round trips", c.id, n)
+	}
+}
+
+// A forbid request meeting a busy target is answered in at most 2 round
+// trips: the lock attempt (which also tells a finished request) and the
+// refusal's record.
+func TestConflictRedisRoundTrips(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	rt := &roundTrips{}
+	e.rdb.AddHook(rt)
+	s := e.syncer(syncerOptions{lockTTL: time.Minute})
+	ctx := context.Background()
+	if _, err := e.store.Acquire(ctx, handlers.AcquireRequest{Target: "t1", RequestID: "holder", TTL: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	// Warm up the script cache with a first conflict.
+	if got := s.Handle(ctx, e.delivery("t1", "warm-up", req{}, 1)); got.Action != handlers.Ack {
+		t.Fatalf("warm-up: %v", got.Action)
+	}
+	rt.n.Store(0)
+	if got := s.Handle(ctx, e.delivery("t1", "busy", req{}, 2)); got.Action != handlers.Ack {
+		t.Fatalf("conflict: %v", got.Action)
+	}
+	n := rt.n.Load()
+	if f := e.outcomes.of(t, "busy", waitLong).failedBody(t); f.Reason != messages.ReasonConflict {
+		t.Fatalf("%+v", f)
+	}
+	if n > 2 {
+		t.Errorf("%d Redis round trips for one conflict answer, want at most 2", n)
+	}
+	t.Logf("conflict: %d round trips", n)
+}
+
+// A watermark changed under a running sync by someone other than its lease
+// (an operator's reset, here a raw write) is seen by the finish, which
+// decides again on it: the run never moves it backwards, and its outcome
+// reports what is stored.
+func TestWatermarkChangedDuringRunIsDecidedAgain(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	if err := e.emu.SetDefaultScript(pathlingemu.Script{Polls: 1}); err != nil {
+		t.Fatal(err)
+	}
+	key := handlers.WatermarkKey(handlers.ImportParams{ExportURL: e.exportURL()})
+	later := time.Now().Add(time.Hour).UTC().Truncate(time.Millisecond)
+	var once atomic.Bool
+	obs := observerFunc(func(ctx context.Context, ev handlers.RunEvent) {
+		if ev.Kind == handlers.EventPolled && once.CompareAndSwap(false, true) {
+			if err := e.rdb.HSet(ctx, "test:{t1}:wm", key, later.UnixMilli()).Err(); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	logs := &testenv.Buffer{}
+	s := e.syncer(syncerOptions{lockTTL: time.Minute, observer: obs, log: jsonLogger(logs)})
+	if got := s.Handle(context.Background(), e.delivery("t1", "full", req{}, 1)); got.Action != handlers.Ack {
+		t.Fatalf("%v", got.Action)
+	}
+	c := e.outcomes.of(t, "full", waitLong).completedBody(t)
+	if c.Watermark != messages.FormatInstant(later) {
+		t.Errorf("outcome's watermark %q, want the stored %q", c.Watermark, messages.FormatInstant(later))
+	}
+	if got, ok, _ := e.store.Watermark(context.Background(), "t1", key); !ok || !got.Equal(later) {
+		t.Errorf("stored watermark %v, want %v", got, later)
+	}
+	if !hasLog(logs, "WARN", "the stored watermark changed during the run") {
+		t.Errorf("the finish did not meet the change:\n%s", logs.String())
+	}
+}
+
+// refuseFirstTerminalWrite fails the first terminal write of a run's end as
+// a store that lost the lock would: the driver leaves the run to its next
+// delivery.
+type refuseFirstTerminalWrite struct {
+	*redisstore.Store
+	once atomic.Bool
+}
+
+func (f *refuseFirstTerminalWrite) Finish(ctx context.Context, l handlers.Lease, fin *handlers.Finish) error {
+	if fin.Run != nil && f.once.CompareAndSwap(false, true) {
+		return handlers.ErrLockLost
+	}
+	return f.Store.Finish(ctx, l, fin)
+}
+
+// The job is DELETEd only once the terminal record is written: a run whose
+// terminal write fails leaves its job for the next delivery, which adopts
+// it from the polling record rather than importing again.
+func TestJobOutlivesAFailedTerminalWrite(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	if err := e.emu.SetDefaultScript(pathlingemu.Script{Polls: 0}); err != nil {
+		t.Fatal(err)
+	}
+	ports := e.ports(e.store)
+	ports.Jobs = e.store
+	ports.Runs = &refuseFirstTerminalWrite{Store: e.store}
+	s, err := handlers.New(handlers.Config{
+		Targets: []handlers.Target{e.target()}, Subjects: e.subjects, LockTTL: time.Minute,
+		StoreRetry: 50 * time.Millisecond,
+	}, ports)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	d := e.delivery("t1", "r1", req{}, 1)
+	if got := s.Handle(ctx, d); got.Action != handlers.Leave {
+		t.Fatalf("first delivery: %v, want leave", got.Action)
+	}
+	d.NumDelivered = 2
+	if got := s.Handle(ctx, d); got.Action != handlers.Ack {
+		t.Fatalf("redelivery: %v", got.Action)
+	}
+	e.outcomes.of(t, "r1", waitLong).completedBody(t)
+	if c := e.emu.Counters(); c.JobsCreated != 1 {
+		t.Errorf("%d jobs created, want 1: the first was deleted before its run's end was recorded", c.JobsCreated)
+	}
+}
