@@ -81,7 +81,7 @@ func (s *Syncer) handle(ctx context.Context, d Delivery, in intake) Disposition 
 	if in.req.Concurrency == "queue" {
 		acq.Queue = &QueueTicket{Seq: d.StreamSeq, Deadline: in.requestedAt.Add(in.timeout), Settle: d.NumDelivered == 1}
 	}
-	run, lease, disp, ok := s.lock(ctx, log, d, in, acq)
+	run, lease, disp, ok := s.lockInTurn(ctx, log, d, in, acq)
 	if !ok {
 		return disp
 	}
@@ -95,8 +95,9 @@ func (s *Syncer) handle(ctx context.Context, d Delivery, in intake) Disposition 
 
 // lock takes the target's lock for the request and loads (adopts) or
 // creates its run record, under the "lock" span. ok is false when the
-// delivery ends here, with disp.
-func (s *Syncer) lock(ctx context.Context, log *slog.Logger, d Delivery, in intake, acq AcquireRequest) (run *Run, lease Lease, disp Disposition, ok bool) {
+// delivery ends here, with disp, or when attempt.again says to try again (a
+// queued request that waited here for its turn: wake.go).
+func (s *Syncer) lock(ctx context.Context, log *slog.Logger, d Delivery, in intake, acq AcquireRequest, attempt *turn) (run *Run, lease Lease, disp Disposition, ok bool) {
 	t := in.t
 	lctx, span := s.tracer.Start(ctx, SpanLock, trace.WithAttributes(
 		AttrTarget.String(t.Name), attribute.String("pathling_sync.concurrency", in.req.Concurrency)))
@@ -114,7 +115,7 @@ func (s *Syncer) lock(ctx context.Context, log *slog.Logger, d Delivery, in inta
 			span.SetAttributes(AttrLockResult.String(lockError))
 			span.RecordError(err)
 		}
-		return nil, Lease{}, s.notAcquired(ctx, log, d, in, err), false
+		return nil, Lease{}, s.notAcquired(ctx, log, d, in, err, attempt), false
 	}
 	span.SetAttributes(AttrLockResult.String(lockAcquired), AttrLockToken.Int64(lease.Token))
 	lease.Expires = granted.Add(s.lockTTL)
@@ -356,7 +357,7 @@ func (s *Syncer) newRun(ctx context.Context, in intake) (*Run, error) {
 // the lock: long enough for requests fetched in the same batch to queue up.
 const settleDelay = 250 * time.Millisecond
 
-func (s *Syncer) notAcquired(ctx context.Context, log *slog.Logger, d Delivery, in intake, err error) Disposition {
+func (s *Syncer) notAcquired(ctx context.Context, log *slog.Logger, d Delivery, in intake, err error, attempt *turn) Disposition {
 	var held *LockHeldError
 	waiting := errors.As(err, &held) || errors.Is(err, ErrNotYourTurn)
 	if !waiting {
@@ -366,11 +367,12 @@ func (s *Syncer) notAcquired(ctx context.Context, log *slog.Logger, d Delivery, 
 	s.observe(ctx, RunEvent{Kind: EventLockConflict, Target: in.target, RequestID: in.requestID})
 	if in.req.Concurrency == "queue" {
 		if s.now().Before(in.requestedAt.Add(in.timeout)) {
-			if held == nil && d.NumDelivered == 1 {
+			if held == nil && d.NumDelivered == 1 && attempt.firstAttempt() {
 				// Just took its place in the queue: look again soon.
 				return Disposition{Action: Nak, Delay: min(s.queueRetry, settleDelay)}
 			}
-			return Disposition{Action: Nak, Delay: s.queueRetry}
+			// Wait here for the lock's release, or be redelivered later.
+			return s.waitTurn(ctx, d, in, attempt)
 		}
 		msg := fmt.Sprintf("gave up waiting in the queue of target %q after %s", in.target, in.timeout)
 		return s.refuse(ctx, log, in, failure(messages.ReasonTimeout, true, msg, nil))
