@@ -34,18 +34,33 @@ const (
 	DefaultQueueWaitersPerTarget = 4
 )
 
-// turn is one attempt of a queued delivery at its target's lock. Its watch
-// on the lock's release starts before the attempt, so that a release
-// between the store's answer and the wait is not missed.
+// turn is a queued delivery's attempts at its target's lock while it waits
+// in this process. Its watch on the lock's release starts before each
+// attempt, so that a release between the store's answer and the wait is
+// not missed. Its seat in the wait room, once it has one, is kept until
+// the delivery stops waiting here, so that the earliest of the requests
+// waiting here for a target is known while they wake.
 type turn struct {
+	releases Releases
+	target   string
 	released <-chan struct{}
-	first    bool // the delivery's first attempt
-	again    bool // set by waitTurn: ask for the lock again now
+	stop     func() // ends the watch
+	seat     *seat  // nil until waitTurn finds one
+	first    bool   // the delivery's first attempt
+	again    bool   // set by waitTurn: ask for the lock again now
 }
 
 // firstAttempt is true for the first Acquire of a delivery; a nil turn
 // (no announcements) is always a first attempt.
 func (t *turn) firstAttempt() bool { return t == nil || t.first }
+
+// watch starts a new watch on the lock's release, ending the previous one.
+func (t *turn) watch() {
+	if t.stop != nil {
+		t.stop()
+	}
+	t.released, t.stop = t.releases.WatchRelease(t.target)
+}
 
 // lockInTurn is lock, for a queued request with announcements of releases
 // repeated as long as it waits here for its turn (waitTurn).
@@ -55,14 +70,20 @@ func (s *Syncer) lockInTurn(ctx context.Context, log *slog.Logger, d Delivery, i
 	}
 	ticket := *acq.Queue
 	acq.Queue = &ticket
-	for first := true; ; first = false {
-		released, stop := s.releases.WatchRelease(acq.Target)
-		t := &turn{released: released, first: first}
+	t := &turn{releases: s.releases, target: acq.Target, first: true}
+	defer func() {
+		t.stop()
+		if t.seat != nil {
+			s.room.leave(acq.Target, t.seat)
+		}
+	}()
+	for {
+		t.watch()
 		run, lease, disp, ok := s.lock(ctx, log, d, in, acq, t)
-		stop()
 		if !t.again {
 			return run, lease, disp, ok
 		}
+		t.again, t.first = false, false
 		// The ticket holds the request's place already: no settling again.
 		ticket.Settle = false
 	}
@@ -72,31 +93,41 @@ func (s *Syncer) lockInTurn(ctx context.Context, log *slog.Logger, d Delivery, i
 // yet and its time in the queue has not run out: with a seat in the wait
 // room, wait here until the lock's release is announced or QueueRetry
 // passes, then ask again (t.again); else be redelivered after QueueRetry.
+// Of the requests waiting here for one target, only the earliest asks on a
+// release (the others would be refused: the lock goes to the head of the
+// queue, and none of them is ahead of the earliest); they wait for the next.
 func (s *Syncer) waitTurn(ctx context.Context, d Delivery, in intake, t *turn) Disposition {
 	later := Disposition{Action: Nak, Delay: s.queueRetry}
 	if t == nil {
 		return later
 	}
-	seat := s.room.enter(in.target, d.StreamSeq)
-	if seat == nil {
-		return later
+	if t.seat == nil {
+		if t.seat = s.room.enter(in.target, d.StreamSeq); t.seat == nil {
+			return later
+		}
 	}
-	defer s.room.leave(in.target, seat)
 	timer := time.NewTimer(s.queueRetry)
 	defer timer.Stop()
-	select {
-	case <-t.released:
-	case <-timer.C:
-		// No release announced (none yet, or it was lost): ask again, as
-		// the redelivery would have.
-	case <-seat.evicted:
-		// A request earlier in the queue took the seat.
-		return later
-	case <-ctx.Done():
-		return s.retryLater(ctx)
+	for {
+		select {
+		case <-t.released:
+			if !s.room.earliest(in.target, t.seat) {
+				t.watch()
+				continue
+			}
+		case <-timer.C:
+			// No release announced (none yet, or it was lost), or only
+			// releases an earlier request took: ask again, as the
+			// redelivery would have.
+		case <-t.seat.evicted:
+			// A request earlier in the queue took the seat.
+			return later
+		case <-ctx.Done():
+			return s.retryLater(ctx)
+		}
+		t.again = true
+		return Disposition{}
 	}
-	t.again = true
-	return Disposition{}
 }
 
 // waitRoom bounds the queued deliveries waiting in this process: each holds
@@ -148,6 +179,19 @@ func (r *waitRoom) enter(target string, seq uint64) *seat {
 	close(seats[latest].evicted)
 	seats[latest] = s
 	return s
+}
+
+// earliest reports whether s is the seat of the earliest request waiting
+// here for target.
+func (r *waitRoom) earliest(target string, s *seat) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, o := range r.targets[target] {
+		if o.seq < s.seq {
+			return false
+		}
+	}
+	return true
 }
 
 // leave frees the seat (if it was not taken from it).

@@ -39,6 +39,9 @@ func TestWaitRoomBoundsAndPrefersTheHead(t *testing.T) {
 	if b0 == nil || !evicted(b1) {
 		t.Fatal("seq 0 of b should take the seat of seq 1")
 	}
+	if !r.earliest("a", a3) || r.earliest("a", a5) {
+		t.Fatal("seq 3 is the earliest of target a, not seq 5")
+	}
 	r.leave("a", a5)
 	if s := r.enter("c", 1); s == nil {
 		t.Fatal("a freed seat is taken again")

@@ -131,7 +131,7 @@ func TestQueuedRequestStartsOnRelease(t *testing.T) {
 }
 
 // Several queued requests wait here for one target: each release starts
-// the next, in arrival order, one import at a time.
+// the next, in arrival order, one import at a time, and only the next asks.
 func TestQueueWaitersServedInArrivalOrder(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	rel := e.releases("test:")
@@ -176,6 +176,13 @@ func TestQueueWaitersServedInArrivalOrder(t *testing.T) {
 	}
 	if c := e.emu.Counters(); c.Accepted != 5 {
 		t.Fatalf("%d kick-offs, want 5", c.Accepted)
+	}
+	// On each release only the earliest waiting asks: each met the busy
+	// lock twice (settling, then the first's lock), never more.
+	for _, id := range queued {
+		if n := ev.count(handlers.EventLockConflict, id); n != 2 {
+			t.Errorf("%s met the lock %d times, want 2", id, n)
+		}
 	}
 }
 
