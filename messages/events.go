@@ -200,8 +200,11 @@ const (
 	ReasonTimeout             Reason = "timeout"
 	ReasonUnauthorized        Reason = "unauthorized"
 	ReasonUnavailable         Reason = "unavailable"
-	ReasonLockLost            Reason = "lock_lost"
-	ReasonCancelled           Reason = "cancelled"
+	// ReasonLockLost and ReasonCancelled are reserved by the contract; this
+	// version never sends them (a driver that loses its lock leaves the run to
+	// its new driver, which answers; a shutdown hands the request back).
+	ReasonLockLost  Reason = "lock_lost"
+	ReasonCancelled Reason = "cancelled"
 )
 
 // Reasons returns every failure reason of the contract.
