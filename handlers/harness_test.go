@@ -197,6 +197,13 @@ type syncerOptions struct {
 	clock    clock.Clock       // the service's clock; nil: the system's
 	store    *redisstore.Store // default e.store
 	log      *slog.Logger
+	// queueRetry is Config.QueueRetry (default 30 ms); releases is
+	// Ports.Releases (default none) and queueWaiters its wait room's
+	// bounds (0: the defaults).
+	queueRetry            time.Duration
+	releases              handlers.Releases
+	queueWaiters          int
+	queueWaitersPerTarget int
 }
 
 func (e *env) syncer(o syncerOptions, targets ...handlers.Target) *handlers.Syncer {
@@ -210,11 +217,16 @@ func (e *env) syncer(o syncerOptions, targets ...handlers.Target) *handlers.Sync
 	if o.store == nil {
 		o.store = e.store
 	}
+	if o.queueRetry == 0 {
+		o.queueRetry = 30 * time.Millisecond
+	}
 	ports := e.ports(o.store)
 	ports.Jobs = o.store
+	ports.Releases = o.releases
 	s, err := handlers.New(handlers.Config{
 		Targets: targets, Subjects: e.subjects, LockTTL: o.lockTTL,
-		QueueRetry: 30 * time.Millisecond, StoreRetry: 50 * time.Millisecond,
+		QueueRetry: o.queueRetry, StoreRetry: 50 * time.Millisecond,
+		QueueWaiters: o.queueWaiters, QueueWaitersPerTarget: o.queueWaitersPerTarget,
 		Driver: o.driver, Observer: o.observer, Clock: o.clock, Logger: o.log,
 	}, ports)
 	if err != nil {

@@ -407,6 +407,10 @@ type Ports struct {
 	// behind (see Jobs). cmd always sets it; without it neither happens.
 	Jobs      Jobs
 	Publisher Publisher
+	// Releases, when set, announces lock releases: a queued request whose
+	// target is busy waits in this process for the release instead of
+	// being redelivered after QueueRetry (wake.go). Optional.
+	Releases Releases
 }
 
 // Delivery is one SyncRequested message as the consumer received it.

@@ -71,7 +71,7 @@ func (s *Syncer) handle(ctx context.Context, d Delivery, in intake) Disposition 
 	if in.req.Concurrency == "queue" {
 		acq.Queue = &QueueTicket{Seq: d.StreamSeq, Deadline: in.requestedAt.Add(in.timeout), Settle: d.NumDelivered == 1}
 	}
-	dr, disp, ok := s.lock(ctx, log, d, in, acq)
+	dr, disp, ok := s.lockInTurn(ctx, log, d, in, acq)
 	if !ok {
 		return disp
 	}
@@ -88,8 +88,9 @@ func (s *Syncer) handle(ctx context.Context, d Delivery, in intake) Disposition 
 // from (one store round trip: Locker.Begin), and adopts or creates its run
 // record, under the "lock" span; the request's finished run instead
 // re-publishes its outcome. ok is false when the delivery ends here, with
-// disp. A new run's record is written with the lock.
-func (s *Syncer) lock(ctx context.Context, log *slog.Logger, d Delivery, in intake, acq AcquireRequest) (dr *driver, disp Disposition, ok bool) {
+// disp, or when attempt.again says to try again (a queued request that
+// waited here for its turn: wake.go). A new run's record is written with the lock.
+func (s *Syncer) lock(ctx context.Context, log *slog.Logger, d Delivery, in intake, acq AcquireRequest, attempt *turn) (dr *driver, disp Disposition, ok bool) {
 	t := in.t
 	lctx, span := s.tracer.Start(ctx, SpanLock, trace.WithAttributes(
 		AttrTarget.String(t.Name), attribute.String("pathling_sync.concurrency", in.req.Concurrency)))
@@ -137,7 +138,7 @@ func (s *Syncer) lock(ctx context.Context, log *slog.Logger, d Delivery, in inta
 				_ = s.locker.Release(ctx, begun.Lease)
 			}
 		}
-		return nil, s.notAcquired(ctx, log, d, in, err), false
+		return nil, s.notAcquired(ctx, log, d, in, err, attempt), false
 	}
 	lease := begun.Lease
 	span.SetAttributes(AttrLockResult.String(lockAcquired), AttrLockToken.Int64(lease.Token))
@@ -394,7 +395,7 @@ func (s *Syncer) newRun(in intake, p ImportParams, key string, wm time.Time, ok 
 // the lock: long enough for requests fetched in the same batch to queue up.
 const settleDelay = 250 * time.Millisecond
 
-func (s *Syncer) notAcquired(ctx context.Context, log *slog.Logger, d Delivery, in intake, err error) Disposition {
+func (s *Syncer) notAcquired(ctx context.Context, log *slog.Logger, d Delivery, in intake, err error, attempt *turn) Disposition {
 	var held *LockHeldError
 	waiting := errors.As(err, &held) || errors.Is(err, ErrNotYourTurn)
 	if !waiting {
@@ -404,11 +405,12 @@ func (s *Syncer) notAcquired(ctx context.Context, log *slog.Logger, d Delivery, 
 	s.observe(ctx, RunEvent{Kind: EventLockConflict, Target: in.target, RequestID: in.requestID})
 	if in.req.Concurrency == "queue" {
 		if s.now().Before(in.requestedAt.Add(in.timeout)) {
-			if held == nil && d.NumDelivered == 1 {
+			if held == nil && d.NumDelivered == 1 && attempt.firstAttempt() {
 				// Just took its place in the queue: look again soon.
 				return Disposition{Action: Nak, Delay: min(s.queueRetry, settleDelay)}
 			}
-			return Disposition{Action: Nak, Delay: s.queueRetry}
+			// Wait here for the lock's release, or be redelivered later.
+			return s.waitTurn(ctx, d, in, attempt)
 		}
 		msg := fmt.Sprintf("gave up waiting in the queue of target %q after %s", in.target, in.timeout)
 		return s.refuse(ctx, log, in, failure(messages.ReasonTimeout, true, msg, nil))

@@ -48,8 +48,16 @@ type Config struct {
 	Source string
 	// LockTTL is the target lock's time to live, renewed every third of it.
 	LockTTL time.Duration
-	// QueueRetry is how long a queued request waits before it asks again.
+	// QueueRetry is how long a queued request waits before it asks again
+	// (when no release of the lock is announced sooner: Ports.Releases).
 	QueueRetry time.Duration
+	// QueueWaiters bounds the queued requests that wait in this process for
+	// their target's lock to be released (Ports.Releases), each holding a
+	// worker slot: at most QueueWaiters in all (default 64) and
+	// QueueWaitersPerTarget per target (default 4), earliest in the queue
+	// first. The others are redelivered after QueueRetry.
+	QueueWaiters          int
+	QueueWaitersPerTarget int
 	// StoreRetry is the redelivery delay after a store or publish failure.
 	StoreRetry time.Duration
 	// Driver names this instance in run records (for status).
@@ -122,6 +130,8 @@ type Syncer struct {
 	targets       map[string]*Target
 	subjects      messages.Subjects
 	queueRetry    time.Duration
+	releases      Releases  // nil: queued requests are redelivered after queueRetry
+	room          *waitRoom // who may wait here for a release
 	driver        string
 	newID         func() string
 	prop          propagation.TextMapPropagator
@@ -174,6 +184,8 @@ func New(cfg Config, p Ports) (*Syncer, error) {
 		targets:       make(map[string]*Target, len(cfg.Targets)),
 		subjects:      cfg.Subjects,
 		queueRetry:    positive(cfg.QueueRetry, 5*time.Second),
+		releases:      p.Releases,
+		room:          newWaitRoom(positiveInt(cfg.QueueWaiters, DefaultQueueWaiters), positiveInt(cfg.QueueWaitersPerTarget, DefaultQueueWaitersPerTarget)),
 		driver:        cfg.Driver,
 		newID:         cfg.NewID,
 		prop:          propagation.TraceContext{},
@@ -221,6 +233,14 @@ func positive(d, def time.Duration) time.Duration {
 		return def
 	}
 	return d
+}
+
+// positiveInt is n, or def when n is not positive (unset).
+func positiveInt(n, def int) int {
+	if n <= 0 {
+		return def
+	}
+	return n
 }
 
 // Targets returns the configured target names, sorted.

@@ -258,6 +258,7 @@ func (s *Store) Reacquire(ctx context.Context, l handlers.Lease, ttl time.Durati
 
 // Release frees the lock if the lease still holds it (else there is nothing
 // to release and it returns nil) and drops the request's queue ticket.
+// Either is announced on the release channel (see Releases).
 // Errors: ErrInvalidArgument or a wrapped Redis error.
 func (s *Store) Release(ctx context.Context, l handlers.Lease) error {
 	if err := checkLease(l); err != nil {
@@ -265,7 +266,7 @@ func (s *Store) Release(ctx context.Context, l handlers.Lease) error {
 	}
 	k := s.keys(l.Target)
 	err := scriptRelease.Run(ctx, s.client, []string{k.lock(), k.queue(), k.queueDeadlines()},
-		l.RequestID, l.Token).Err()
+		l.RequestID, l.Token, s.releasedChannel(), l.Target).Err()
 	if err != nil {
 		return fmt.Errorf("redisstore: release: %w", err)
 	}
@@ -273,8 +274,9 @@ func (s *Store) Release(ctx context.Context, l handlers.Lease) error {
 }
 
 // ReleaseFinished frees the lock if requestID holds it, whatever the token,
-// and drops its queue ticket. Call it only for a request whose run is
-// terminal (its driver died between recording the outcome and releasing).
+// and drops its queue ticket, announcing either as Release does. Call it
+// only for a request whose run is terminal (its driver died between
+// recording the outcome and releasing).
 // Errors: ErrInvalidArgument or a wrapped Redis error.
 func (s *Store) ReleaseFinished(ctx context.Context, target, requestID string) error {
 	if err := checkTarget(target); err != nil {
@@ -285,7 +287,7 @@ func (s *Store) ReleaseFinished(ctx context.Context, target, requestID string) e
 	}
 	k := s.keys(target)
 	err := scriptReleaseFinished.Run(ctx, s.client, []string{k.lock(), k.queue(), k.queueDeadlines()},
-		requestID).Err()
+		requestID, s.releasedChannel(), target).Err()
 	if err != nil {
 		return fmt.Errorf("redisstore: release finished: %w", err)
 	}

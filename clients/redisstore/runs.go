@@ -240,7 +240,7 @@ func (s *Store) releaseRun(ctx context.Context, l handlers.Lease, forget string)
 	k := s.keys(l.Target)
 	err := scriptReleaseRun.Run(ctx, s.client,
 		[]string{k.lock(), k.queue(), k.queueDeadlines(), k.jobs(), k.undeletedJobs()},
-		l.RequestID, l.Token, forget, s.prefix+"released", l.Target).Err()
+		l.RequestID, l.Token, forget, s.releasedChannel(), l.Target).Err()
 	if err != nil {
 		return fmt.Errorf("redisstore: release run: %w", err)
 	}

@@ -37,6 +37,7 @@ type Service struct {
 	js       jetstream.JetStream
 	rdb      redis.UniversalClient
 	store    *redisstore.Store
+	releases *redisstore.Releases // lock releases, for queued requests waiting here
 	consumer *natsbus.Consumer
 	syncer   *handlers.Syncer
 	admin    *http.Server
@@ -134,6 +135,7 @@ func NewService(ctx context.Context, cfg *config.Config, log *slog.Logger, opts 
 		return nil, err
 	}
 	s.store = redisstore.New(s.rdb, redisstore.WithPrefix(cfg.Redis.KeyPrefix), redisstore.WithRetention(cfg.Redis.Retention))
+	s.releases = redisstore.NewReleases(s.rdb, cfg.Redis.KeyPrefix, log.With("component", "releases"))
 	s.metrics, err = observability.NewMetrics(s.tel.MeterProvider(), observability.MetricsConfig{
 		Targets:    cfg.TargetNames(),
 		Watermarks: s.store.Watermarks,
@@ -160,12 +162,16 @@ func NewService(ctx context.Context, cfg *config.Config, log *slog.Logger, opts 
 		Driver:     cfg.Service.InstanceID,
 		Logger:     log,
 
+		// Queued requests waiting here for a release hold worker slots:
+		// at most half of them.
+		QueueWaiters: max(1, cfg.NATS.Consumer.MaxWorkers/2),
+
 		Observer:       s.metrics,
 		TracerProvider: s.tel.TracerProvider(),
 		ConsumerGroup:  cfg.NATS.Consumer.Durable,
 	}, handlers.Ports{
 		Locker: s.store, Recovery: s.store, Runs: s.store, Watermarks: s.store, Jobs: s.store,
-		Publisher: pub,
+		Publisher: pub, Releases: s.releases,
 	})
 	if err != nil {
 		return nil, err
@@ -227,6 +233,11 @@ func (s *Service) Run(ctx context.Context) error {
 		s.seedLastSuccess(ctx)
 	}()
 	s.startBackground(ctx, &wg)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_ = s.releases.Run(ctx)
+	}()
 	err := s.consumer.Run(ctx)
 	s.beginStopping()
 	if s.onStopping != nil {

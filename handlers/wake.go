@@ -1,0 +1,213 @@
+package handlers
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+)
+
+// This file lets a queued request (concurrency queue) whose target is busy
+// wait in this process for the lock's release, announced by the store
+// (Releases), and ask for the lock again at once, rather than be redelivered
+// after QueueRetry. It holds its delivery meanwhile (the consumer keeps it
+// alive with InProgress). Announcements may be lost: the wait ends after
+// QueueRetry anyway, so a lost one costs what the redelivery cost before.
+// How many wait here is bounded (waitRoom); the others are redelivered
+// after QueueRetry as without announcements.
+
+// Releases announces that a target's lock was released (or a queue ticket
+// dropped), so that queued requests may ask for it again. Announcements
+// are a hint: one may be lost, and a spurious one costs an Acquire.
+type Releases interface {
+	// WatchRelease starts watching target's lock: released is closed once a
+	// release of it is announced after the call (or when the announcer may
+	// have missed one). stop ends the watch; released may then stay open.
+	// It must be cheap: it is called before every queued Acquire.
+	WatchRelease(target string) (released <-chan struct{}, stop func())
+}
+
+// Defaults of Config.QueueWaiters and Config.QueueWaitersPerTarget.
+const (
+	DefaultQueueWaiters          = 64
+	DefaultQueueWaitersPerTarget = 4
+)
+
+// turn is a queued delivery's attempts at its target's lock while it waits
+// in this process. Its watch on the lock's release starts before each
+// attempt, so that a release between the store's answer and the wait is
+// not missed. Its seat in the wait room, once it has one, is kept until
+// the delivery stops waiting here, so that the earliest of the requests
+// waiting here for a target is known while they wake.
+type turn struct {
+	releases Releases
+	target   string
+	released <-chan struct{}
+	stop     func() // ends the watch
+	seat     *seat  // nil until waitTurn finds one
+	first    bool   // the delivery's first attempt
+	again    bool   // set by waitTurn: ask for the lock again now
+}
+
+// firstAttempt is true for the first Acquire of a delivery; a nil turn
+// (no announcements) is always a first attempt.
+func (t *turn) firstAttempt() bool { return t == nil || t.first }
+
+// watch starts a new watch on the lock's release, ending the previous one.
+func (t *turn) watch() {
+	if t.stop != nil {
+		t.stop()
+	}
+	t.released, t.stop = t.releases.WatchRelease(t.target)
+}
+
+// lockInTurn is lock, for a queued request with announcements of releases
+// repeated as long as it waits here for its turn (waitTurn).
+func (s *Syncer) lockInTurn(ctx context.Context, log *slog.Logger, d Delivery, in intake, acq AcquireRequest) (*driver, Disposition, bool) {
+	if acq.Queue == nil || s.releases == nil {
+		return s.lock(ctx, log, d, in, acq, nil)
+	}
+	ticket := *acq.Queue
+	acq.Queue = &ticket
+	t := &turn{releases: s.releases, target: acq.Target, first: true}
+	defer func() {
+		t.stop()
+		if t.seat != nil {
+			s.room.leave(acq.Target, t.seat)
+		}
+	}()
+	for {
+		t.watch()
+		dr, disp, ok := s.lock(ctx, log, d, in, acq, t)
+		if !t.again {
+			return dr, disp, ok
+		}
+		t.again, t.first = false, false
+		// The ticket holds the request's place already: no settling again.
+		ticket.Settle = false
+	}
+}
+
+// waitTurn is what a queued request does while the lock is not its turn
+// yet and its time in the queue has not run out: with a seat in the wait
+// room, wait here until the lock's release is announced or QueueRetry
+// passes, then ask again (t.again); else be redelivered after QueueRetry.
+// Of the requests waiting here for one target, only the earliest asks on a
+// release (the others would be refused: the lock goes to the head of the
+// queue, and none of them is ahead of the earliest); they wait for the next.
+func (s *Syncer) waitTurn(ctx context.Context, d Delivery, in intake, t *turn) Disposition {
+	later := Disposition{Action: Nak, Delay: s.queueRetry}
+	if t == nil {
+		return later
+	}
+	if t.seat == nil {
+		if t.seat = s.room.enter(in.target, d.StreamSeq); t.seat == nil {
+			return later
+		}
+	}
+	timer := time.NewTimer(s.queueRetry)
+	defer timer.Stop()
+	for {
+		select {
+		case <-t.released:
+			if !s.room.earliest(in.target, t.seat) {
+				t.watch()
+				continue
+			}
+		case <-timer.C:
+			// No release announced (none yet, or it was lost), or only
+			// releases an earlier request took: ask again, as the
+			// redelivery would have.
+		case <-t.seat.evicted:
+			// A request earlier in the queue took the seat.
+			return later
+		case <-ctx.Done():
+			return s.retryLater(ctx)
+		}
+		t.again = true
+		return Disposition{}
+	}
+}
+
+// waitRoom bounds the queued deliveries waiting in this process: each holds
+// a worker slot, so a long queue must not take them all. At most max wait
+// in all and perTarget per target; when a target's seats (or all seats) are
+// taken, a request earlier in the queue (lower stream sequence) than the
+// target's latest sitter takes its seat, so that the head of the queue,
+// whose turn comes at the next release, waits here whenever it is here.
+type waitRoom struct {
+	max, perTarget int
+
+	mu      sync.Mutex
+	n       int
+	targets map[string][]*seat
+}
+
+type seat struct {
+	seq     uint64
+	evicted chan struct{} // closed when an earlier request takes the seat
+}
+
+func newWaitRoom(max, perTarget int) *waitRoom {
+	return &waitRoom{max: max, perTarget: perTarget, targets: map[string][]*seat{}}
+}
+
+// enter returns a seat for the request with stream sequence seq, or nil.
+func (r *waitRoom) enter(target string, seq uint64) *seat {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	seats := r.targets[target]
+	s := &seat{seq: seq, evicted: make(chan struct{})}
+	if len(seats) < r.perTarget && r.n < r.max {
+		r.targets[target] = append(seats, s)
+		r.n++
+		return s
+	}
+	if len(seats) == 0 {
+		return nil
+	}
+	latest := 0
+	for i := range seats {
+		if seats[i].seq > seats[latest].seq {
+			latest = i
+		}
+	}
+	if seats[latest].seq <= seq {
+		return nil
+	}
+	close(seats[latest].evicted)
+	seats[latest] = s
+	return s
+}
+
+// earliest reports whether s is the seat of the earliest request waiting
+// here for target.
+func (r *waitRoom) earliest(target string, s *seat) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, o := range r.targets[target] {
+		if o.seq < s.seq {
+			return false
+		}
+	}
+	return true
+}
+
+// leave frees the seat (if it was not taken from it).
+func (r *waitRoom) leave(target string, s *seat) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	seats := r.targets[target]
+	i := slices.Index(seats, s)
+	if i < 0 {
+		return
+	}
+	seats = slices.Delete(seats, i, i+1)
+	r.n--
+	if len(seats) == 0 {
+		delete(r.targets, target)
+		return
+	}
+	r.targets[target] = seats
+}
