@@ -249,7 +249,7 @@ const (
 type PollConfig struct {
 	BackoffConfig `yaml:",inline"`
 	Policy        string        `yaml:"policy" help:"history (plan polls from past job durations of the same shape, once known; the cadence until then) or seed (always the cadence)"`
-	Floor         time.Duration `yaml:"floor" help:"shortest wait between polls a history plan may use"`
+	Floor         time.Duration `yaml:"floor" help:"shortest wait between polls a history plan may use (at most initial)"`
 }
 
 // ScheduleConfig is a cron schedule on which the service requests a sync of

@@ -61,8 +61,10 @@ func newPlans(src Durations) *plans {
 }
 
 // planConfig is the planner's cadence for t: its seed cadence and floor.
+// The floor is at most the first wait, so that a plan never polls a job
+// later at its start than the seed cadence would.
 func planConfig(t *Target) pollplan.Config {
-	return pollplan.Config{Initial: t.Poll.Initial, Factor: t.Poll.Factor, Cap: t.Poll.Max, Floor: t.PollFloor}
+	return pollplan.Config{Initial: t.Poll.Initial, Factor: t.Poll.Factor, Cap: t.Poll.Max, Floor: min(t.PollFloor, t.Poll.Initial)}
 }
 
 // planner returns the planner of jobs of shape on t at now: the cached one

@@ -32,7 +32,7 @@ type Target struct {
 	// enough of them (Config.Durations), PollSeed always by Poll.
 	PollPolicy string
 	// PollFloor is the shortest wait a history plan may use; default 1s
-	// (at most Poll.Max).
+	// (at most Poll.Initial).
 	PollFloor    time.Duration
 	Retry        Backoff // after a retryable failure; default 30s ×2 ≤ 5m
 	DeleteRetry  Backoff // between tries of a job's DELETE; default 1s ×2 ≤ 4s
