@@ -60,7 +60,7 @@ func DefaultOptions(short bool) Options {
 	o.Inflight.N, o.Inflight.Window = 10000, 2*time.Minute
 	o.Storm.N = 10000
 	o.Queue.Pairs = 200
-	o.Freshness = FreshnessOptions{Targets: 20, Warmup: 6, Syncs: 6, Compress: 60, Progress: "both", ProgressFrom: 0.7}
+	o.Freshness = FreshnessOptions{Targets: 20, Warmup: 6, Syncs: 6, Compress: 90, Progress: "both", ProgressFrom: 0.7}
 	return o
 }
 

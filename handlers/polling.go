@@ -30,10 +30,18 @@ import (
 // maxObservations bounds the X-Progress readings kept per job (the newest).
 const maxObservations = 32
 
-// planRefresh is how long a planner is reused for a (target, shape) whose
-// history changed, unless the history doubled since: building one costs a
-// few milliseconds, and a history of up to 64 samples moves slowly.
+// planRefresh is how long a learned planner is reused for a (target, shape)
+// whose history changed since: building one costs a few milliseconds, and a
+// history of up to 64 samples moves slowly. Real imports take minutes, so a
+// history rarely gains more than a sample in that time; a flood of instant
+// jobs builds at most one planner per (target, shape) and minute.
 const planRefresh = time.Minute
+
+// pollBudget is the expected polls per job of a learned plan, as a multiple
+// of the seed cadence's over the same history: the more polls, the less
+// lag. Measured polls come out a little above it (jobs outliving their
+// history poll more); the issue allows 1.5×.
+const pollBudget = 1.4
 
 // plans builds and keeps one planner per (target, shape).
 type plans struct {
@@ -64,12 +72,13 @@ func newPlans(src Durations) *plans {
 // The floor is at most the first wait, so that a plan never polls a job
 // later at its start than the seed cadence would.
 func planConfig(t *Target) pollplan.Config {
-	return pollplan.Config{Initial: t.Poll.Initial, Factor: t.Poll.Factor, Cap: t.Poll.Max, Floor: min(t.PollFloor, t.Poll.Initial)}
+	return pollplan.Config{Initial: t.Poll.Initial, Factor: t.Poll.Factor, Cap: t.Poll.Max,
+		Floor: min(t.PollFloor, t.Poll.Initial), Budget: pollBudget}
 }
 
 // planner returns the planner of jobs of shape on t at now: the cached one
-// while its history is unchanged (or changed less than planRefresh ago and
-// not doubled), else one built from the history read now.
+// while its history is unchanged, or while it is learned and younger than
+// planRefresh; else one built from the history read now.
 func (ps *plans) planner(ctx context.Context, t *Target, shape string, now time.Time) (*pollplan.Planner, error) {
 	hist, err := ps.src.Durations(ctx, t.Name, shape)
 	if err != nil {
@@ -84,7 +93,7 @@ func (ps *plans) planner(ctx context.Context, t *Target, shape string, now time.
 		if slices.Equal(e.history, hist) {
 			return e.p, nil
 		}
-		if e.p.Learned() && now.Sub(e.built) < planRefresh && len(hist) < 2*len(e.history) {
+		if e.p.Learned() && now.Sub(e.built) < planRefresh {
 			return e.p, nil
 		}
 	}
