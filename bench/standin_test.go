@@ -149,7 +149,7 @@ func TestStandInDurationsPerShape(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	since := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	for _, req := range []pathling.ImportRequest{
+	for i, req := range []pathling.ImportRequest{
 		{ExportURL: s.SourceURL(), SaveMode: pathling.SaveModeMerge},
 		{ExportURL: s.SourceURL(), SaveMode: pathling.SaveModeMerge, Since: &since},
 	} {
@@ -157,7 +157,7 @@ func TestStandInDurationsPerShape(t *testing.T) {
 			t.Fatalf("kick-off: %v", err)
 		}
 		// The stand-in tells its observer after it answered.
-		n := len(due) + 1
+		n := i + 1
 		if err := waitFor(ctx, 5*time.Second, "the kick-off event", func() bool { mu.Lock(); defer mu.Unlock(); return len(due) >= n }); err != nil {
 			t.Fatal(err)
 		}
