@@ -10,6 +10,9 @@
 //	               finish: watermark, terminal record holding the outcome,
 //	               DELETE the job, release the lock, publish the outcome
 //	outcome.go     builds every outcome event and publishes it
+//	polling.go     when the next poll of a job comes: planned from the
+//	               history of its (target, shape) (pollplan) or the seed
+//	               cadence; a completed job's duration joins the history
 //	watermark.go   the watermark's key and when a run may move it
 //	storeretry.go  fenced store writes retried while the lease is valid
 //	tracing.go     the spans of a delivery
