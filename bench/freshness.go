@@ -194,7 +194,7 @@ func freshnessTrial(ctx context.Context, e *Env, progress bool) (*Report, error)
 	r.FloorNote = "for the lag and polls figures, the floor column is the seed cadence (poll.policy seed) on the same job durations in the same service, ratio = history ÷ seed (no floorbench run)"
 	r.Add(Figure{Name: "lag_p50_ms", Label: "detection lag p50 (job end → SyncCompleted seen)", Unit: "ms", Value: h50, Floor: &s50, LowerIsBetter: true})
 	r.Add(Figure{Name: "lag_p90_ms", Label: "detection lag p90", Unit: "ms", Value: h90, Floor: &s90, LowerIsBetter: true})
-	r.Add(Figure{Name: "polls_per_sync", Label: "polls per sync", Value: hp, Floor: &sp, LowerIsBetter: true})
+	r.Add(Figure{Name: "measured_polls_per_sync", Label: "polls per measured sync", Value: hp, Floor: &sp, LowerIsBetter: true})
 	r.Add(Figure{Name: "measured", Label: "syncs measured (history + seed)", Value: float64(len(samples["history"]) + len(samples["seed"]))})
 	r.Add(Figure{Name: "failed", Label: "SyncFailed among them", Value: float64(failed), LowerIsBetter: true})
 	r.Add(Figure{Name: "missing", Label: "requests without an outcome in time", Value: float64(missing), LowerIsBetter: true})
