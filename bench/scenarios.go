@@ -34,8 +34,9 @@ type Options struct {
 		N      int
 		Window time.Duration
 	}
-	Storm struct{ N int }
-	Queue struct{ Pairs int }
+	Storm     struct{ N int }
+	Queue     struct{ Pairs int }
+	Freshness FreshnessOptions
 }
 
 // DefaultOptions are the issue's sizes; short ones prove the command works
@@ -51,6 +52,7 @@ func DefaultOptions(short bool) Options {
 		o.Inflight.N, o.Inflight.Window = 300, 3*time.Second
 		o.Storm.N = 300
 		o.Queue.Pairs = 10
+		o.Freshness = FreshnessOptions{Targets: 4, Warmup: 6, Syncs: 4, Compress: 240, Progress: "both", ProgressFrom: 0.7}
 		return o
 	}
 	o.Throughput.N, o.Throughput.Targets, o.Throughput.Workers = 20000, 1000, 256
@@ -58,6 +60,7 @@ func DefaultOptions(short bool) Options {
 	o.Inflight.N, o.Inflight.Window = 10000, 2*time.Minute
 	o.Storm.N = 10000
 	o.Queue.Pairs = 200
+	o.Freshness = FreshnessOptions{Targets: 20, Warmup: 6, Syncs: 6, Compress: 90, Progress: "both", ProgressFrom: 0.7}
 	return o
 }
 
@@ -70,8 +73,6 @@ type Scenario struct {
 }
 
 // Scenarios are the known scenarios, in the order `-scenario all` runs them.
-// A new one (say freshness: lognormal job durations per target, with
-// outliers) is one more entry.
 func Scenarios() []Scenario {
 	return []Scenario{
 		{"throughput", "flood of N requests over T targets (concurrency queue, instant jobs): syncs/s", runThroughput},
@@ -79,6 +80,7 @@ func Scenarios() []Scenario {
 		{"inflight", "N syncs held in flight (hour-long jobs, seed cadence): RSS, CPU, polls/s, InProgress/s, Redis ops/s; start-up", runInflight},
 		{"storm", "N requests for one busy target (forbid): kick-offs, answers/s", runStorm},
 		{"queue", "pairs of queued requests per target: lock release → next kick-off", runQueue},
+		{"freshness", "lognormal jobs per target and shape, history policy beside the seed cadence (compressed time): detection lag p50/p90, polls per sync, without and with X-Progress", runFreshness},
 	}
 }
 

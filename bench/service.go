@@ -30,8 +30,12 @@ type ServiceConfig struct {
 	PollFactor        float64
 	PollMax           time.Duration
 	PollJitter        *float64
-	LogLevel          string
-	PProf             bool
+	PollFloor         time.Duration
+	// PollPolicy, when set, gives a target's poll policy (history or
+	// seed; "" keeps the default).
+	PollPolicy func(target string) string
+	LogLevel   string
+	PProf      bool
 }
 
 // yaml writes the configuration file.
@@ -71,21 +75,47 @@ func (c ServiceConfig) yaml(adminAddr string) []byte {
 	if c.PollJitter != nil {
 		fmt.Fprintf(&poll, "jitter: %g, ", *c.PollJitter)
 	}
+	if c.PollFloor > 0 {
+		fmt.Fprintf(&poll, "floor: %s, ", c.PollFloor)
+	}
+	// A target with its own policy merges it into the common poll block.
+	policy := func(t string) string {
+		if c.PollPolicy == nil {
+			return ""
+		}
+		return c.PollPolicy(t)
+	}
+	pollOf := func(t string) string {
+		switch pol := policy(t); {
+		case pol != "" && poll.Len() > 0:
+			return fmt.Sprintf("    poll: {<<: *poll, policy: %s}\n", pol)
+		case pol != "":
+			return fmt.Sprintf("    poll: {policy: %s}\n", pol)
+		case poll.Len() > 0:
+			return "    poll: *poll\n"
+		}
+		return ""
+	}
 	src := c.StandIn.SourceURL()
 	b.WriteString("targets:\n")
 	for i, t := range c.Targets {
 		fmt.Fprintf(&b, "  %s:\n    pathling: {url: %q}\n", t, c.StandIn.BaseURL(t))
 		if i == 0 {
 			fmt.Fprintf(&b, "    allowedExportUrls: &src [%q]\n    defaults: &defaults {exportUrl: %q}\n", src, src)
-			if poll.Len() > 0 {
-				fmt.Fprintf(&b, "    poll: &poll {%s}\n", strings.TrimSuffix(poll.String(), ", "))
+			block := strings.TrimSuffix(poll.String(), ", ")
+			switch pol := policy(t); {
+			case poll.Len() > 0 && pol != "":
+				// The anchor inside the first target's block, its own policy beside it.
+				fmt.Fprintf(&b, "    poll: {<<: &poll {%s}, policy: %s}\n", block, pol)
+			case poll.Len() > 0:
+				fmt.Fprintf(&b, "    poll: &poll {%s}\n", block)
+			default:
+				b.WriteString(pollOf(t))
 			}
 			continue
 		}
 		b.WriteString("    allowedExportUrls: *src\n    defaults: *defaults\n")
-		if poll.Len() > 0 {
-			b.WriteString("    poll: *poll\n")
-		}
+		b.WriteString(pollOf(t))
 	}
 	return b.Bytes()
 }

@@ -45,6 +45,28 @@ func (l LogNormal) Next(string) time.Duration {
 	return time.Duration(d)
 }
 
+// ShapedDurations gives job durations per target and request shape:
+// "full", or "incr" for a kick-off with _since. A stand-in whose Durations
+// also implements it asks it instead of Next.
+type ShapedDurations interface {
+	NextShaped(target, shape string) time.Duration
+}
+
+// PerShape is a distribution per target and shape (PerShape[target][shape]);
+// Next draws a full job's.
+type PerShape map[string]map[string]Durations
+
+// NextShaped draws from the target's distribution for shape (0 when none).
+func (p PerShape) NextShaped(target, shape string) time.Duration {
+	if d, ok := p[target][shape]; ok {
+		return d.Next(target)
+	}
+	return 0
+}
+
+// Next draws a full job's duration.
+func (p PerShape) Next(target string) time.Duration { return p.NextShaped(target, "full") }
+
 // PerTarget picks a distribution per target, Default for the others.
 type PerTarget struct {
 	Default Durations
@@ -66,6 +88,7 @@ type StandInEvent struct {
 	Target string
 	Job    uint64
 	At     time.Time
+	Due    time.Time // for kickoff: when the job will be done
 }
 
 // StandInCounters are the stand-in's totals since it started.
@@ -219,8 +242,17 @@ func (s *StandIn) kickOff(w http.ResponseWriter, r *http.Request, target string)
 		return
 	}
 	now := time.Now()
+	shape := "full"
+	if strings.Contains(string(body), `"_since"`) {
+		shape = "incr"
+	}
 	s.mu.Lock()
-	d := s.durations.Next(target)
+	var d time.Duration
+	if sd, ok := s.durations.(ShapedDurations); ok {
+		d = sd.NextShaped(target, shape)
+	} else {
+		d = s.durations.Next(target)
+	}
 	id := s.nextID.Add(1)
 	kickOffURL := "http://" + r.Host + r.URL.Path
 	s.jobs[id] = standInJob{target: target, started: now, due: now.Add(d), kickOffURL: kickOffURL}
@@ -229,7 +261,7 @@ func (s *StandIn) kickOff(w http.ResponseWriter, r *http.Request, target string)
 	w.Header().Set("Content-Location", s.BaseURL(target)+"/$job?id="+strconv.FormatUint(id, 10))
 	writeFHIR(w, http.StatusAccepted, acceptedBody)
 	if s.observe != nil {
-		s.observe(StandInEvent{Kind: "kickoff", Target: target, Job: id, At: now})
+		s.observe(StandInEvent{Kind: "kickoff", Target: target, Job: id, At: now, Due: now.Add(d)})
 	}
 }
 

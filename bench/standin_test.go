@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -122,4 +123,48 @@ func httpPost(url, body string) (int, error) {
 	}
 	resp.Body.Close()
 	return resp.StatusCode, nil
+}
+
+// Per-shape durations: a kick-off with _since draws the target's incremental
+// distribution; the kick-off event tells when the job will be done.
+func TestStandInDurationsPerShape(t *testing.T) {
+	var mu sync.Mutex
+	var due []time.Duration
+	d := PerShape{"t1": {"full": Fixed(time.Hour), "incr": Fixed(time.Minute)}}
+	s, err := NewStandIn(d, WithObserver(func(ev StandInEvent) {
+		mu.Lock()
+		defer mu.Unlock()
+		if ev.Kind == "kickoff" {
+			due = append(due, ev.Due.Sub(ev.At))
+		}
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	c, err := pathling.New(s.BaseURL("t1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	since := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i, req := range []pathling.ImportRequest{
+		{ExportURL: s.SourceURL(), SaveMode: pathling.SaveModeMerge},
+		{ExportURL: s.SourceURL(), SaveMode: pathling.SaveModeMerge, Since: &since},
+	} {
+		if _, err := c.Start(ctx, req); err != nil {
+			t.Fatalf("kick-off: %v", err)
+		}
+		// The stand-in tells its observer after it answered.
+		n := i + 1
+		if err := waitFor(ctx, 5*time.Second, "the kick-off event", func() bool { mu.Lock(); defer mu.Unlock(); return len(due) >= n }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(due) != 2 || due[0] != time.Hour || due[1] != time.Minute {
+		t.Errorf("job durations %v, want [1h 1m] (full, incremental)", due)
+	}
 }

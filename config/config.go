@@ -181,7 +181,7 @@ type TargetConfig struct {
 	Defaults          RequestDefaults  `yaml:"defaults"`
 	Timeout           time.Duration    `yaml:"timeout" help:"default timeout of a whole sync"`
 	Overlap           time.Duration    `yaml:"overlap" help:"watermark = kick-off time minus this (0: none)"`
-	Poll              BackoffConfig    `yaml:"poll"`
+	Poll              PollConfig       `yaml:"poll"`
 	Retry             BackoffConfig    `yaml:"retry"`
 	MaxJobLosses      int              `yaml:"maxJobLosses" help:"404s of a started Pathling job before the sync fails with job_lost"`
 	KeepJobs          bool             `yaml:"keepJobs" help:"keep finished jobs on Pathling instead of deleting them"`
@@ -233,6 +233,23 @@ type BackoffConfig struct {
 	Factor  float64       `yaml:"factor" help:"growth factor per wait (>= 1)"`
 	Max     time.Duration `yaml:"max" help:"longest wait"`
 	Jitter  float64       `yaml:"jitter" help:"random spread, a fraction (0..1)"`
+}
+
+// Poll policies (PollConfig.Policy).
+const (
+	// PollHistory plans a job's polls from the durations of the target's
+	// past jobs of the same shape, once there are a few; the cadence until then.
+	PollHistory = "history"
+	// PollSeed always polls at the cadence (initial ×factor ≤ max).
+	PollSeed = "seed"
+)
+
+// PollConfig is how a target's Pathling jobs are polled: the cadence, and
+// the policy that may plan the polls from history instead.
+type PollConfig struct {
+	BackoffConfig `yaml:",inline"`
+	Policy        string        `yaml:"policy" help:"history (plan polls from past job durations of the same shape, once known; the cadence until then) or seed (always the cadence)"`
+	Floor         time.Duration `yaml:"floor" help:"shortest wait between polls a history plan may use (at most initial)"`
 }
 
 // ScheduleConfig is a cron schedule on which the service requests a sync of
@@ -301,9 +318,13 @@ func DefaultTarget() TargetConfig {
 			RequestTimeout: 30 * time.Second,
 			Auth:           AuthConfig{Type: AuthNone},
 		},
-		Timeout:      2 * time.Hour,
-		Overlap:      2 * time.Minute,
-		Poll:         BackoffConfig{Initial: 5 * time.Second, Factor: 1.5, Max: 60 * time.Second, Jitter: 0.1},
+		Timeout: 2 * time.Hour,
+		Overlap: 2 * time.Minute,
+		Poll: PollConfig{
+			BackoffConfig: BackoffConfig{Initial: 5 * time.Second, Factor: 1.5, Max: 60 * time.Second, Jitter: 0.1},
+			Policy:        PollHistory,
+			Floor:         time.Second,
+		},
 		Retry:        BackoffConfig{Initial: 30 * time.Second, Factor: 2, Max: 5 * time.Minute, Jitter: 0.1},
 		MaxJobLosses: 3,
 	}

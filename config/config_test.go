@@ -351,6 +351,29 @@ func TestMissingFile(t *testing.T) {
 	}
 }
 
+// A poll block keeps the policy and floor it does not name; both can be set.
+func TestPollPolicyAndFloor(t *testing.T) {
+	cfg := mustLoad(t, `
+targets:
+  a:
+    pathling: {url: "http://a/fhir"}
+    allowedExportUrls: [https://source/fhir]
+    poll: {initial: 2s, max: 30s}
+  b:
+    pathling: {url: "http://b/fhir"}
+    allowedExportUrls: [https://source/fhir]
+    poll: {policy: seed, floor: 500ms}
+`, nil)
+	a, _ := cfg.Target("a")
+	b, _ := cfg.Target("b")
+	if a.Poll.Policy != config.PollHistory || a.Poll.Floor != time.Second || a.Poll.Initial != 2*time.Second || a.Poll.Factor != 1.5 {
+		t.Errorf("a.poll %+v: want policy history, floor 1s, initial 2s, factor 1.5", a.Poll)
+	}
+	if b.Poll.Policy != config.PollSeed || b.Poll.Floor != 500*time.Millisecond || b.Poll.Initial != 5*time.Second {
+		t.Errorf("b.poll %+v: want policy seed, floor 500ms, initial 5s", b.Poll)
+	}
+}
+
 func TestYAMLAnchorsAndMergeKeys(t *testing.T) {
 	cfg := mustLoad(t, `
 targets:

@@ -232,6 +232,10 @@ func (t TargetConfig) validate(errs *Errors) {
 	}
 	notNegative(errs, p+"overlap", t.Overlap)
 	t.Poll.validate(errs, p+"poll.")
+	if t.Poll.Policy != PollHistory && t.Poll.Policy != PollSeed {
+		errs.add(p+"poll.policy", fmt.Sprintf("%q is not %s or %s", t.Poll.Policy, PollHistory, PollSeed))
+	}
+	positive(errs, p+"poll.floor", t.Poll.Floor)
 	t.Retry.validate(errs, p+"retry.")
 	if t.MaxJobLosses < 1 {
 		errs.add(p+"maxJobLosses", fmt.Sprintf("%d is not positive", t.MaxJobLosses))

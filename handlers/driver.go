@@ -27,13 +27,16 @@ type driver struct {
 	log   *slog.Logger
 
 	nextRenew time.Time
-	polls     int           // polls of the current job (cadence index)
-	failures  int           // consecutive retryable failures (retry index)
-	pause     time.Duration // wait before the next step instead of the cadence (Retry-After, retry backoff)
-	lastErr   string        // last retryable failure, for the timeout message
-	deleted   bool          // the current job was deleted already
-	skew      time.Duration // largest positive clock skew (local − Pathling) seen in this drive
-	retakes   int           // times the lock vanished and was taken again (retake)
+	polls     int             // polls of the current job (cadence index)
+	failures  int             // consecutive retryable failures (retry index)
+	pause     time.Duration   // wait before the next step instead of the cadence (Retry-After, retry backoff)
+	lastErr   string          // last retryable failure, for the timeout message
+	deleted   bool            // the current job was deleted already
+	skew      time.Duration   // largest positive clock skew (local − Pathling) seen in this drive
+	retakes   int             // times the lock vanished and was taken again (retake)
+	job       jobPolls        // what the current job's polls saw (polling.go)
+	lag       time.Duration   // detection lag of the completed job; 0: unknown
+	sample    *DurationSample // the completed job's duration, written with its terminal record
 
 	// What the lock's store round trip read with the lease (Locker.Begin),
 	// so that the run's first steps need not read it again.
@@ -217,6 +220,7 @@ func (dr *driver) kickOff(ctx context.Context) error {
 	dr.noteSkew(ctx, ko.ServerDate)
 	dr.failures = 0
 	dr.polls = 0
+	dr.startJob(dr.now())
 	dr.deleted = false
 	r.StatusURL = url
 	r.State = RunPolling
@@ -235,11 +239,7 @@ func (dr *driver) kickOff(ctx context.Context) error {
 
 func (dr *driver) poll(ctx context.Context) error {
 	r := dr.run
-	wait := dr.t.Poll.Next(dr.polls)
-	if dr.pause > 0 {
-		wait, dr.pause = dr.pause, 0
-	}
-	if err := dr.wait(ctx, wait); err != nil {
+	if err := dr.wait(ctx, dr.nextPollWait(ctx)); err != nil {
 		return err
 	}
 	sctx, span := dr.tracer.Start(ctx, SpanPoll, trace.WithAttributes(
@@ -260,21 +260,22 @@ func (dr *driver) poll(ctx context.Context) error {
 		}
 		return dr.failedCall(ctx, "poll", err)
 	}
+	now := dr.now()
 	dr.noteSkew(ctx, st.ServerDate)
 	dr.polls++
 	r.Polls++
-	dr.observe(ctx, RunEvent{Kind: EventPolled, Target: r.Target, RequestID: r.RequestID, RunID: r.RunID, Status: st, Polls: r.Polls})
+	if st.State == JobRunning {
+		// Also keeps a Retry-After for the next wait (nextPollWait).
+		r.ExpectedEnd = dr.sawRunning(ctx, now, st)
+	}
+	dr.observe(ctx, RunEvent{Kind: EventPolled, Target: r.Target, RequestID: r.RequestID, RunID: r.RunID, Status: st, Polls: r.Polls, ExpectedEnd: r.ExpectedEnd})
 	switch st.State {
 	case JobRunning:
 		dr.failures = 0
 		r.Progress = st.Progress
-		if st.RetryAfter > 0 {
-			// Honour the server's pace for the next poll, within the cadence's cap.
-			dr.pause = min(st.RetryAfter, dr.t.Poll.Max)
-		}
 		return dr.persist(ctx)
 	case JobDone:
-		return dr.complete(ctx, st, false)
+		return dr.completed(ctx, st, false, now)
 	case JobLost:
 		r.Losses++
 		dr.log.WarnContext(ctx, "Pathling lost the job (restarted?)", "status_url", r.StatusURL, "losses", r.Losses)
@@ -292,7 +293,7 @@ func (dr *driver) poll(ctx context.Context) error {
 			f = &PathlingError{Reason: messages.ReasonImportFailed, Message: "import failed"}
 		}
 		if f.Empty && r.Params.Since != nil {
-			return dr.complete(ctx, st, true)
+			return dr.completed(ctx, st, true, now)
 		}
 		if f.Retryable {
 			// Even with KeepJobs: the identical re-kick would get the cached failure.
@@ -347,7 +348,7 @@ func (dr *driver) retryAfterFailure(ctx context.Context, pe *PathlingError) erro
 }
 
 // wait sleeps d (cut at the deadline) while renewing the lease every third
-// of its TTL. One timer; no spinning.
+// of its TTL, on the service's clock. No spinning.
 func (dr *driver) wait(ctx context.Context, d time.Duration) error {
 	until := dr.now().Add(d)
 	timedOut := false
@@ -355,9 +356,6 @@ func (dr *driver) wait(ctx context.Context, d time.Duration) error {
 		until = dr.run.Deadline
 		timedOut = true
 	}
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	<-timer.C
 	for {
 		now := dr.now()
 		if !dr.nextRenew.After(now) {
@@ -386,11 +384,11 @@ func (dr *driver) wait(ctx context.Context, d time.Duration) error {
 		if dr.nextRenew.Before(next) {
 			next = dr.nextRenew
 		}
-		timer.Reset(next.Sub(now))
+		// The service's clock: a test's clock can drive a run's waits.
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-timer.C:
+		case <-dr.clock.After(next.Sub(now)):
 		}
 	}
 }
@@ -728,6 +726,9 @@ func (dr *driver) finish(ctx context.Context, state RunState, res result, wu *Wa
 	// The outcome must be recorded even while shutting down.
 	pctx := context.WithoutCancel(ctx)
 	f := &Finish{Run: r, Watermark: wu, RecordJob: dr.jobPending && r.StatusURL != "" && dr.jobs != nil}
+	if state == RunCompleted {
+		f.Duration = dr.sample
+	}
 	if err := dr.runs.Finish(pctx, dr.lease, f); err != nil {
 		return err
 	}
@@ -763,7 +764,7 @@ func (dr *driver) finishDisposition(ctx context.Context) Disposition {
 		return dr.retryLater(ctx)
 	}
 	ev := RunEvent{Kind: EventFinished, Target: r.Target, RequestID: r.RequestID, RunID: r.RunID,
-		Completed: r.State == RunCompleted, Duration: r.FinishedAt.Sub(r.StartedAt), Polls: r.Polls}
+		Completed: r.State == RunCompleted, Duration: r.FinishedAt.Sub(r.StartedAt), Polls: r.Polls, DetectionLag: dr.lag}
 	if r.State == RunFailed {
 		var f messages.SyncFailed
 		if json.Unmarshal(r.Outcome.Body, &f) == nil {

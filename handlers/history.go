@@ -22,6 +22,13 @@ type Durations interface {
 	Durations(ctx context.Context, target, shape string) ([]time.Duration, error)
 }
 
+// DurationNoter is implemented by a Durations cache that can learn a sample
+// the store already holds, written with the run's end (Finish.Duration), so
+// that a completed job costs no write of its own.
+type DurationNoter interface {
+	NoteDuration(target, shape string, d time.Duration)
+}
+
 // DurationShape names the kind of job a duration belongs to: full or
 // incremental (since set) and the type set, the two things that change how
 // long an import takes most. The key is short and stable: the sorted types,

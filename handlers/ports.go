@@ -123,15 +123,18 @@ type Run struct {
 	WatermarkKey string                 `json:"watermarkKey"`
 	StatusURL    string                 `json:"statusUrl,omitempty"`
 	Progress     string                 `json:"progress,omitempty"`
-	Attempts     int                    `json:"attempts"` // kick-offs sent
-	Polls        int                    `json:"polls"`
-	Losses       int                    `json:"losses"` // 404s of a job we started
-	StartedAt    time.Time              `json:"startedAt"`
-	FirstKickOff time.Time              `json:"firstKickOff,omitzero"` // watermark base
-	UpdatedAt    time.Time              `json:"updatedAt"`
-	Deadline     time.Time              `json:"deadline"`
-	FinishedAt   time.Time              `json:"finishedAt,omitzero"`
-	Outcome      *Event                 `json:"outcome,omitempty"` // set when terminal; re-published on redelivery
+	// ExpectedEnd is when the running job is expected to end (polling.go),
+	// as of the last poll; zero when unknown. For status only.
+	ExpectedEnd  time.Time `json:"expectedEnd,omitzero"`
+	Attempts     int       `json:"attempts"` // kick-offs sent
+	Polls        int       `json:"polls"`
+	Losses       int       `json:"losses"` // 404s of a job we started
+	StartedAt    time.Time `json:"startedAt"`
+	FirstKickOff time.Time `json:"firstKickOff,omitzero"` // watermark base
+	UpdatedAt    time.Time `json:"updatedAt"`
+	Deadline     time.Time `json:"deadline"`
+	FinishedAt   time.Time `json:"finishedAt,omitzero"`
+	Outcome      *Event    `json:"outcome,omitempty"` // set when terminal; re-published on redelivery
 }
 
 // Lease is a held target lock. Token is the fencing token every write carries.

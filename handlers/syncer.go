@@ -10,6 +10,9 @@
 //	               finish: watermark, terminal record holding the outcome,
 //	               DELETE the job, release the lock, publish the outcome
 //	outcome.go     builds every outcome event and publishes it
+//	polling.go     when the next poll of a job comes: planned from the
+//	               history of its (target, shape) (pollplan) or the seed
+//	               cadence; a completed job's duration joins the history
 //	watermark.go   the watermark's key and when a run may move it
 //	storeretry.go  fenced store writes retried while the lease is valid
 //	tracing.go     the spans of a delivery
@@ -64,7 +67,8 @@ type Config struct {
 	Driver string
 	Logger *slog.Logger
 	// Clock is the time source (default clock.System{}) and NewID the
-	// run-id source; tests replace them. Waits in a run use real timers.
+	// run-id source; tests replace them. A run's waits between polls and
+	// lock renewals are Clock.After; other waits use real timers.
 	Clock clock.Clock
 	NewID func() string
 	// Observer, when set, sees each step of every run (metrics).
@@ -76,6 +80,12 @@ type Config struct {
 	// ConsumerGroup names the durable consumer in spans
 	// (messaging.consumer.group.name).
 	ConsumerGroup string
+	// Durations, when set, keeps the durations of finished jobs per target
+	// and request shape, and the targets whose PollPolicy is PollHistory
+	// plan their polls from them (polling.go). Nil: every target polls at
+	// its seed cadence (Target.Poll) and nothing is recorded. Wrap a store
+	// in a cache (redisstore.DurationCache): it is read before every job.
+	Durations Durations
 }
 
 // Observer is told what runs do. Every method must be cheap and safe for
@@ -115,10 +125,18 @@ type RunEvent struct {
 	Reason    messages.Reason // for finished failures and refusals
 	Completed bool            // for finished
 	Status    JobStatus       // for polled
-	Duration  time.Duration   // for finished
-	Polls     int
-	Watermark time.Time // for watermark_committed: the target's stored watermark for the run's key
-	Dropped   string    // for dropped: why, one of the messages.Subject* constants
+	// ExpectedEnd, for polled (job still running), is when the job is
+	// expected to end by its history or X-Progress; zero when unknown.
+	ExpectedEnd time.Time
+	Duration    time.Duration // for finished
+	Polls       int
+	// DetectionLag, for a finished run that completed and whose job's
+	// kick-off this replica saw, is how long after the job's estimated end
+	// the poll that saw it done came (half the last wait: the end is
+	// estimated halfway between the last two polls); 0 when unknown.
+	DetectionLag time.Duration
+	Watermark    time.Time // for watermark_committed: the target's stored watermark for the run's key
+	Dropped      string    // for dropped: why, one of the messages.Subject* constants
 	// ClockSkew, for clock_skew, is the local clock minus Pathling's (its
 	// Date header), in whole seconds: positive when this replica is ahead.
 	ClockSkew time.Duration
@@ -158,6 +176,7 @@ type deps struct {
 	logger     *slog.Logger
 	obs        Observer
 	tracer     trace.Tracer
+	plans      *plans // nil: no history; every job polls at the seed cadence
 }
 
 // New checks the configuration and the ports and returns a Syncer.
@@ -180,6 +199,7 @@ func New(cfg Config, p Ports) (*Syncer, error) {
 			logger:     cfg.Logger,
 			obs:        cfg.Observer,
 			tracer:     tp.Tracer(TracerName),
+			plans:      newPlans(cfg.Durations),
 		},
 		targets:       make(map[string]*Target, len(cfg.Targets)),
 		subjects:      cfg.Subjects,

@@ -23,15 +23,28 @@ type Target struct {
 	// Defaults fill the request fields an event leaves empty
 	// (exportUrl, saveMode, types, since, until, typeFilters, elements,
 	// includeAssociatedData, concurrency, timeout).
-	Defaults     messages.SyncRequested
-	Timeout      time.Duration // whole sync; default 2h
-	Overlap      time.Duration // watermark = first kick-off − overlap (config's default: 2m)
-	Poll         Backoff       // status poll cadence; default 5s ×1.5 ≤ 60s, 10% jitter
-	Retry        Backoff       // after a retryable failure; default 30s ×2 ≤ 5m
-	DeleteRetry  Backoff       // between tries of a job's DELETE; default 1s ×2 ≤ 4s
-	MaxJobLosses int           // 404s of our job before job_lost; default 3
-	KeepJobs     bool          // false: DELETE the Pathling job after its final result
+	Defaults messages.SyncRequested
+	Timeout  time.Duration // whole sync; default 2h
+	Overlap  time.Duration // watermark = first kick-off − overlap (config's default: 2m)
+	Poll     Backoff       // status poll cadence; default 5s ×1.5 ≤ 60s, 10% jitter
+	// PollPolicy is how polls are planned: PollHistory (default) from the
+	// durations of the target's past jobs of the same shape once there are
+	// enough of them (Config.Durations), PollSeed always by Poll.
+	PollPolicy string
+	// PollFloor is the shortest wait a history plan may use; default 1s
+	// (at most Poll.Initial).
+	PollFloor    time.Duration
+	Retry        Backoff // after a retryable failure; default 30s ×2 ≤ 5m
+	DeleteRetry  Backoff // between tries of a job's DELETE; default 1s ×2 ≤ 4s
+	MaxJobLosses int     // 404s of our job before job_lost; default 3
+	KeepJobs     bool    // false: DELETE the Pathling job after its final result
 }
+
+// Poll policies (Target.PollPolicy).
+const (
+	PollHistory = "history"
+	PollSeed    = "seed"
+)
 
 // Backoff is a capped exponential cadence with jitter.
 type Backoff struct {
@@ -83,6 +96,12 @@ func (t *Target) setDefaults() {
 	if t.MaxJobLosses <= 0 {
 		t.MaxJobLosses = 3
 	}
+	if t.PollPolicy == "" {
+		t.PollPolicy = PollHistory
+	}
+	if t.PollFloor <= 0 {
+		t.PollFloor = time.Second
+	}
 }
 
 func (t *Target) validate() error {
@@ -91,6 +110,9 @@ func (t *Target) validate() error {
 	}
 	if t.Pathling == nil {
 		return fmt.Errorf("target %q: no Pathling client", t.Name)
+	}
+	if t.PollPolicy != PollHistory && t.PollPolicy != PollSeed {
+		return fmt.Errorf("target %q: poll policy %q is not %s or %s", t.Name, t.PollPolicy, PollHistory, PollSeed)
 	}
 	return nil
 }

@@ -44,6 +44,17 @@ const (
 // metricClockSkew is pathling_sync_clock_skew_seconds{target}.
 const metricClockSkew = "pathling_sync.clock_skew"
 
+// Freshness: pathling_sync_detection_lag_seconds{target} and
+// pathling_sync_job_expected_end_timestamp_seconds{target}.
+const (
+	metricDetectionLag   = "pathling_sync.detection_lag"
+	metricJobExpectedEnd = "pathling_sync.job.expected_end_timestamp"
+)
+
+// lagBuckets: a poll comes within a second of a job's end at best, up to
+// half the seed cadence's 1-minute cap late at worst.
+var lagBuckets = []float64{0.25, 0.5, 1, 2, 5, 10, 15, 30, 60}
+
 // Label (attribute) keys of the metrics. Request and run ids are never labels.
 const (
 	labelTarget     = attribute.Key("target")
@@ -104,6 +115,8 @@ type Metrics struct {
 	requests     metric.Int64Counter
 	reqDuration  metric.Float64Histogram
 	clockSkew    metric.Float64Gauge
+	lag          metric.Float64Histogram
+	expectedEnd  metric.Float64Gauge
 
 	// redisPersistence is the start-up check's answer: 0 not checked, 1 off, 2 on.
 	redisPersistence atomic.Int32
@@ -160,6 +173,13 @@ func NewMetrics(mp metric.MeterProvider, cfg MetricsConfig) (*Metrics, error) {
 	errs = append(errs, err)
 	m.clockSkew, err = meter.Float64Gauge(metricClockSkew, metric.WithUnit("s"),
 		metric.WithDescription("This replica's clock minus the target Pathling's (its Date header), whole seconds, at the last response read; positive: this replica is ahead."))
+	errs = append(errs, err)
+	m.lag, err = meter.Float64Histogram(metricDetectionLag, metric.WithUnit("s"),
+		metric.WithDescription("How long after a completed job's estimated end (halfway between its last two polls) the poll that saw it done came."),
+		metric.WithExplicitBucketBoundaries(lagBuckets...))
+	errs = append(errs, err)
+	m.expectedEnd, err = meter.Float64Gauge(metricJobExpectedEnd, metric.WithUnit("s"),
+		metric.WithDescription("When the target's running Pathling job is expected to end (Unix time), from its history or X-Progress, as of its last poll; 0 when unknown or none runs."))
 	errs = append(errs, err)
 	m.inFlight, err = meter.Int64UpDownCounter(metricInFlight, metric.WithUnit("{sync}"),
 		metric.WithDescription("Runs this replica is driving now."))
@@ -242,6 +262,15 @@ func (m *Metrics) RunEvent(ctx context.Context, ev handlers.RunEvent) {
 		m.inFlight.Add(ctx, 1, tl)
 	case handlers.EventStopped:
 		m.inFlight.Add(ctx, -1, tl)
+		m.expectedEnd.Record(ctx, 0, tl)
+	case handlers.EventPolled:
+		if ev.Status.State == handlers.JobRunning {
+			end := 0.0
+			if !ev.ExpectedEnd.IsZero() {
+				end = float64(ev.ExpectedEnd.UnixMilli()) / 1000
+			}
+			m.expectedEnd.Record(ctx, end, tl)
+		}
 	case handlers.EventWatermark:
 		m.mu.Lock()
 		if ev.Watermark.After(m.watermarks[target]) {
@@ -267,6 +296,9 @@ func (m *Metrics) RunEvent(ctx context.Context, ev handlers.RunEvent) {
 		}
 		m.duration.Record(ctx, ev.Duration.Seconds(), outcome)
 		m.polls.Record(ctx, int64(ev.Polls), outcome)
+		if ev.Completed && ev.DetectionLag > 0 {
+			m.lag.Record(ctx, ev.DetectionLag.Seconds(), tl)
+		}
 	}
 }
 

@@ -98,7 +98,8 @@ func TestMetricsFromRunEvents(t *testing.T) {
 	ev(handlers.RunEvent{Kind: handlers.EventStarted})
 	ev(handlers.RunEvent{Kind: handlers.EventStarted})
 	ev(handlers.RunEvent{Kind: handlers.EventStopped})
-	ev(handlers.RunEvent{Kind: handlers.EventFinished, Completed: true, Duration: 90 * time.Second, Polls: 7})
+	ev(handlers.RunEvent{Kind: handlers.EventFinished, Completed: true, Duration: 90 * time.Second, Polls: 7, DetectionLag: 1500 * time.Millisecond})
+	ev(handlers.RunEvent{Kind: handlers.EventPolled, Status: handlers.JobStatus{State: handlers.JobRunning}, ExpectedEnd: time.Unix(1_800_000_000, 0)})
 	ev(handlers.RunEvent{Kind: handlers.EventFinished, Reason: messages.ReasonTimeout, Duration: 2 * time.Hour, Polls: 120})
 	ev(handlers.RunEvent{Kind: handlers.EventRefused, Reason: messages.ReasonConflict})
 	ev(handlers.RunEvent{Kind: handlers.EventClockSkew, ClockSkew: 3 * time.Second})
@@ -133,6 +134,8 @@ func TestMetricsFromRunEvents(t *testing.T) {
 		{"pathling_sync_watermark_age_seconds", main, 5400},
 		{"pathling_sync_requests_dropped_total", map[string]string{"reason": "extra_tokens"}, 1},
 		{"pathling_sync_clock_skew_seconds", main, 600},
+		{"pathling_sync_detection_lag_seconds", main, 1},
+		{"pathling_sync_job_expected_end_timestamp_seconds", main, 1_800_000_000},
 	}
 	for _, w := range want {
 		if got := mustSample(t, fams, w.name, w.labels); got != w.value {

@@ -145,6 +145,13 @@ func (c *DurationCache) RecordDuration(ctx context.Context, target, shape string
 	if err := c.src.RecordDuration(ctx, target, shape, d); err != nil {
 		return err
 	}
+	c.NoteDuration(target, shape, d)
+	return nil
+}
+
+// NoteDuration adds d to the cached history without writing it: the store
+// has it already (Runs.Finish wrote it with the run's end).
+func (c *DurationCache) NoteDuration(target, shape string, d time.Duration) {
 	k := cacheKey{target, shape}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -155,7 +162,6 @@ func (c *DurationCache) RecordDuration(ctx context.Context, target, shape string
 		}
 		c.entries[k] = e
 	}
-	return nil
 }
 
 // Durations returns the cached history when it was read less than the TTL

@@ -72,6 +72,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&o.Inflight.Window, "inflight-window", o.Inflight.Window, "inflight: measurement window once all are in flight")
 	fs.IntVar(&o.Storm.N, "storm-n", o.Storm.N, "storm: requests for the one busy target")
 	fs.IntVar(&o.Queue.Pairs, "queue-pairs", o.Queue.Pairs, "queue: targets, each with a running and a queued request")
+	fs.IntVar(&o.Freshness.Targets, "freshness-targets", o.Freshness.Targets, "freshness: targets per policy (history, seed)")
+	fs.IntVar(&o.Freshness.Warmup, "freshness-warmup", o.Freshness.Warmup, "freshness: syncs per target before measuring")
+	fs.IntVar(&o.Freshness.Syncs, "freshness-syncs", o.Freshness.Syncs, "freshness: measured syncs per target")
+	fs.Float64Var(&o.Freshness.Compress, "freshness-compress", o.Freshness.Compress, "freshness: time compression (job durations and poll cadence divided by it)")
+	fs.StringVar(&o.Freshness.Progress, "freshness-progress", o.Freshness.Progress, "freshness: X-Progress off, on, or both (a trial each)")
 	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
 		return nil
 	} else if err != nil {

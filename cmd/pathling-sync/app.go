@@ -169,6 +169,8 @@ func NewService(ctx context.Context, cfg *config.Config, log *slog.Logger, opts 
 		Observer:       s.metrics,
 		TracerProvider: s.tel.TracerProvider(),
 		ConsumerGroup:  cfg.NATS.Consumer.Durable,
+		// Job durations for the targets whose poll policy is history.
+		Durations: redisstore.NewDurationCache(s.store, 0, nil),
 	}, handlers.Ports{
 		Locker: s.store, Recovery: s.store, Runs: s.store, Watermarks: s.store, Jobs: s.store,
 		Publisher: pub, Releases: s.releases,

@@ -143,7 +143,7 @@ func runDev(ctx context.Context, g *globals, o *devOptions) error {
 	t.Defaults.ExportURL = sourceBase
 	t.Defaults.SaveMode = "merge"
 	// The emulator finishes in about a second: poll faster than the seed's 5 s start.
-	t.Poll = config.BackoffConfig{Initial: time.Second, Factor: 1.5, Max: 10 * time.Second, Jitter: 0.1}
+	t.Poll.BackoffConfig = config.BackoffConfig{Initial: time.Second, Factor: 1.5, Max: 10 * time.Second, Jitter: 0.1}
 	t.Retry = config.BackoffConfig{Initial: 2 * time.Second, Factor: 2, Max: 30 * time.Second, Jitter: 0.1}
 	r := t
 	r.Pathling.URL = replicaURL + "/fhir"

@@ -70,18 +70,21 @@ type lockView struct {
 }
 
 type runView struct {
-	RequestID  string    `json:"requestId"`
-	RunID      string    `json:"runId"`
-	State      string    `json:"state"`
-	Polls      int       `json:"polls"`
-	Progress   string    `json:"progress,omitempty"`
-	Attempts   int       `json:"attempts"`
-	StartedAt  time.Time `json:"startedAt"`
-	UpdatedAt  time.Time `json:"updatedAt"`
-	Deadline   time.Time `json:"deadline,omitzero"`
-	AgeSeconds int64     `json:"ageSeconds"`
-	Driver     string    `json:"driver,omitempty"`
-	StatusURL  string    `json:"statusUrl,omitempty"`
+	RequestID string `json:"requestId"`
+	RunID     string `json:"runId"`
+	State     string `json:"state"`
+	Polls     int    `json:"polls"`
+	Progress  string `json:"progress,omitempty"`
+	// ExpectedEnd is when the running Pathling job is expected to end, by
+	// its duration history or X-Progress, as of its last poll.
+	ExpectedEnd time.Time `json:"expectedEnd,omitzero"`
+	Attempts    int       `json:"attempts"`
+	StartedAt   time.Time `json:"startedAt"`
+	UpdatedAt   time.Time `json:"updatedAt"`
+	Deadline    time.Time `json:"deadline,omitzero"`
+	AgeSeconds  int64     `json:"ageSeconds"`
+	Driver      string    `json:"driver,omitempty"`
+	StatusURL   string    `json:"statusUrl,omitempty"`
 }
 
 type queueView struct {
@@ -209,7 +212,7 @@ func targetState(ctx context.Context, name string, now time.Time, store *redisst
 		}
 		ts.Running = append(ts.Running, runView{
 			RequestID: r.RequestID, RunID: r.RunID, State: string(r.State), Polls: r.Polls, Progress: r.Progress,
-			Attempts: r.Attempts, StartedAt: r.StartedAt.UTC(), UpdatedAt: r.UpdatedAt.UTC(), Deadline: r.Deadline.UTC(),
+			ExpectedEnd: r.ExpectedEnd.UTC(), Attempts: r.Attempts, StartedAt: r.StartedAt.UTC(), UpdatedAt: r.UpdatedAt.UTC(), Deadline: r.Deadline.UTC(),
 			AgeSeconds: int64(now.Sub(r.StartedAt).Seconds()), Driver: r.Driver, StatusURL: r.StatusURL,
 		})
 	}
@@ -279,10 +282,10 @@ func printStatus(w io.Writer, rep statusReport, now time.Time) {
 		} else {
 			fmt.Fprintln(w, "  running:")
 			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "    REQUEST\tSTATE\tPOLLS\tPROGRESS\tATTEMPTS\tAGE\tDRIVER\tRUN\tPATHLING JOB")
+			fmt.Fprintln(tw, "    REQUEST\tSTATE\tPOLLS\tPROGRESS\tENDS\tATTEMPTS\tAGE\tDRIVER\tRUN\tPATHLING JOB")
 			for _, r := range t.Running {
-				fmt.Fprintf(tw, "    %s\t%s\t%d\t%s\t%d\t%s\t%s\t%s\t%s\n", r.RequestID, r.State, r.Polls, orDash(r.Progress),
-					r.Attempts, humanDuration(time.Duration(r.AgeSeconds)*time.Second), orDash(r.Driver), r.RunID, orDash(r.StatusURL))
+				fmt.Fprintf(tw, "    %s\t%s\t%d\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", r.RequestID, r.State, r.Polls, orDash(r.Progress),
+					expectedEnd(r.ExpectedEnd, now), r.Attempts, humanDuration(time.Duration(r.AgeSeconds)*time.Second), orDash(r.Driver), r.RunID, orDash(r.StatusURL))
 			}
 			tw.Flush()
 		}
@@ -335,5 +338,18 @@ func humanDuration(d time.Duration) string {
 	default:
 		days := int(d / (24 * time.Hour))
 		return fmt.Sprintf("%dd%dh", days, int((d-time.Duration(days)*24*time.Hour)/time.Hour))
+	}
+}
+
+// expectedEnd says when a running job is expected to end, relative to now
+// ("in 42s", "overdue 5s"), or "-" when unknown.
+func expectedEnd(end, now time.Time) string {
+	switch {
+	case end.IsZero():
+		return "-"
+	case end.Before(now):
+		return "overdue " + humanDuration(now.Sub(end))
+	default:
+		return "in " + humanDuration(end.Sub(now))
 	}
 }

@@ -1,12 +1,17 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
+	"github.com/pathling-sync/pathling-sync/clients/redisstore"
 	pathlingemu "github.com/pathling-sync/pathling-sync/emulators/pathling"
+	"github.com/pathling-sync/pathling-sync/handlers"
 	"github.com/pathling-sync/pathling-sync/internal/testenv"
 	"github.com/pathling-sync/pathling-sync/messages"
 )
@@ -41,6 +46,21 @@ func TestStatusShowsRunningSyncLockWatermarksQueue(t *testing.T) {
 	if err := e.emu.Script(pathlingemu.Script{ExportURL: slowSource, Polls: 1_000_000, ExportPolls: 2, Progress: []int{42}}); err != nil {
 		t.Fatal(err)
 	}
+	// A history of jobs of slow-1's shape (and done-1's), so that slow-1's job
+	// has an expected end (here from its X-Progress). Written first: the
+	// service caches a history for a minute.
+	opt, err := redis.ParseURL(e.redisURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(opt)
+	defer rdb.Close()
+	store := redisstore.New(rdb, redisstore.WithPrefix("pathling-sync:"))
+	for range 3 {
+		if err := store.RecordDuration(context.Background(), "main", handlers.DurationShape(handlers.ImportParams{}), 10*time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
 	e.serve()
 	if code, out, errOut := e.cli("request", "--wait", "--wait-timeout", "1m", "--target", "main", "--id", "done-1"); code != 0 {
 		t.Fatalf("first sync: exit %d\n%s\n%s", code, out, errOut)
@@ -55,6 +75,9 @@ func TestStatusShowsRunningSyncLockWatermarksQueue(t *testing.T) {
 	if r.RequestID != "slow-1" || r.State != "polling" || r.Progress != "42%" || r.Attempts != 1 ||
 		r.Driver == "" || !strings.Contains(r.StatusURL, "$job") || r.RunID == "" || r.StartedAt.IsZero() {
 		t.Errorf("running sync: %+v", r)
+	}
+	if !r.ExpectedEnd.After(r.StartedAt) {
+		t.Errorf("running sync: expected end %s, want one after its start %s", r.ExpectedEnd, r.StartedAt)
 	}
 	if !main.Configured || main.Lock == nil || main.Lock.RequestID != "slow-1" || main.Lock.Token <= 0 || main.Lock.TTLMs <= 0 {
 		t.Errorf("lock: %+v (configured %v)", main.Lock, main.Configured)
@@ -87,7 +110,7 @@ func TestStatusShowsRunningSyncLockWatermarksQueue(t *testing.T) {
 
 	// The readable form.
 	code, out, _ := e.cli("status", "--target", "main")
-	for _, want := range []string{"target main (configured", "held by slow-1", "polling", "42%", "queued-1", okSource, "completed", "done-1"} {
+	for _, want := range []string{"target main (configured", "held by slow-1", "polling", "42%", "ENDS", "queued-1", okSource, "completed", "done-1"} {
 		if code != 0 || !strings.Contains(out, want) {
 			t.Fatalf("status text lacks %q (exit %d):\n%s", want, code, out)
 		}
