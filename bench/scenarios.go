@@ -18,8 +18,9 @@ type Options struct {
 	WorkDir  string // configurations, logs, profiles
 	FloorDir string // floorbench's directory ("" : no floor)
 	LogLevel string // the service's log level
-	// PProf turns admin.pprof on in the throughput scenario and saves a CPU
-	// profile of ProfileSeconds of its flood in WorkDir.
+	// PProf turns admin.pprof on in the throughput and inflight scenarios
+	// and saves, in WorkDir, a CPU profile of ProfileSeconds of the flood and
+	// heap and goroutine profiles at the end of the in-flight window.
 	PProf          bool
 	ProfileSeconds int
 	MonitorWindow  time.Duration
@@ -198,7 +199,7 @@ func runInflight(ctx context.Context, e *Env) ([]*Report, error) {
 	targets := targetNames(o.N)
 	// Slots for every sync; everything else at the service's defaults
 	// (ackWait 1m: InProgress every 20 s; lockTTL 1m: renewal every 20 s).
-	sc := ServiceConfig{MaxWorkers: o.N}
+	sc := ServiceConfig{MaxWorkers: o.N, PProf: e.Opts.PProf}
 	t, err := e.newTrial(ctx, "inflight", targets, o.N, Fixed(time.Hour), sc)
 	if err != nil {
 		return nil, err
@@ -243,6 +244,15 @@ func runInflight(ctx context.Context, e *Env) ([]*Report, error) {
 	}
 	c := t.end(ctx)
 	secs := c.wall.Seconds()
+	if e.Opts.PProf {
+		for _, p := range []string{"heap", "goroutine"} {
+			path := e.Opts.WorkDir + "/inflight." + p + ".pprof"
+			r.Params[p+"Profile"] = path
+			if err := t.svc.Snapshot(ctx, p, path); err != nil {
+				r.Params[p+"ProfileError"] = err.Error()
+			}
+		}
+	}
 	raw, note, ok := e.Floor(ctx, "-n", strconv.Itoa(o.N), "-c", "256", "-targets", strconv.Itoa(o.N))
 	r.FloorRaw, r.FloorNote = raw, note
 	var floorRate *float64
