@@ -108,12 +108,84 @@ type Metrics struct {
 	// redisPersistence is the start-up check's answer: 0 not checked, 1 off, 2 on.
 	redisPersistence atomic.Int32
 
+	// labels holds each configured target's label sets (and those of
+	// target ""), built once: an attribute set made on every event sorts,
+	// hashes and allocates. Read-only after NewMetrics; labelsOf builds
+	// those of other names (no Targets configured) in dynLabels.
+	labels    map[string]*labelSets
+	dynLabels sync.Map // target → *labelSets
+	// reqLabels holds the label sets of Pathling requests by reqKey.
+	reqLabels sync.Map
+
 	mu          sync.Mutex
 	lastSuccess map[string]time.Time
 	watermarks  map[string]time.Time // newest committed by this process, per target
 }
 
 var _ handlers.Observer = (*Metrics)(nil)
+
+// labelSets are one target's attribute sets as measurement options.
+type labelSets struct {
+	target    metric.MeasurementOption // target
+	completed metric.MeasurementOption // target, outcome=completed
+	failed    metric.MeasurementOption // target, outcome=failed
+	// failedBy: target, outcome=failed, reason; for every messages.Reasons().
+	failedBy map[messages.Reason]metric.MeasurementOption
+}
+
+func newLabelSets(target string) *labelSets {
+	tl := labelTarget.String(target)
+	ls := &labelSets{
+		target:    metric.WithAttributeSet(attribute.NewSet(tl)),
+		completed: metric.WithAttributeSet(attribute.NewSet(tl, labelOutcome.String(outcomeCompleted))),
+		failed:    metric.WithAttributeSet(attribute.NewSet(tl, labelOutcome.String(outcomeFailed))),
+		failedBy:  make(map[messages.Reason]metric.MeasurementOption, len(messages.Reasons())),
+	}
+	for _, r := range messages.Reasons() {
+		ls.failedBy[r] = metric.WithAttributeSet(attribute.NewSet(tl, labelOutcome.String(outcomeFailed), labelReason.String(string(r))))
+	}
+	return ls
+}
+
+// failedWith is the option of a failure with reason r.
+func (ls *labelSets) failedWith(target string, r messages.Reason) metric.MeasurementOption {
+	if o, ok := ls.failedBy[r]; ok {
+		return o
+	}
+	return metric.WithAttributes(labelTarget.String(target), labelOutcome.String(outcomeFailed), labelReason.String(string(r)))
+}
+
+// labelsOf returns the label sets of a label value (from target()).
+func (m *Metrics) labelsOf(target string) *labelSets {
+	if ls, ok := m.labels[target]; ok {
+		return ls
+	}
+	if ls, ok := m.dynLabels.Load(target); ok {
+		return ls.(*labelSets)
+	}
+	ls, _ := m.dynLabels.LoadOrStore(target, newLabelSets(target))
+	return ls.(*labelSets)
+}
+
+// reqKey identifies the label sets of a Pathling request.
+type reqKey struct{ target, kind, code string }
+
+// reqLabelSets are a Pathling request's options: with the status code (the
+// counter) and without (the duration).
+type reqLabelSets struct{ withCode, noCode metric.MeasurementOption }
+
+func (m *Metrics) requestLabels(target, kind, code string) *reqLabelSets {
+	k := reqKey{target, kind, code}
+	if v, ok := m.reqLabels.Load(k); ok {
+		return v.(*reqLabelSets)
+	}
+	tl, kl := labelTarget.String(target), labelKind.String(kind)
+	v, _ := m.reqLabels.LoadOrStore(k, &reqLabelSets{
+		withCode: metric.WithAttributeSet(attribute.NewSet(tl, kl, labelStatusCode.String(code))),
+		noCode:   metric.WithAttributeSet(attribute.NewSet(tl, kl)),
+	})
+	return v.(*reqLabelSets)
+}
 
 // NewMetrics creates the instruments on mp. Errors: instrument creation
 // failures (a bad name or unit).
@@ -128,8 +200,11 @@ func NewMetrics(mp metric.MeterProvider, cfg MetricsConfig) (*Metrics, error) {
 		lastSuccess: map[string]time.Time{},
 		watermarks:  map[string]time.Time{},
 	}
+	m.labels = make(map[string]*labelSets, len(cfg.Targets)+1)
+	m.labels[""] = newLabelSets("")
 	for _, t := range cfg.Targets {
 		m.targets[t] = true
+		m.labels[t] = newLabelSets(t)
 	}
 	meter := mp.Meter(MeterName)
 	var errs []error
@@ -204,15 +279,15 @@ func NewMetrics(mp metric.MeterProvider, cfg MetricsConfig) (*Metrics, error) {
 		m.dropped.Add(ctx, 0, metric.WithAttributes(labelReason.String(r)))
 	}
 	for _, t := range cfg.Targets {
-		tl := labelTarget.String(t)
-		m.syncs.Add(ctx, 0, metric.WithAttributes(tl, labelOutcome.String(outcomeCompleted)))
+		ls := m.labels[t]
+		m.syncs.Add(ctx, 0, ls.completed)
 		for _, r := range messages.Reasons() {
-			m.syncs.Add(ctx, 0, metric.WithAttributes(tl, labelOutcome.String(outcomeFailed), labelReason.String(string(r))))
+			m.syncs.Add(ctx, 0, ls.failedBy[r])
 		}
 		for _, c := range []metric.Int64Counter{m.conflicts, m.losses, m.redeliveries, m.adoptions} {
-			c.Add(ctx, 0, metric.WithAttributes(tl))
+			c.Add(ctx, 0, ls.target)
 		}
-		m.inFlight.Add(ctx, 0, metric.WithAttributes(tl))
+		m.inFlight.Add(ctx, 0, ls.target)
 	}
 	return m, nil
 }
@@ -228,7 +303,8 @@ func (m *Metrics) target(t string) string {
 // RunEvent records one step of a run.
 func (m *Metrics) RunEvent(ctx context.Context, ev handlers.RunEvent) {
 	target := m.target(ev.Target)
-	tl := metric.WithAttributes(labelTarget.String(target))
+	ls := m.labelsOf(target)
+	tl := ls.target
 	switch ev.Kind {
 	case handlers.EventRedelivered:
 		m.redeliveries.Add(ctx, 1, tl)
@@ -254,27 +330,19 @@ func (m *Metrics) RunEvent(ctx context.Context, ev handlers.RunEvent) {
 	case handlers.EventClockSkew:
 		m.clockSkew.Record(ctx, ev.ClockSkew.Seconds(), tl)
 	case handlers.EventRefused:
-		m.syncs.Add(ctx, 1, metric.WithAttributes(labelTarget.String(target),
-			labelOutcome.String(outcomeFailed), labelReason.String(string(ev.Reason))))
+		m.syncs.Add(ctx, 1, ls.failedWith(target, ev.Reason))
 	case handlers.EventFinished:
-		outcome := metric.WithAttributes(labelTarget.String(target), labelOutcome.String(outcomeName(ev.Completed)))
+		outcome := ls.failed
 		if ev.Completed {
+			outcome = ls.completed
 			m.SeedLastSuccess(target, m.cfg.Clock.Now()) // first: a scrape seeing the count sees the time
 			m.syncs.Add(ctx, 1, outcome)
 		} else {
-			m.syncs.Add(ctx, 1, metric.WithAttributes(labelTarget.String(target),
-				labelOutcome.String(outcomeFailed), labelReason.String(string(ev.Reason))))
+			m.syncs.Add(ctx, 1, ls.failedWith(target, ev.Reason))
 		}
 		m.duration.Record(ctx, ev.Duration.Seconds(), outcome)
 		m.polls.Record(ctx, int64(ev.Polls), outcome)
 	}
-}
-
-func outcomeName(completed bool) string {
-	if completed {
-		return outcomeCompleted
-	}
-	return outcomeFailed
 }
 
 // SeedLastSuccess sets the target's last success time if t is later than
@@ -297,8 +365,9 @@ func (m *Metrics) PathlingRequest(ctx context.Context, target, kind string, stat
 	if status > 0 {
 		code = strconv.Itoa(status)
 	}
-	m.requests.Add(ctx, 1, metric.WithAttributes(labelTarget.String(target), labelKind.String(kind), labelStatusCode.String(code)))
-	m.reqDuration.Record(ctx, d.Seconds(), metric.WithAttributes(labelTarget.String(target), labelKind.String(kind)))
+	rl := m.requestLabels(target, kind, code)
+	m.requests.Add(ctx, 1, rl.withCode)
+	m.reqDuration.Record(ctx, d.Seconds(), rl.noCode)
 }
 
 // SetRedisPersistence records the start-up check of Redis' persistence,
@@ -327,7 +396,7 @@ func (m *Metrics) observeGauges(ctx context.Context, o metric.Observer, lastSucc
 	m.mu.Unlock()
 
 	for t, at := range success {
-		o.ObserveFloat64(lastSuccess, float64(at.UnixNano())/1e9, metric.WithAttributes(labelTarget.String(t)))
+		o.ObserveFloat64(lastSuccess, float64(at.UnixNano())/1e9, m.labelsOf(t).target)
 	}
 	if m.cfg.Watermarks != nil {
 		rctx, cancel := context.WithTimeout(ctx, m.cfg.ScrapeTimeout)
@@ -345,6 +414,6 @@ func (m *Metrics) observeGauges(ctx context.Context, o metric.Observer, lastSucc
 		}
 	}
 	for t, wm := range marks {
-		o.ObserveFloat64(watermarkAge, now.Sub(wm).Seconds(), metric.WithAttributes(labelTarget.String(t)))
+		o.ObserveFloat64(watermarkAge, now.Sub(wm).Seconds(), m.labelsOf(t).target)
 	}
 }
