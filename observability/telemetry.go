@@ -72,8 +72,10 @@ type Telemetry struct {
 //     set, else none); OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL grpc or
 //     http/protobuf (default); OTEL_TRACES_SAMPLER[_ARG] (default
 //     parentbased_always_on). Spans are made even with no exporter, so that
-//     logs and published events carry trace ids. OTEL_SDK_DISABLED=true
-//     turns tracing off (trace context is still passed on).
+//     logs and published events carry trace ids; they are then not
+//     recorded (ids and the sampler's decision only: idtracer.go).
+//     OTEL_SDK_DISABLED=true turns tracing off (trace context is still
+//     passed on).
 //   - metrics: always a Prometheus registry of its own (MetricsHandler, with
 //     the Go runtime and process collectors); OTEL_METRICS_EXPORTER=otlp
 //     also pushes them over OTLP (OTEL_EXPORTER_OTLP[_METRICS]_PROTOCOL,
@@ -128,6 +130,9 @@ func Setup(ctx context.Context, o Options) (*Telemetry, error) {
 		if err != nil {
 			return nil, err
 		}
+		if len(names) == 0 {
+			t.tracerProvider = idTracerProvider{sampler: smp}
+		}
 		opts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res), sdktrace.WithSampler(smp)}
 		for _, n := range names {
 			exp, err := newSpanExporter(ctx, n, getenv, o.Stdout)
@@ -136,8 +141,10 @@ func Setup(ctx context.Context, o Options) (*Telemetry, error) {
 			}
 			opts = append(opts, sdktrace.WithBatcher(exp))
 		}
-		t.sdkTracer = sdktrace.NewTracerProvider(opts...)
-		t.tracerProvider = t.sdkTracer
+		if len(names) > 0 {
+			t.sdkTracer = sdktrace.NewTracerProvider(opts...)
+			t.tracerProvider = t.sdkTracer
+		}
 	}
 
 	t.registry = prometheus.NewRegistry()
