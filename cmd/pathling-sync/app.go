@@ -216,7 +216,7 @@ func (s *Service) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	s.log.Info("pathling-sync serving", "targets", s.syncer.Targets(), "instance", s.cfg.Service.InstanceID,
+	s.log.Info("pathling-sync serving", targetsAttr(s.syncer.Targets()), "instance", s.cfg.Service.InstanceID,
 		"stream", s.cfg.NATS.Stream.Name, "consumer", s.cfg.NATS.Consumer.Durable, "admin", s.AdminAddr())
 	// Not ready from the moment shutdown begins, while runs settle.
 	stopWatch := context.AfterFunc(ctx, s.beginStopping)
@@ -245,6 +245,20 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	return nil
+}
+
+// maxLoggedTargets is how many target names the start-up line lists; beyond
+// it, only their number (a deployment of 10,000 targets would write a line
+// of 80 kB).
+const maxLoggedTargets = 50
+
+// targetsAttr is the start-up line's targets: their names, or their number
+// and the first names when there are many.
+func targetsAttr(names []string) slog.Attr {
+	if len(names) <= maxLoggedTargets {
+		return slog.Any("targets", names)
+	}
+	return slog.Group("targets", "count", len(names), "first", names[:maxLoggedTargets])
 }
 
 // seedLastSuccess sets each target's last-success gauge from the stored run
