@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 
 	"gopkg.in/yaml.v3"
 )
@@ -185,7 +186,7 @@ func checkNode(n *yaml.Node, t reflect.Type, path string, errs *Errors) {
 			at("must be a mapping")
 			return
 		}
-		fields := yamlFields(t)
+		fields := cachedYAMLFields(t)
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
 			if k.Value == "<<" { // merge key: the merged mappings have this type too
@@ -244,6 +245,20 @@ func join(path, key string) string {
 		return key
 	}
 	return path + "." + key
+}
+
+// fieldCache holds yamlFields' answers by type: checkNode asks once per
+// mapping of the document, 10,000 times for the targets of a large one.
+var fieldCache sync.Map // reflect.Type → map[string]reflect.StructField
+
+// cachedYAMLFields is yamlFields(t), computed once per type. The map is
+// shared: callers only read it.
+func cachedYAMLFields(t reflect.Type) map[string]reflect.StructField {
+	if m, ok := fieldCache.Load(t); ok {
+		return m.(map[string]reflect.StructField)
+	}
+	m, _ := fieldCache.LoadOrStore(t, yamlFields(t))
+	return m.(map[string]reflect.StructField)
 }
 
 // yamlFields maps a struct type's YAML keys to its fields, those of inlined
