@@ -108,12 +108,11 @@ type Metrics struct {
 	// redisPersistence is the start-up check's answer: 0 not checked, 1 off, 2 on.
 	redisPersistence atomic.Int32
 
-	// labels holds each configured target's label sets (and those of
-	// target ""), built once: an attribute set made on every event sorts,
-	// hashes and allocates. Read-only after NewMetrics; labelsOf builds
-	// those of other names (no Targets configured) in dynLabels.
-	labels    map[string]*labelSets
-	dynLabels sync.Map // target → *labelSets
+	// labels holds each label value's attribute sets (target → *labelSets),
+	// made at its first event: an attribute set made on every event sorts,
+	// hashes and allocates. Made lazily, they take memory only for the
+	// targets that run (a few hundred bytes each).
+	labels sync.Map
 	// reqLabels holds the label sets of Pathling requests by reqKey.
 	reqLabels sync.Map
 
@@ -126,44 +125,48 @@ var _ handlers.Observer = (*Metrics)(nil)
 
 // labelSets are one target's attribute sets as measurement options.
 type labelSets struct {
+	name      string
 	target    metric.MeasurementOption // target
 	completed metric.MeasurementOption // target, outcome=completed
 	failed    metric.MeasurementOption // target, outcome=failed
-	// failedBy: target, outcome=failed, reason; for every messages.Reasons().
-	failedBy map[messages.Reason]metric.MeasurementOption
+
+	mu       sync.Mutex
+	failedBy map[messages.Reason]metric.MeasurementOption // target, outcome=failed, reason
 }
 
 func newLabelSets(target string) *labelSets {
 	tl := labelTarget.String(target)
-	ls := &labelSets{
+	return &labelSets{
+		name:      target,
 		target:    metric.WithAttributeSet(attribute.NewSet(tl)),
 		completed: metric.WithAttributeSet(attribute.NewSet(tl, labelOutcome.String(outcomeCompleted))),
 		failed:    metric.WithAttributeSet(attribute.NewSet(tl, labelOutcome.String(outcomeFailed))),
-		failedBy:  make(map[messages.Reason]metric.MeasurementOption, len(messages.Reasons())),
 	}
-	for _, r := range messages.Reasons() {
-		ls.failedBy[r] = metric.WithAttributeSet(attribute.NewSet(tl, labelOutcome.String(outcomeFailed), labelReason.String(string(r))))
-	}
-	return ls
 }
 
 // failedWith is the option of a failure with reason r.
-func (ls *labelSets) failedWith(target string, r messages.Reason) metric.MeasurementOption {
+func (ls *labelSets) failedWith(r messages.Reason) metric.MeasurementOption {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
 	if o, ok := ls.failedBy[r]; ok {
 		return o
 	}
-	return metric.WithAttributes(labelTarget.String(target), labelOutcome.String(outcomeFailed), labelReason.String(string(r)))
+	o := metric.WithAttributeSet(attribute.NewSet(labelTarget.String(ls.name), labelOutcome.String(outcomeFailed), labelReason.String(string(r))))
+	if r.Valid() { // the map stays bounded by the known reasons
+		if ls.failedBy == nil {
+			ls.failedBy = map[messages.Reason]metric.MeasurementOption{}
+		}
+		ls.failedBy[r] = o
+	}
+	return o
 }
 
 // labelsOf returns the label sets of a label value (from target()).
 func (m *Metrics) labelsOf(target string) *labelSets {
-	if ls, ok := m.labels[target]; ok {
-		return ls
-	}
-	if ls, ok := m.dynLabels.Load(target); ok {
+	if ls, ok := m.labels.Load(target); ok {
 		return ls.(*labelSets)
 	}
-	ls, _ := m.dynLabels.LoadOrStore(target, newLabelSets(target))
+	ls, _ := m.labels.LoadOrStore(target, newLabelSets(target))
 	return ls.(*labelSets)
 }
 
@@ -200,11 +203,8 @@ func NewMetrics(mp metric.MeterProvider, cfg MetricsConfig) (*Metrics, error) {
 		lastSuccess: map[string]time.Time{},
 		watermarks:  map[string]time.Time{},
 	}
-	m.labels = make(map[string]*labelSets, len(cfg.Targets)+1)
-	m.labels[""] = newLabelSets("")
 	for _, t := range cfg.Targets {
 		m.targets[t] = true
-		m.labels[t] = newLabelSets(t)
 	}
 	meter := mp.Meter(MeterName)
 	var errs []error
@@ -279,15 +279,15 @@ func NewMetrics(mp metric.MeterProvider, cfg MetricsConfig) (*Metrics, error) {
 		m.dropped.Add(ctx, 0, metric.WithAttributes(labelReason.String(r)))
 	}
 	for _, t := range cfg.Targets {
-		ls := m.labels[t]
-		m.syncs.Add(ctx, 0, ls.completed)
+		tl := labelTarget.String(t)
+		m.syncs.Add(ctx, 0, metric.WithAttributes(tl, labelOutcome.String(outcomeCompleted)))
 		for _, r := range messages.Reasons() {
-			m.syncs.Add(ctx, 0, ls.failedBy[r])
+			m.syncs.Add(ctx, 0, metric.WithAttributes(tl, labelOutcome.String(outcomeFailed), labelReason.String(string(r))))
 		}
 		for _, c := range []metric.Int64Counter{m.conflicts, m.losses, m.redeliveries, m.adoptions} {
-			c.Add(ctx, 0, ls.target)
+			c.Add(ctx, 0, metric.WithAttributes(tl))
 		}
-		m.inFlight.Add(ctx, 0, ls.target)
+		m.inFlight.Add(ctx, 0, metric.WithAttributes(tl))
 	}
 	return m, nil
 }
@@ -330,7 +330,7 @@ func (m *Metrics) RunEvent(ctx context.Context, ev handlers.RunEvent) {
 	case handlers.EventClockSkew:
 		m.clockSkew.Record(ctx, ev.ClockSkew.Seconds(), tl)
 	case handlers.EventRefused:
-		m.syncs.Add(ctx, 1, ls.failedWith(target, ev.Reason))
+		m.syncs.Add(ctx, 1, ls.failedWith(ev.Reason))
 	case handlers.EventFinished:
 		outcome := ls.failed
 		if ev.Completed {
@@ -338,7 +338,7 @@ func (m *Metrics) RunEvent(ctx context.Context, ev handlers.RunEvent) {
 			m.SeedLastSuccess(target, m.cfg.Clock.Now()) // first: a scrape seeing the count sees the time
 			m.syncs.Add(ctx, 1, outcome)
 		} else {
-			m.syncs.Add(ctx, 1, ls.failedWith(target, ev.Reason))
+			m.syncs.Add(ctx, 1, ls.failedWith(ev.Reason))
 		}
 		m.duration.Record(ctx, ev.Duration.Seconds(), outcome)
 		m.polls.Record(ctx, int64(ev.Polls), outcome)
