@@ -245,11 +245,14 @@ func runInflight(ctx context.Context, e *Env) ([]*Report, error) {
 	c := t.end(ctx)
 	secs := c.wall.Seconds()
 	if e.Opts.PProf {
-		for _, p := range []string{"heap", "goroutine"} {
-			path := e.Opts.WorkDir + "/inflight." + p + ".pprof"
-			r.Params[p+"Profile"] = path
-			if err := t.svc.Snapshot(ctx, p, path); err != nil {
-				r.Params[p+"ProfileError"] = err.Error()
+		for _, p := range []struct{ name, query, file string }{
+			{"heap", "", "heap.pprof"}, {"goroutine", "", "goroutine.pprof"},
+			{"heap", "?debug=1", "memstats.txt"}, // ends with runtime.MemStats: stacks, heap in use, released
+		} {
+			path := e.Opts.WorkDir + "/inflight." + p.file
+			r.Params[p.file] = path
+			if err := t.svc.Snapshot(ctx, p.name+p.query, path); err != nil {
+				r.Params[p.file+"Error"] = err.Error()
 			}
 		}
 	}
