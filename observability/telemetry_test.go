@@ -257,3 +257,21 @@ func TestNoExporterSpansCarryIDsWithoutRecording(t *testing.T) {
 		t.Error("two roots share a trace id")
 	}
 }
+
+func TestExemplarsOnlyWhereTheyCanBeRead(t *testing.T) {
+	for _, c := range []struct {
+		spans, metrics []string
+		env            map[string]string
+		want           bool
+	}{
+		{nil, nil, nil, false},
+		{[]string{"otlp"}, nil, nil, false}, // /metrics (text format) shows no exemplars
+		{nil, []string{"otlp"}, nil, false}, // they would name traces nobody keeps
+		{[]string{"otlp"}, []string{"otlp"}, nil, true},
+		{nil, nil, map[string]string{"OTEL_METRICS_EXEMPLAR_FILTER": "always_on"}, true},
+	} {
+		if got := exemplarsUseful(c.spans, c.metrics, envFrom(c.env)); got != c.want {
+			t.Errorf("spans %v, metrics %v, env %v: %v, want %v", c.spans, c.metrics, c.env, got, c.want)
+		}
+	}
+}
