@@ -302,6 +302,10 @@ func (m *Metrics) target(t string) string {
 
 // RunEvent records one step of a run.
 func (m *Metrics) RunEvent(ctx context.Context, ev handlers.RunEvent) {
+	switch ev.Kind {
+	case handlers.EventKickedOff, handlers.EventPolled:
+		return // not metrics (one of these per poll of every run in flight)
+	}
 	target := m.target(ev.Target)
 	ls := m.labelsOf(target)
 	tl := ls.target
