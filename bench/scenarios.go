@@ -18,8 +18,10 @@ type Options struct {
 	WorkDir  string // configurations, logs, profiles
 	FloorDir string // floorbench's directory ("" : no floor)
 	LogLevel string // the service's log level
-	// PProf turns admin.pprof on in the throughput scenario and saves a CPU
-	// profile of ProfileSeconds of its flood in WorkDir.
+	// PProf turns admin.pprof on in the throughput, inflight and storm
+	// scenarios and saves, in WorkDir, CPU profiles of ProfileSeconds of the
+	// flood and of the storm's first seconds, and heap and goroutine
+	// profiles and MemStats at the end of the in-flight window.
 	PProf          bool
 	ProfileSeconds int
 	MonitorWindow  time.Duration
@@ -200,7 +202,7 @@ func runInflight(ctx context.Context, e *Env) ([]*Report, error) {
 	targets := targetNames(o.N)
 	// Slots for every sync; everything else at the service's defaults
 	// (ackWait 1m: InProgress every 20 s; lockTTL 1m: renewal every 20 s).
-	sc := ServiceConfig{MaxWorkers: o.N}
+	sc := ServiceConfig{MaxWorkers: o.N, PProf: e.Opts.PProf}
 	t, err := e.newTrial(ctx, "inflight", targets, o.N, Fixed(time.Hour), sc)
 	if err != nil {
 		return nil, err
@@ -245,6 +247,18 @@ func runInflight(ctx context.Context, e *Env) ([]*Report, error) {
 	}
 	c := t.end(ctx)
 	secs := c.wall.Seconds()
+	if e.Opts.PProf {
+		for _, p := range []struct{ name, query, file string }{
+			{"heap", "", "heap.pprof"}, {"goroutine", "", "goroutine.pprof"},
+			{"heap", "?debug=1", "memstats.txt"}, // ends with runtime.MemStats: stacks, heap in use, released
+		} {
+			path := e.Opts.WorkDir + "/inflight." + p.file
+			r.Params[p.file] = path
+			if err := t.svc.Snapshot(ctx, p.name+p.query, path); err != nil {
+				r.Params[p.file+"Error"] = err.Error()
+			}
+		}
+	}
 	raw, note, ok := e.Floor(ctx, "-n", strconv.Itoa(o.N), "-c", "256", "-targets", strconv.Itoa(o.N))
 	r.FloorRaw, r.FloorNote = raw, note
 	var floorRate *float64
@@ -270,7 +284,7 @@ func runStorm(ctx context.Context, e *Env) ([]*Report, error) {
 	r := NewReport("storm")
 	r.Params["requests"], r.Params["targets"], r.Params["concurrency"], r.Params["job"] = o.N, 1, "forbid", "1h"
 	targets := []string{"busy"}
-	t, err := e.newTrial(ctx, "storm", targets, o.N, Fixed(time.Hour), ServiceConfig{})
+	t, err := e.newTrial(ctx, "storm", targets, o.N, Fixed(time.Hour), ServiceConfig{PProf: e.Opts.PProf})
 	if err != nil {
 		return nil, err
 	}
@@ -281,6 +295,15 @@ func runStorm(ctx context.Context, e *Env) ([]*Report, error) {
 	if err := waitFor(ctx, time.Minute, "the first kick-off", func() bool { return t.standIn.Counters().KickOffs >= 1 }); err != nil {
 		return nil, err
 	}
+	profDone := make(chan error, 1)
+	if e.Opts.PProf {
+		// A profile of the storm's first seconds (it lasts a few).
+		path := e.Opts.WorkDir + "/storm.cpu.pprof"
+		r.Params["profile"] = path
+		go func() { profDone <- t.svc.Profile(ctx, min(e.Opts.ProfileSeconds, 3), path) }()
+	} else {
+		profDone <- nil
+	}
 	t.begin(ctx, time.Second)
 	start := time.Now()
 	p.run(ctx, 1, o.N, 0, 64, func(int) (string, []byte) { return "busy", body })
@@ -289,6 +312,9 @@ func runStorm(ctx context.Context, e *Env) ([]*Report, error) {
 	}
 	c := t.end(ctx)
 	wall := time.Unix(0, t.outcomes.lastNano.Load()).Sub(start)
+	if err := <-profDone; err != nil {
+		r.Params["profileError"] = err.Error()
+	}
 	raw, note, ok := e.Floor(ctx, "-n", strconv.Itoa(o.N), "-targets", "1", "-mode", "nats-only")
 	r.FloorRaw, r.FloorNote = raw, note
 	var floorRate *float64

@@ -287,10 +287,20 @@ func ProcUsage(pid int) (Usage, error) {
 // Usage reads the service's.
 func (s *Service) Usage() (Usage, error) { return ProcUsage(s.Pid) }
 
+// Snapshot fetches the named pprof profile (heap, goroutine, …) from the
+// admin listener (admin.pprof must be on) into path.
+func (s *Service) Snapshot(ctx context.Context, name, path string) error {
+	return s.fetch(ctx, s.Admin+"/debug/pprof/"+name, path)
+}
+
 // Profile fetches a CPU profile of secs seconds from the admin listener
 // (admin.pprof must be on) into path.
 func (s *Service) Profile(ctx context.Context, secs int, path string) error {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.Admin+"/debug/pprof/profile?seconds="+strconv.Itoa(secs), nil)
+	return s.fetch(ctx, s.Admin+"/debug/pprof/profile?seconds="+strconv.Itoa(secs), path)
+}
+
+func (s *Service) fetch(ctx context.Context, url, path string) error {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return err

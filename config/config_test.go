@@ -395,3 +395,20 @@ targets:
 		t.Errorf("allowed %v", a.AllowedExportURLs)
 	}
 }
+
+// The targets are decoded one by one (see decodeYAML): what the whole
+// document's decoding reported must still be reported.
+func TestTargetsDecodedOneByOne(t *testing.T) {
+	err := loadErr(t, "targets:\n  a:\n    pathling: {url: http://a/fhir}\n  b: {pathling: {url: http://b/fhir}}\n  a:\n    timeout: 1h\n", nil)
+	if err == nil || !strings.Contains(err.Error(), `line 5: mapping key "a" already defined at line 2`) {
+		t.Errorf("duplicate target: error %v", err)
+	}
+	cfg := mustLoad(t, "targets:\n  a:\n  b:\n    pathling: {url: http://b/fhir}\n    defaults: {exportUrl: https://s/fhir}\n",
+		map[string]string{"PATHLING_SYNC_TARGETS_A_PATHLING_URL": "http://a/fhir", "PATHLING_SYNC_TARGETS_A_DEFAULTS_EXPORT_URL": "https://s/fhir"})
+	if a, _ := cfg.Target("a"); a.Timeout != 2*time.Hour || a.Name != "a" {
+		t.Errorf("target with no body: %+v", a)
+	}
+	if b, _ := cfg.Target("b"); b.Pathling.URL != "http://b/fhir" || b.Defaults.ExportURL != "https://s/fhir" {
+		t.Errorf("b: %+v", b)
+	}
+}

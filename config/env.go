@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode"
 
@@ -227,23 +228,46 @@ func applySeed(t *TargetConfig, env func(string) string, errs *Errors) bool {
 // it reports whether any was.
 func applyStruct(v reflect.Value, prefix string, env func(string) string, errs *Errors) bool {
 	applied := false
-	forEachLeaf(v.Type(), nil, nil, func(l leaf) {
-		name := prefix + l.envName()
+	for _, l := range leavesOf(v.Type()) {
+		name := prefix + l.env
 		value := env(name)
-		if value == "" {
-			if alias := l.field.Tag.Get("env"); alias != "" {
-				name, value = alias, env(alias)
-			}
+		if value == "" && l.alias != "" {
+			name, value = l.alias, env(l.alias)
 		}
 		if value == "" {
-			return
+			continue
 		}
 		applied = true
 		if err := setFromString(v.FieldByIndex(l.index), name, value); err != nil {
 			*errs = append(*errs, err...)
 		}
-	})
+	}
 	return applied
+}
+
+// namedLeaf is a leaf with its variable name (without prefix) and alias.
+type namedLeaf struct {
+	leaf
+	env   string
+	alias string
+}
+
+// leafCache holds leavesOf's answers by struct type: the per-target walks
+// of Load (one per configured target, 10,000 of them in a large
+// deployment) then cost no reflection over struct tags.
+var leafCache sync.Map // reflect.Type → []namedLeaf
+
+// leavesOf returns forEachLeaf's leaves of t with their variable names.
+func leavesOf(t reflect.Type) []namedLeaf {
+	if c, ok := leafCache.Load(t); ok {
+		return c.([]namedLeaf)
+	}
+	var out []namedLeaf
+	forEachLeaf(t, nil, nil, func(l leaf) {
+		out = append(out, namedLeaf{leaf: l, env: l.envName(), alias: l.field.Tag.Get("env")})
+	})
+	c, _ := leafCache.LoadOrStore(t, out)
+	return c.([]namedLeaf)
 }
 
 // setFromString sets fv from an environment variable's text: durations as

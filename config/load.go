@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 
 	"gopkg.in/yaml.v3"
 )
@@ -83,14 +84,87 @@ func decodeYAML(data []byte, cfg *Config) error {
 	if len(doc.Content) == 0 {
 		return nil
 	}
+	root := doc.Content[0]
 	var errs Errors
-	checkNode(doc.Content[0], reflect.TypeOf(cfg).Elem(), "", &errs)
+	checkNode(root, reflect.TypeOf(cfg).Elem(), "", &errs)
 	if len(errs) > 0 {
 		return errs
 	}
-	strict := yaml.NewDecoder(bytes.NewReader(data))
-	strict.KnownFields(true)
-	return strict.Decode(cfg)
+	// checkNode has refused unknown keys, so the parsed document is decoded
+	// as it is rather than parsed a second time by a strict decoder.
+	targets := plainMapping(root, "targets")
+	if targets == nil {
+		return root.Decode(cfg)
+	}
+	// yaml.v3 looks for duplicate keys of a mapping pair by pair, which takes
+	// seconds for 10,000 targets: the targets are checked with a map here and
+	// decoded one by one, the rest of the document without them.
+	seen := make(map[string]int, len(targets.Content)/2)
+	var dups []string
+	for i := 0; i+1 < len(targets.Content); i += 2 {
+		k := targets.Content[i]
+		if line, ok := seen[k.Value]; ok {
+			dups = append(dups, fmt.Sprintf("line %d: mapping key %#v already defined at line %d", k.Line, k.Value, line))
+			continue
+		}
+		seen[k.Value] = k.Line
+	}
+	if len(dups) > 0 {
+		return &yaml.TypeError{Errors: dups}
+	}
+	content := targets.Content
+	targets.Content = nil
+	err := root.Decode(cfg)
+	targets.Content = content
+	if err != nil {
+		return err
+	}
+	if cfg.Targets == nil {
+		cfg.Targets = make(map[string]TargetConfig, len(content)/2)
+	}
+	var typeErrs []string
+	for i := 0; i+1 < len(content); i += 2 {
+		var t TargetConfig
+		if err := content[i+1].Decode(&t); err != nil {
+			var te *yaml.TypeError
+			if !errors.As(err, &te) {
+				return err
+			}
+			typeErrs = append(typeErrs, te.Errors...)
+		}
+		cfg.Targets[content[i].Value] = t
+	}
+	if len(typeErrs) > 0 {
+		return &yaml.TypeError{Errors: typeErrs}
+	}
+	return nil
+}
+
+// plainMapping returns the value of key in the mapping n when it is a
+// mapping of plain scalar keys (no merge key, no alias, no tag), else nil.
+func plainMapping(n *yaml.Node, key string) *yaml.Node {
+	if n.Kind != yaml.MappingNode {
+		return nil
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if k.Kind != yaml.ScalarNode || k.Value == "<<" {
+			return nil // a merge key could bring targets too
+		}
+		if k.Value != key {
+			continue
+		}
+		if v.Kind != yaml.MappingNode || v.Tag != "!!map" {
+			return nil
+		}
+		for j := 0; j+1 < len(v.Content); j += 2 {
+			if tk := v.Content[j]; tk.Kind != yaml.ScalarNode || tk.Value == "<<" || tk.ShortTag() != "!!str" {
+				return nil
+			}
+		}
+		return v
+	}
+	return nil
 }
 
 // checkNode checks n against the Go type t: mappings only with known keys,
@@ -112,7 +186,7 @@ func checkNode(n *yaml.Node, t reflect.Type, path string, errs *Errors) {
 			at("must be a mapping")
 			return
 		}
-		fields := yamlFields(t)
+		fields := cachedYAMLFields(t)
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
 			if k.Value == "<<" { // merge key: the merged mappings have this type too
@@ -171,6 +245,20 @@ func join(path, key string) string {
 		return key
 	}
 	return path + "." + key
+}
+
+// fieldCache holds yamlFields' answers by type: checkNode asks once per
+// mapping of the document, 10,000 times for the targets of a large one.
+var fieldCache sync.Map // reflect.Type → map[string]reflect.StructField
+
+// cachedYAMLFields is yamlFields(t), computed once per type. The map is
+// shared: callers only read it.
+func cachedYAMLFields(t reflect.Type) map[string]reflect.StructField {
+	if m, ok := fieldCache.Load(t); ok {
+		return m.(map[string]reflect.StructField)
+	}
+	m, _ := fieldCache.LoadOrStore(t, yamlFields(t))
+	return m.(map[string]reflect.StructField)
 }
 
 // yamlFields maps a struct type's YAML keys to its fields, those of inlined

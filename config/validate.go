@@ -44,24 +44,28 @@ func (c *Config) Validate() error {
 
 	// Two targets must not share an environment variable ("prod" and "PROD",
 	// or "x" and "x_defaults": X_DEFAULTS_TIMEOUT would set both).
-	envOwner := map[string]string{}
-	reported := map[[2]string]bool{}
-	for _, name := range c.TargetNames() {
+	names := c.TargetNames()
+	for _, name := range names {
 		t := c.Targets[name]
 		t.Name = name
 		t.validate(&errs)
-		forEachLeaf(reflect.TypeFor[TargetConfig](), nil, nil, func(l leaf) {
-			v := EnvPrefix + "TARGETS_" + envToken(name) + "_" + l.envName()
+	}
+	envOwner := map[string]string{}
+	reported := map[[2]string]bool{}
+	for _, name := range envSharingCandidates(names) {
+		prefix := EnvPrefix + "TARGETS_" + envToken(name) + "_"
+		for _, l := range leavesOf(reflect.TypeFor[TargetConfig]()) {
+			v := prefix + l.env
 			other, ok := envOwner[v]
 			if !ok {
 				envOwner[v] = name
-				return
+				continue
 			}
 			if pair := [2]string{other, name}; !reported[pair] {
 				reported[pair] = true
 				errs.add("targets."+name, fmt.Sprintf("targets %q and %q share the environment variable %s; rename one", other, name, v))
 			}
-		})
+		}
 	}
 	if len(errs) == 0 {
 		return nil
@@ -344,4 +348,56 @@ func notNegative(errs *Errors, path string, d time.Duration) {
 	if d < 0 {
 		errs.add(path, fmt.Sprintf("%s is negative", formatDuration(d)))
 	}
+}
+
+// envSharingCandidates returns, in order, the names (sorted) of the targets
+// that may share a variable with another: those whose tokens are equal, and
+// those whose token is another's followed by "_" and the head of a leaf's
+// name that another leaf's name completes ("x" and "x_defaults": X_ +
+// DEFAULTS_TIMEOUT = X_DEFAULTS_ + TIMEOUT). Validate compares the variables
+// of these only, not those of every target.
+func envSharingCandidates(names []string) []string {
+	leaves := leavesOf(reflect.TypeFor[TargetConfig]())
+	leafNames := make(map[string]bool, len(leaves))
+	for _, l := range leaves {
+		leafNames[l.env] = true
+	}
+	heads := map[string]bool{} // R such that R + "_" + Y is a leaf for a leaf Y
+	for x := range leafNames {
+		for q := range len(x) {
+			if x[q] == '_' && leafNames[x[q+1:]] {
+				heads[x[:q]] = true
+			}
+		}
+	}
+	byToken := make(map[string][]string, len(names))
+	for _, n := range names {
+		tok := envToken(n)
+		byToken[tok] = append(byToken[tok], n)
+	}
+	cand := map[string]bool{}
+	for tok, ns := range byToken {
+		if len(ns) > 1 {
+			for _, n := range ns {
+				cand[n] = true
+			}
+		}
+		for p := range len(tok) {
+			if tok[p] != '_' || !heads[tok[p+1:]] {
+				continue
+			}
+			if short, ok := byToken[tok[:p]]; ok {
+				for _, n := range append(short, ns...) {
+					cand[n] = true
+				}
+			}
+		}
+	}
+	out := make([]string, 0, len(cand))
+	for _, n := range names {
+		if cand[n] {
+			out = append(out, n)
+		}
+	}
+	return out
 }

@@ -121,12 +121,87 @@ type Metrics struct {
 	// redisPersistence is the start-up check's answer: 0 not checked, 1 off, 2 on.
 	redisPersistence atomic.Int32
 
+	// labels holds each label value's attribute sets (target → *labelSets),
+	// made at its first event: an attribute set made on every event sorts,
+	// hashes and allocates. Made lazily, they take memory only for the
+	// targets that run (a few hundred bytes each).
+	labels sync.Map
+	// reqLabels holds the label sets of Pathling requests by reqKey.
+	reqLabels sync.Map
+
 	mu          sync.Mutex
 	lastSuccess map[string]time.Time
 	watermarks  map[string]time.Time // newest committed by this process, per target
 }
 
 var _ handlers.Observer = (*Metrics)(nil)
+
+// labelSets are one target's attribute sets as measurement options.
+type labelSets struct {
+	name      string
+	target    metric.MeasurementOption // target
+	completed metric.MeasurementOption // target, outcome=completed
+	failed    metric.MeasurementOption // target, outcome=failed
+
+	mu       sync.Mutex
+	failedBy map[messages.Reason]metric.MeasurementOption // target, outcome=failed, reason
+}
+
+func newLabelSets(target string) *labelSets {
+	tl := labelTarget.String(target)
+	return &labelSets{
+		name:      target,
+		target:    metric.WithAttributeSet(attribute.NewSet(tl)),
+		completed: metric.WithAttributeSet(attribute.NewSet(tl, labelOutcome.String(outcomeCompleted))),
+		failed:    metric.WithAttributeSet(attribute.NewSet(tl, labelOutcome.String(outcomeFailed))),
+	}
+}
+
+// failedWith is the option of a failure with reason r.
+func (ls *labelSets) failedWith(r messages.Reason) metric.MeasurementOption {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if o, ok := ls.failedBy[r]; ok {
+		return o
+	}
+	o := metric.WithAttributeSet(attribute.NewSet(labelTarget.String(ls.name), labelOutcome.String(outcomeFailed), labelReason.String(string(r))))
+	if r.Valid() { // the map stays bounded by the known reasons
+		if ls.failedBy == nil {
+			ls.failedBy = map[messages.Reason]metric.MeasurementOption{}
+		}
+		ls.failedBy[r] = o
+	}
+	return o
+}
+
+// labelsOf returns the label sets of a label value (from target()).
+func (m *Metrics) labelsOf(target string) *labelSets {
+	if ls, ok := m.labels.Load(target); ok {
+		return ls.(*labelSets)
+	}
+	ls, _ := m.labels.LoadOrStore(target, newLabelSets(target))
+	return ls.(*labelSets)
+}
+
+// reqKey identifies the label sets of a Pathling request.
+type reqKey struct{ target, kind, code string }
+
+// reqLabelSets are a Pathling request's options: with the status code (the
+// counter) and without (the duration).
+type reqLabelSets struct{ withCode, noCode metric.MeasurementOption }
+
+func (m *Metrics) requestLabels(target, kind, code string) *reqLabelSets {
+	k := reqKey{target, kind, code}
+	if v, ok := m.reqLabels.Load(k); ok {
+		return v.(*reqLabelSets)
+	}
+	tl, kl := labelTarget.String(target), labelKind.String(kind)
+	v, _ := m.reqLabels.LoadOrStore(k, &reqLabelSets{
+		withCode: metric.WithAttributeSet(attribute.NewSet(tl, kl, labelStatusCode.String(code))),
+		noCode:   metric.WithAttributeSet(attribute.NewSet(tl, kl)),
+	})
+	return v.(*reqLabelSets)
+}
 
 // NewMetrics creates the instruments on mp. Errors: instrument creation
 // failures (a bad name or unit).
@@ -247,8 +322,13 @@ func (m *Metrics) target(t string) string {
 
 // RunEvent records one step of a run.
 func (m *Metrics) RunEvent(ctx context.Context, ev handlers.RunEvent) {
+	switch ev.Kind {
+	case handlers.EventKickedOff, handlers.EventPolled:
+		return // not metrics (one of these per poll of every run in flight)
+	}
 	target := m.target(ev.Target)
-	tl := metric.WithAttributes(labelTarget.String(target))
+	ls := m.labelsOf(target)
+	tl := ls.target
 	switch ev.Kind {
 	case handlers.EventRedelivered:
 		m.redeliveries.Add(ctx, 1, tl)
@@ -283,16 +363,15 @@ func (m *Metrics) RunEvent(ctx context.Context, ev handlers.RunEvent) {
 	case handlers.EventClockSkew:
 		m.clockSkew.Record(ctx, ev.ClockSkew.Seconds(), tl)
 	case handlers.EventRefused:
-		m.syncs.Add(ctx, 1, metric.WithAttributes(labelTarget.String(target),
-			labelOutcome.String(outcomeFailed), labelReason.String(string(ev.Reason))))
+		m.syncs.Add(ctx, 1, ls.failedWith(ev.Reason))
 	case handlers.EventFinished:
-		outcome := metric.WithAttributes(labelTarget.String(target), labelOutcome.String(outcomeName(ev.Completed)))
+		outcome := ls.failed
 		if ev.Completed {
+			outcome = ls.completed
 			m.SeedLastSuccess(target, m.cfg.Clock.Now()) // first: a scrape seeing the count sees the time
 			m.syncs.Add(ctx, 1, outcome)
 		} else {
-			m.syncs.Add(ctx, 1, metric.WithAttributes(labelTarget.String(target),
-				labelOutcome.String(outcomeFailed), labelReason.String(string(ev.Reason))))
+			m.syncs.Add(ctx, 1, ls.failedWith(ev.Reason))
 		}
 		m.duration.Record(ctx, ev.Duration.Seconds(), outcome)
 		m.polls.Record(ctx, int64(ev.Polls), outcome)
@@ -300,13 +379,6 @@ func (m *Metrics) RunEvent(ctx context.Context, ev handlers.RunEvent) {
 			m.lag.Record(ctx, ev.DetectionLag.Seconds(), tl)
 		}
 	}
-}
-
-func outcomeName(completed bool) string {
-	if completed {
-		return outcomeCompleted
-	}
-	return outcomeFailed
 }
 
 // SeedLastSuccess sets the target's last success time if t is later than
@@ -329,8 +401,9 @@ func (m *Metrics) PathlingRequest(ctx context.Context, target, kind string, stat
 	if status > 0 {
 		code = strconv.Itoa(status)
 	}
-	m.requests.Add(ctx, 1, metric.WithAttributes(labelTarget.String(target), labelKind.String(kind), labelStatusCode.String(code)))
-	m.reqDuration.Record(ctx, d.Seconds(), metric.WithAttributes(labelTarget.String(target), labelKind.String(kind)))
+	rl := m.requestLabels(target, kind, code)
+	m.requests.Add(ctx, 1, rl.withCode)
+	m.reqDuration.Record(ctx, d.Seconds(), rl.noCode)
 }
 
 // SetRedisPersistence records the start-up check of Redis' persistence,
@@ -359,7 +432,7 @@ func (m *Metrics) observeGauges(ctx context.Context, o metric.Observer, lastSucc
 	m.mu.Unlock()
 
 	for t, at := range success {
-		o.ObserveFloat64(lastSuccess, float64(at.UnixNano())/1e9, metric.WithAttributes(labelTarget.String(t)))
+		o.ObserveFloat64(lastSuccess, float64(at.UnixNano())/1e9, m.labelsOf(t).target)
 	}
 	if m.cfg.Watermarks != nil {
 		rctx, cancel := context.WithTimeout(ctx, m.cfg.ScrapeTimeout)
@@ -377,6 +450,6 @@ func (m *Metrics) observeGauges(ctx context.Context, o metric.Observer, lastSucc
 		}
 	}
 	for t, wm := range marks {
-		o.ObserveFloat64(watermarkAge, now.Sub(wm).Seconds(), metric.WithAttributes(labelTarget.String(t)))
+		o.ObserveFloat64(watermarkAge, now.Sub(wm).Seconds(), m.labelsOf(t).target)
 	}
 }

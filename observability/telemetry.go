@@ -24,6 +24,7 @@ import (
 	"go.opentelemetry.io/otel/exporters/stdout/stdouttrace"
 	"go.opentelemetry.io/otel/metric"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/exemplar"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
@@ -72,8 +73,10 @@ type Telemetry struct {
 //     set, else none); OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL grpc or
 //     http/protobuf (default); OTEL_TRACES_SAMPLER[_ARG] (default
 //     parentbased_always_on). Spans are made even with no exporter, so that
-//     logs and published events carry trace ids. OTEL_SDK_DISABLED=true
-//     turns tracing off (trace context is still passed on).
+//     logs and published events carry trace ids; they are then not
+//     recorded (ids and the sampler's decision only: idtracer.go).
+//     OTEL_SDK_DISABLED=true turns tracing off (trace context is still
+//     passed on).
 //   - metrics: always a Prometheus registry of its own (MetricsHandler, with
 //     the Go runtime and process collectors); OTEL_METRICS_EXPORTER=otlp
 //     also pushes them over OTLP (OTEL_EXPORTER_OTLP[_METRICS]_PROTOCOL,
@@ -117,6 +120,7 @@ func Setup(ctx context.Context, o Options) (*Telemetry, error) {
 		}
 	}()
 
+	var spanExporters []string
 	if strings.EqualFold(strings.TrimSpace(getenv("OTEL_SDK_DISABLED")), "true") {
 		t.tracerProvider = noop.NewTracerProvider()
 	} else {
@@ -128,6 +132,10 @@ func Setup(ctx context.Context, o Options) (*Telemetry, error) {
 		if err != nil {
 			return nil, err
 		}
+		spanExporters = names
+		if len(names) == 0 {
+			t.tracerProvider = idTracerProvider{sampler: smp}
+		}
 		opts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res), sdktrace.WithSampler(smp)}
 		for _, n := range names {
 			exp, err := newSpanExporter(ctx, n, getenv, o.Stdout)
@@ -136,8 +144,10 @@ func Setup(ctx context.Context, o Options) (*Telemetry, error) {
 			}
 			opts = append(opts, sdktrace.WithBatcher(exp))
 		}
-		t.sdkTracer = sdktrace.NewTracerProvider(opts...)
-		t.tracerProvider = t.sdkTracer
+		if len(names) > 0 {
+			t.sdkTracer = sdktrace.NewTracerProvider(opts...)
+			t.tracerProvider = t.sdkTracer
+		}
 	}
 
 	t.registry = prometheus.NewRegistry()
@@ -161,10 +171,26 @@ func Setup(ctx context.Context, o Options) (*Telemetry, error) {
 		}
 		mopts = append(mopts, sdkmetric.WithReader(sdkmetric.NewPeriodicReader(exp)))
 	}
+	if !exemplarsUseful(spanExporters, pushers, getenv) {
+		mopts = append(mopts, sdkmetric.WithExemplarFilter(exemplar.AlwaysOffFilter))
+	}
 	t.meterProvider = sdkmetric.NewMeterProvider(mopts...)
 	t.handler = promhttp.HandlerFor(t.registry, promhttp.HandlerOpts{ErrorLog: promLogger{o.Logger}})
 	ok = true
 	return t, nil
+}
+
+// exemplarsUseful reports whether metrics should carry exemplars (the trace
+// of a measurement): only when spans are exported (otherwise the trace ids
+// name traces nobody keeps) and metrics are pushed over OTLP (/metrics
+// serves the Prometheus text format, which has no exemplars), or when
+// OTEL_METRICS_EXEMPLAR_FILTER says so (the SDK then reads it). Without
+// them, no series keeps an exemplar reservoir: 16 MB with 10,000 targets.
+func exemplarsUseful(spanExporters, metricPushers []string, getenv func(string) string) bool {
+	if strings.TrimSpace(getenv("OTEL_METRICS_EXEMPLAR_FILTER")) != "" {
+		return true
+	}
+	return len(spanExporters) > 0 && len(metricPushers) > 0
 }
 
 func newResource(ctx context.Context, o Options, getenv func(string) string) (*resource.Resource, error) {

@@ -230,3 +230,48 @@ func assertExported(t *testing.T, reqs []*coltracepb.ExportTraceServiceRequest, 
 	}
 	t.Fatalf("collector did not receive span %q of service %q (%d requests)", span, service, len(reqs))
 }
+
+// With no exporter, spans still get ids of their own (for logs and the
+// traceparent of published events) but record nothing.
+func TestNoExporterSpansCarryIDsWithoutRecording(t *testing.T) {
+	tel, err := Setup(context.Background(), Options{Getenv: envFrom(nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tel.Shutdown(context.Background())
+	tr := tel.TracerProvider().Tracer("t")
+	ctx, root := tr.Start(context.Background(), "root")
+	_, child := tr.Start(ctx, "child")
+	rsc, csc := root.SpanContext(), child.SpanContext()
+	if root.IsRecording() || child.IsRecording() {
+		t.Error("spans are recorded with no exporter to read them")
+	}
+	if !rsc.IsValid() || !csc.IsValid() || !rsc.IsSampled() || !csc.IsSampled() {
+		t.Errorf("span contexts %v, %v: want valid and sampled", rsc, csc)
+	}
+	if csc.TraceID() != rsc.TraceID() || csc.SpanID() == rsc.SpanID() {
+		t.Errorf("child %v of %v: want the parent's trace id and a span id of its own", csc, rsc)
+	}
+	_, other := tr.Start(context.Background(), "other")
+	if other.SpanContext().TraceID() == rsc.TraceID() {
+		t.Error("two roots share a trace id")
+	}
+}
+
+func TestExemplarsOnlyWhereTheyCanBeRead(t *testing.T) {
+	for _, c := range []struct {
+		spans, metrics []string
+		env            map[string]string
+		want           bool
+	}{
+		{nil, nil, nil, false},
+		{[]string{"otlp"}, nil, nil, false}, // /metrics (text format) shows no exemplars
+		{nil, []string{"otlp"}, nil, false}, // they would name traces nobody keeps
+		{[]string{"otlp"}, []string{"otlp"}, nil, true},
+		{nil, nil, map[string]string{"OTEL_METRICS_EXEMPLAR_FILTER": "always_on"}, true},
+	} {
+		if got := exemplarsUseful(c.spans, c.metrics, envFrom(c.env)); got != c.want {
+			t.Errorf("spans %v, metrics %v, env %v: %v, want %v", c.spans, c.metrics, c.env, got, c.want)
+		}
+	}
+}

@@ -200,3 +200,34 @@ func TestRequestKind(t *testing.T) {
 		}
 	}
 }
+
+// With spans that are never recorded (no exporter), each request still gets
+// a client span of its own whose context goes out in traceparent, and is
+// counted; the caller's request is left as it was.
+func TestTransportUnrecordedSpans(t *testing.T) {
+	var got []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = append(got, r.Header.Get("traceparent"))
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	defer srv.Close()
+	tel, m := newTestMetrics(t, MetricsConfig{Targets: []string{"main"}})
+	hc := &http.Client{Transport: NewTransport(nil, TransportConfig{Target: "main", Metrics: m, TracerProvider: tel.TracerProvider()})}
+	ctx, caller := tel.TracerProvider().Tracer("t").Start(context.Background(), "caller")
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/fhir/$job?id=1", nil)
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	sc := caller.SpanContext()
+	if len(got) != 1 || !strings.HasPrefix(got[0], "00-"+sc.TraceID().String()+"-") || strings.Contains(got[0], sc.SpanID().String()) ||
+		!strings.HasSuffix(got[0], "-01") {
+		t.Errorf("traceparent %q: want the caller's trace %s, a span of its own, sampled", got, sc.TraceID())
+	}
+	if req.Header.Get("traceparent") != "" {
+		t.Error("the caller's request was changed")
+	}
+	fams, _ := scrape(t, tel.MetricsHandler())
+	mustSample(t, fams, "pathling_sync_pathling_requests_total", map[string]string{"target": "main", "kind": KindPoll, "status_code": "202"})
+}

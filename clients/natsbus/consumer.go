@@ -41,7 +41,7 @@ type ConsumerConfig struct {
 	// FilterSubject selects the SyncRequested subjects (default pathling.sync.requested.>).
 	FilterSubject string
 	// AckWait is how long the server waits for an ack or an InProgress before redelivering
-	// (default 60 s). InProgress is sent every AckWait/3 while a handler runs.
+	// (default 60 s). InProgress is sent every AckWait/3 to AckWait/2 while a handler runs.
 	AckWait time.Duration
 	// MaxDeliver bounds deliveries per message (default -1: unlimited).
 	MaxDeliver int
@@ -131,6 +131,8 @@ type Consumer struct {
 	// freed gets a token (never blocking) each time a handler finishes, so that a fetch loop
 	// with all workers busy sleeps until one is free instead of spinning.
 	freed chan struct{}
+	// beats keeps every running handler's message alive with InProgress.
+	beats *heartbeats
 }
 
 // NewConsumer checks cfg and returns a consumer that calls h for each message. It does not talk
@@ -149,6 +151,7 @@ func NewConsumer(js jetstream.JetStream, cfg ConsumerConfig, h handlers.HandlerF
 		handle: h,
 		log:    cfg.Logger.With("stream", cfg.Stream, "consumer", cfg.Durable),
 		freed:  make(chan struct{}, 1),
+		beats:  newHeartbeats(cfg.AckWait/3, cfg.Logger),
 	}, nil
 }
 
@@ -191,10 +194,13 @@ func (c *Consumer) Run(ctx context.Context) error {
 		return err
 	}
 	c.bound.Store(true)
+	var beating sync.WaitGroup
+	beating.Go(func() { c.beats.run(ctx) })
 	var handlersDone sync.WaitGroup
 	c.fetchLoop(ctx, cons, &handlersDone)
 	c.bound.Store(false)
 	c.waitForHandlers(&handlersDone)
+	beating.Wait()
 	return nil
 }
 
@@ -364,9 +370,9 @@ func (c *Consumer) work(ctx context.Context, msg jetstream.Msg, md *jetstream.Ms
 		NumDelivered: md.NumDelivered,
 		Published:    md.Timestamp,
 	}
-	hb := startHeartbeat(ctx, msg, c.cfg.AckWait/3, c.log)
+	hb := c.beats.start(msg)
 	disp, termReason := c.call(ctx, d)
-	hb.stop()
+	c.beats.stop(hb)
 	c.settle(ctx, msg, d, disp, termReason)
 }
 
@@ -421,41 +427,85 @@ func (c *Consumer) term(msg jetstream.Msg, reason string) error {
 	return msg.Term()
 }
 
-// heartbeat sends InProgress for one message every interval until stopped or until the
-// consumer's context is done. It is one timer whose callback re-arms it: no goroutine waits
-// between beats.
-type heartbeat struct {
-	mu      sync.Mutex
-	stopped bool
-	timer   *time.Timer
+// heartbeats sends InProgress for every running handler's message at least every interval, from
+// one goroutine (run) that wakes every half interval for all of them: 10,000 syncs in flight
+// hold no timer each, and each message's beats stay at most 1.5 intervals (AckWait/2) apart.
+type heartbeats struct {
+	interval time.Duration
+	log      *slog.Logger
+
+	mu  sync.Mutex
+	due map[*heartbeat]time.Time // next beat of each message
 }
 
-func startHeartbeat(ctx context.Context, msg jetstream.Msg, interval time.Duration, log *slog.Logger) *heartbeat {
-	hb := &heartbeat{}
-	hb.mu.Lock() // the callback must not see hb.timer unset
-	defer hb.mu.Unlock()
-	hb.timer = time.AfterFunc(interval, func() {
-		hb.mu.Lock()
-		defer hb.mu.Unlock()
-		// On shutdown the beats stop: the handler is being cancelled, and if it outlives the
-		// grace period its message must fall back to the server for redelivery.
-		if hb.stopped || ctx.Err() != nil {
-			return
-		}
-		if err := msg.InProgress(); err != nil {
-			log.Warn("in-progress heartbeat failed", "subject", msg.Subject(), "error", err)
-		}
-		hb.timer.Reset(interval)
-	})
+// heartbeat is one message's entry.
+type heartbeat struct {
+	msg     jetstream.Msg
+	mu      sync.Mutex // held while sending, so that no InProgress goes out after stop
+	stopped bool
+}
+
+func newHeartbeats(interval time.Duration, log *slog.Logger) *heartbeats {
+	return &heartbeats{interval: interval, log: log, due: map[*heartbeat]time.Time{}}
+}
+
+// start registers msg: its first InProgress goes out about interval from now.
+func (h *heartbeats) start(msg jetstream.Msg) *heartbeat {
+	hb := &heartbeat{msg: msg}
+	h.mu.Lock()
+	h.due[hb] = time.Now().Add(h.interval)
+	h.mu.Unlock()
 	return hb
 }
 
-// stop ends the heartbeat; no InProgress is sent after it returns.
-func (hb *heartbeat) stop() {
+// stop ends hb's beats; no InProgress is sent for it after stop returns.
+func (h *heartbeats) stop(hb *heartbeat) {
 	hb.mu.Lock()
-	defer hb.mu.Unlock()
 	hb.stopped = true
-	hb.timer.Stop()
+	hb.mu.Unlock()
+	h.mu.Lock()
+	delete(h.due, hb)
+	h.mu.Unlock()
+}
+
+// run sends the beats that are due every half interval until ctx is done. On shutdown the beats
+// stop: the handlers are being cancelled, and a handler that outlives the grace period must let
+// its message fall back to the server for redelivery.
+func (h *heartbeats) run(ctx context.Context) {
+	t := time.NewTicker(h.interval / 2)
+	defer t.Stop()
+	var batch []*heartbeat
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			batch = h.takeDue(now, batch[:0])
+			for _, hb := range batch {
+				hb.mu.Lock()
+				if !hb.stopped && ctx.Err() == nil {
+					if err := hb.msg.InProgress(); err != nil {
+						h.log.Warn("in-progress heartbeat failed", "subject", hb.msg.Subject(), "error", err)
+					}
+				}
+				hb.mu.Unlock()
+			}
+			clear(batch) // hold no message past its handler
+		}
+	}
+}
+
+// takeDue appends the entries due at now to batch and schedules their next beats.
+func (h *heartbeats) takeDue(now time.Time, batch []*heartbeat) []*heartbeat {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for hb, at := range h.due {
+		if !now.Before(at) {
+			batch = append(batch, hb)
+			h.due[hb] = now.Add(h.interval)
+		}
+	}
+	return batch
 }
 
 // sleepCtx waits d or until ctx is done; it reports whether d passed.

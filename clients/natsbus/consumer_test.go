@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -381,5 +382,41 @@ func TestConsumerNotBoundWhenConnectionClosed(t *testing.T) {
 	b.nc.Close()
 	if c.Bound() {
 		t.Fatal("bound with a closed connection")
+	}
+}
+
+// beatCounter is a message that counts its InProgress calls.
+type beatCounter struct {
+	jetstream.Msg
+	n atomic.Int64
+}
+
+func (m *beatCounter) InProgress() error { m.n.Add(1); return nil }
+func (m *beatCounter) Subject() string   { return "pathling.sync.requested.t" }
+
+// One goroutine beats for every registered message, each at least every 1.5 intervals, and
+// never for a message after its stop.
+func TestHeartbeatsShared(t *testing.T) {
+	h := newHeartbeats(20*time.Millisecond, slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { h.run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	a, b := &beatCounter{}, &beatCounter{}
+	ha, hb := h.start(a), h.start(b)
+	testenv.Eventually(t, 5*time.Second, func() bool { return a.n.Load() >= 3 && b.n.Load() >= 3 }, "both beat")
+	h.stop(ha)
+	h.mu.Lock()
+	_, aLeft := h.due[ha]
+	_, bLeft := h.due[hb]
+	h.mu.Unlock()
+	if aLeft || !bLeft || !ha.stopped {
+		t.Fatalf("after stop: a registered %v (stopped %v), b registered %v", aLeft, ha.stopped, bLeft)
+	}
+	n := a.n.Load()
+	m := b.n.Load()
+	testenv.Eventually(t, 5*time.Second, func() bool { return b.n.Load() >= m+3 }, "b beats on")
+	if a.n.Load() != n {
+		t.Errorf("a beat %d times after its stop", a.n.Load()-n)
 	}
 }

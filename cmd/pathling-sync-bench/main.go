@@ -59,7 +59,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	bin := fs.String("bin", "", "pathling-sync binary to run (default: build ./cmd/pathling-sync)")
 	workDir := fs.String("workdir", "", "where configurations, service logs and profiles go (default: a new temp dir, kept)")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "the service's log level")
-	fs.BoolVar(&o.PProf, "pprof", false, "throughput: turn admin.pprof on and save a CPU profile of the flood in the work dir")
+	fs.BoolVar(&o.PProf, "pprof", false, "throughput, inflight, storm: turn admin.pprof on; save CPU profiles of the flood and the storm, and heap and goroutine profiles and MemStats at the end of the in-flight window, in the work dir")
 	fs.IntVar(&o.ProfileSeconds, "profile-seconds", o.ProfileSeconds, "length of that profile")
 	fs.DurationVar(&o.MonitorWindow, "monitor-window", o.MonitorWindow, "how long Redis MONITOR samples a scenario to tell round trips from commands run by scripts (0: off)")
 	fs.IntVar(&o.Throughput.N, "throughput-n", o.Throughput.N, "throughput: requests")

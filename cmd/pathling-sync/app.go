@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -200,6 +201,11 @@ func NewService(ctx context.Context, cfg *config.Config, log *slog.Logger, opts 
 		s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
 	}
 	ok = true
+	// Reading and checking the configuration of many targets makes garbage
+	// many times the size of what stays (10,000 targets: ~190 MB allocated,
+	// ~20 MB kept); collect it now and give its pages back, rather than carry
+	// the start-up peak as RSS until the runtime's scavenger gets there.
+	debug.FreeOSMemory()
 	return s, nil
 }
 
@@ -224,7 +230,7 @@ func (s *Service) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	s.log.Info("pathling-sync serving", "targets", s.syncer.Targets(), "instance", s.cfg.Service.InstanceID,
+	s.log.Info("pathling-sync serving", targetsAttr(s.syncer.Targets()), "instance", s.cfg.Service.InstanceID,
 		"stream", s.cfg.NATS.Stream.Name, "consumer", s.cfg.NATS.Consumer.Durable, "admin", s.AdminAddr())
 	// Not ready from the moment shutdown begins, while runs settle.
 	stopWatch := context.AfterFunc(ctx, s.beginStopping)
@@ -258,6 +264,20 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	return nil
+}
+
+// maxLoggedTargets is how many target names the start-up line lists; beyond
+// it, only their number (a deployment of 10,000 targets would write a line
+// of 80 kB).
+const maxLoggedTargets = 50
+
+// targetsAttr is the start-up line's targets: their names, or their number
+// and the first names when there are many.
+func targetsAttr(names []string) slog.Attr {
+	if len(names) <= maxLoggedTargets {
+		return slog.Any("targets", names)
+	}
+	return slog.Group("targets", "count", len(names), "first", names[:maxLoggedTargets])
 }
 
 // seedLastSuccess sets each target's last-success gauge from the stored run

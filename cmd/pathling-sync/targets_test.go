@@ -2,16 +2,21 @@ package main
 
 import (
 	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/pathling-sync/pathling-sync/clients/pathling"
 	"github.com/pathling-sync/pathling-sync/config"
 	"github.com/pathling-sync/pathling-sync/handlers"
+	"github.com/pathling-sync/pathling-sync/internal/testenv"
 )
 
 // loadTargets loads yaml and env as the service does and builds its
@@ -149,5 +154,50 @@ func TestExportURLStyle(t *testing.T) {
 		t.Error("bad URL accepted")
 	} else if got := err.Error(); strings.Contains(got, "pw-123") {
 		t.Errorf("error leaks the password: %s", got)
+	}
+}
+
+// Requests to one host beyond maxConnsPerHost wait for a connection rather
+// than open more.
+func TestSharedHTTPClientBoundsConnectionsPerHost(t *testing.T) {
+	var mu sync.Mutex
+	open, peak := 0, 0
+	release := make(chan struct{})
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-release
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch s {
+		case http.StateNew:
+			open++
+			peak = max(peak, open)
+		case http.StateClosed, http.StateHijacked:
+			open--
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	hc := sharedHTTPClient()
+	var wg sync.WaitGroup
+	for range 2 * maxConnsPerHost {
+		wg.Go(func() {
+			if resp, err := hc.Get(srv.URL); err == nil {
+				resp.Body.Close()
+			}
+		})
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return open >= maxConnsPerHost
+	}, "connections opened")
+	close(release)
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if peak > maxConnsPerHost {
+		t.Errorf("%d connections to one host at once, want at most %d", peak, maxConnsPerHost)
 	}
 }

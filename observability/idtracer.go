@@ -1,0 +1,76 @@
+package observability
+
+import (
+	"context"
+	"encoding/binary"
+	"math/rand/v2"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/embedded"
+	"go.opentelemetry.io/otel/trace/noop"
+)
+
+// idTracerProvider is the tracer provider when no span exporter is
+// configured: its spans are not recorded (nothing would read them: an SDK
+// span with no exporter still stores its attributes, events and status, and
+// an in-flight run's consumer span lives for hours), but each gets a span
+// context of its own, with a fresh span id, the parent's trace id or a new
+// one, and the sampler's decision in its flags, as the SDK's would, so logs
+// carry trace ids and published events a traceparent.
+type idTracerProvider struct {
+	embedded.TracerProvider
+	sampler sdktrace.Sampler
+}
+
+func (p idTracerProvider) Tracer(string, ...trace.TracerOption) trace.Tracer {
+	return idTracer{sampler: p.sampler}
+}
+
+type idTracer struct {
+	embedded.Tracer
+	sampler sdktrace.Sampler
+}
+
+func (t idTracer) Start(ctx context.Context, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
+	cfg := trace.NewSpanStartConfig(opts...)
+	parent := trace.SpanContextFromContext(ctx)
+	if cfg.NewRoot() {
+		parent = trace.SpanContext{}
+	}
+	tid := parent.TraceID()
+	if !parent.IsValid() {
+		tid = newTraceID()
+	}
+	res := t.sampler.ShouldSample(sdktrace.SamplingParameters{
+		ParentContext: trace.ContextWithSpanContext(ctx, parent), TraceID: tid, Name: name,
+		Kind: cfg.SpanKind(), Attributes: cfg.Attributes(), Links: cfg.Links(),
+	})
+	var flags trace.TraceFlags
+	if res.Decision == sdktrace.RecordAndSample {
+		flags = trace.FlagsSampled
+	}
+	sc := trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID: tid, SpanID: newSpanID(), TraceFlags: flags, TraceState: res.Tracestate,
+	})
+	// The noop tracer hands back the non-recording span of sc it finds in
+	// the context.
+	return noop.Tracer{}.Start(trace.ContextWithSpanContext(ctx, sc), name)
+}
+
+func newTraceID() trace.TraceID {
+	var id trace.TraceID
+	for id == (trace.TraceID{}) {
+		binary.BigEndian.PutUint64(id[:8], rand.Uint64())
+		binary.BigEndian.PutUint64(id[8:], rand.Uint64())
+	}
+	return id
+}
+
+func newSpanID() trace.SpanID {
+	var id trace.SpanID
+	for id == (trace.SpanID{}) {
+		binary.BigEndian.PutUint64(id[:], rand.Uint64())
+	}
+	return id
+}
