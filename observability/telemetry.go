@@ -51,7 +51,19 @@ type Options struct {
 	Logger *slog.Logger
 	// Stdout is where the console span exporter writes (default os.Stdout).
 	Stdout io.Writer
+	// Targets is how many targets are configured. Each instrument may keep
+	// SeriesPerTarget series per target on top of the SDK's default 2,000,
+	// so that no target's series fold into the SDK's overflow series. Memory
+	// grows only with the series that are used.
+	Targets int
 }
+
+// SeriesPerTarget bounds one instrument's series per target (outcomes by
+// reason, Pathling requests by kind and status, …) for the cardinality limit.
+const SeriesPerTarget = 64
+
+// defaultSeriesLimit is the SDK's own cardinality limit per instrument.
+const defaultSeriesLimit = 2000
 
 // Telemetry holds the tracer and meter providers of the process and the
 // Prometheus registry behind /metrics.
@@ -159,7 +171,8 @@ func Setup(ctx context.Context, o Options) (*Telemetry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("observability: prometheus exporter: %w", err)
 	}
-	mopts := []sdkmetric.Option{sdkmetric.WithResource(res), sdkmetric.WithReader(promExp)}
+	mopts := []sdkmetric.Option{sdkmetric.WithResource(res), sdkmetric.WithReader(promExp),
+		sdkmetric.WithCardinalityLimit(defaultSeriesLimit + max(o.Targets, 0)*SeriesPerTarget)}
 	pushers, err := metricExporters(getenv)
 	if err != nil {
 		return nil, err

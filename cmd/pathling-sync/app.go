@@ -101,6 +101,7 @@ func NewService(ctx context.Context, cfg *config.Config, log *slog.Logger, opts 
 		InstanceID:     cfg.Service.InstanceID,
 		Getenv:         o.getenv,
 		Logger:         log,
+		Targets:        len(cfg.TargetNames()),
 	})
 	if err != nil {
 		return nil, usageError{fmt.Errorf("telemetry: %w", err)}
