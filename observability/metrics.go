@@ -322,8 +322,9 @@ func (m *Metrics) target(t string) string {
 
 // RunEvent records one step of a run.
 func (m *Metrics) RunEvent(ctx context.Context, ev handlers.RunEvent) {
-	switch ev.Kind {
-	case handlers.EventKickedOff, handlers.EventPolled:
+	switch {
+	case ev.Kind == handlers.EventKickedOff,
+		ev.Kind == handlers.EventPolled && ev.Status.State != handlers.JobRunning:
 		return // not metrics (one of these per poll of every run in flight)
 	}
 	target := m.target(ev.Target)
