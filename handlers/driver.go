@@ -264,6 +264,7 @@ func (dr *driver) poll(ctx context.Context) error {
 	dr.noteSkew(ctx, st.ServerDate)
 	dr.polls++
 	r.Polls++
+	shown := r.ExpectedEnd
 	if st.State == JobRunning {
 		// Also keeps a Retry-After for the next wait (nextPollWait).
 		r.ExpectedEnd = dr.sawRunning(ctx, now, st)
@@ -272,6 +273,13 @@ func (dr *driver) poll(ctx context.Context) error {
 	switch st.State {
 	case JobRunning:
 		dr.failures = 0
+		if !dr.jobPending && r.Progress == st.Progress && r.ExpectedEnd.Equal(shown) &&
+			now.Sub(r.UpdatedAt) < recordRefresh {
+			// Nothing an adopter or the status commands read has changed
+			// but the poll counter: no write (a round trip and the record's
+			// encoding per poll of every running sync).
+			return nil
+		}
 		r.Progress = st.Progress
 		return dr.persist(ctx)
 	case JobDone:
@@ -305,6 +313,13 @@ func (dr *driver) poll(ctx context.Context) error {
 	}
 	return fmt.Errorf("unknown job state %d", st.State)
 }
+
+// recordRefresh bounds how stale a running job's record may get when its
+// polls see nothing new (no X-Progress change, the same expected end): the
+// record's poll count, which `status` and `request --wait` show, is written
+// at least this often. An adopter needs only the state and the status URL,
+// which every change writes at once.
+const recordRefresh = 5 * time.Minute
 
 // failedCall handles an error from a Pathling call: retry within the
 // deadline when it is retryable, else end the run.

@@ -189,3 +189,33 @@ func TestJobOutlivesAFailedTerminalWrite(t *testing.T) {
 		t.Errorf("%d jobs created, want 1: the first was deleted before its run's end was recorded", c.JobsCreated)
 	}
 }
+
+// Polls that see a running job with nothing new (no X-Progress, the same
+// expected end) write nothing: a sync whose job runs for five polls costs
+// the fast sync's round trips, and its outcome still counts every poll.
+// Adoption needs only what the kick-off's write stored (the state and the
+// job's status URL: TestCrashedInstanceRunIsAdopted).
+func TestRunningPollsWriteNothingNew(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	if err := e.emu.SetDefaultScript(pathlingemu.Script{Polls: 5, ExportPolls: 5}); err != nil {
+		t.Fatal(err)
+	}
+	rt := &roundTrips{}
+	e.rdb.AddHook(rt)
+	s := e.syncer(syncerOptions{lockTTL: time.Minute})
+	ctx := context.Background()
+	if got := s.Handle(ctx, e.delivery("t1", "warm-up", req{}, 100)); got.Action != handlers.Ack {
+		t.Fatalf("warm-up: %v", got.Action)
+	}
+	rt.n.Store(0)
+	if got := s.Handle(ctx, e.delivery("t1", "slow", req{}, 1)); got.Action != handlers.Ack {
+		t.Fatalf("slow: %v", got.Action)
+	}
+	n := rt.n.Load()
+	if polls := e.outcomes.of(t, "slow", waitLong).completedBody(t).Polls; polls != 6 {
+		t.Errorf("outcome counts %d polls, want 6", polls)
+	}
+	if n > 4 {
+		t.Errorf("%d Redis round trips for a sync polled 5 times while running, want at most 4", n)
+	}
+}

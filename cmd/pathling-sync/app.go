@@ -10,6 +10,8 @@ import (
 	"net/http/pprof"
 	"os"
 	"runtime/debug"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -85,6 +87,9 @@ func NewService(ctx context.Context, cfg *config.Config, log *slog.Logger, opts 
 	o := serviceOptions{getenv: os.Getenv}
 	for _, opt := range opts {
 		opt(&o)
+	}
+	if limit := applyMemoryLimit(o.getenv, os.ReadFile); limit > 0 {
+		log.Info("soft memory limit set to the container's memory limit (GOMEMLIMIT unset)", "bytes", limit)
 	}
 	s := &Service{cfg: cfg, log: log}
 	ok := false
@@ -444,4 +449,40 @@ func connectRedis(ctx context.Context, c config.RedisConfig) (redis.UniversalCli
 		return nil, fmt.Errorf("%w: Redis %s: %v", errInfra, c.URL, err)
 	}
 	return rdb, nil
+}
+
+// applyMemoryLimit gives Go's collector the container's memory limit as its
+// soft limit when GOMEMLIMIT is unset (the Kubernetes manifests set
+// GOMEMLIMIT to the same figure; a plain `docker run -m` does not): near the
+// limit the collector runs more often instead of letting the heap grow to
+// twice the live heap (GOGC 100) past it and the container be killed. It
+// returns the limit it set, 0 when it set none (GOMEMLIMIT set, or no limit).
+func applyMemoryLimit(getenv func(string) string, read func(string) ([]byte, error)) int64 {
+	if getenv("GOMEMLIMIT") != "" {
+		return 0 // the runtime read it at start
+	}
+	limit := cgroupMemoryLimit(read)
+	if limit > 0 {
+		debug.SetMemoryLimit(limit)
+	}
+	return limit
+}
+
+// cgroupMemoryLimit is the memory limit of the process's cgroup in bytes, 0
+// when there is none ("max", v1's page-rounded "unlimited", no such file).
+func cgroupMemoryLimit(read func(string) ([]byte, error)) int64 {
+	// cgroup v2's memory.max, then cgroup v1's limit, both as a container
+	// sees its own cgroup at the mount's root.
+	for _, f := range []string{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"} {
+		b, err := read(f)
+		if err != nil {
+			continue
+		}
+		n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		if err != nil || n <= 0 || n >= 1<<60 {
+			return 0 // "max", or v1's unlimited (2^63 rounded down to a page)
+		}
+		return n
+	}
+	return 0
 }
