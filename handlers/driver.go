@@ -160,6 +160,7 @@ func (dr *driver) retake(ctx context.Context) Disposition {
 	}
 	lease.Expires = granted.Add(dr.lockTTL)
 	dr.lease = lease
+	dr.held.set(dr.t.Name, r.RequestID, lease)
 	// Redis may have lost what was read under the old lease.
 	dr.wm, dr.sweepKnown, dr.undeleted, dr.kickSaved = storedWatermark{}, false, nil, false
 	dr.log.InfoContext(ctx, "took the vanished lock again", "new_token", lease.Token)
@@ -387,6 +388,7 @@ func (dr *driver) wait(ctx context.Context, d time.Duration) error {
 			} else {
 				dr.nextRenew = now.Add(dr.lockTTL / 3)
 				dr.lease.Expires = now.Add(dr.lockTTL) // now was taken before the call
+				dr.held.set(dr.t.Name, dr.run.RequestID, dr.lease)
 			}
 		}
 		if !now.Before(until) {
@@ -493,6 +495,7 @@ func (dr *driver) withinLease(ctx context.Context, d time.Duration) time.Duratio
 		if err := dr.locker.Renew(context.WithoutCancel(ctx), dr.lease, dr.lockTTL); err == nil {
 			dr.lease.Expires = now.Add(dr.lockTTL)
 			dr.nextRenew = now.Add(dr.lockTTL / 3)
+			dr.held.set(dr.t.Name, dr.run.RequestID, dr.lease)
 		}
 	}
 	if dr.lease.Expires.IsZero() {
@@ -749,6 +752,7 @@ func (dr *driver) finish(ctx context.Context, state RunState, res result, wu *Wa
 	}
 	dr.jobPending = false
 	dr.deleteJob(ctx)
+	dr.held.drop(dr.t.Name, dr.lease.Token) // before the release: never "busy" once free
 	if err := dr.runs.Finish(pctx, dr.lease, &Finish{Release: true, ForgetJob: dr.forget}); err != nil {
 		dr.log.WarnContext(ctx, "release lock", "error", err) // finishDisposition tries once more
 		return nil
@@ -770,6 +774,7 @@ func (dr *driver) finishDisposition(ctx context.Context) Disposition {
 	// record is the truth: a crash before the publish means a redelivery, which re-publishes
 	// the recorded outcome.
 	if !dr.released {
+		dr.held.drop(dr.t.Name, dr.lease.Token)
 		if err := dr.locker.Release(pctx, dr.lease); err != nil {
 			dr.log.WarnContext(ctx, "release lock", "error", err)
 		}

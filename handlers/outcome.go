@@ -130,8 +130,10 @@ func (o *outcomes) build(ctx context.Context, e echo, res result, finishedAt tim
 // by side here: a new one is added to echo and to both bodies below.
 func outcomeBody(e echo, res result, finishedAt time.Time) ([]byte, error) {
 	exportURL := messages.RedactURL(e.exportURL)
+	// MarshalJSON directly: json.Marshal of a Marshaler validates and
+	// compacts its (already compact) output once more, for the same bytes.
 	if !res.failed {
-		return json.Marshal(messages.SyncCompleted{
+		return messages.SyncCompleted{
 			RequestID:               e.requestID,
 			RunID:                   e.runID,
 			Target:                  e.target,
@@ -152,7 +154,7 @@ func outcomeBody(e echo, res result, finishedAt time.Time) ([]byte, error) {
 			PathlingTransactionTime: res.job.TransactionTime,
 			Outputs:                 res.job.Outputs,
 			Empty:                   res.empty,
-		})
+		}.MarshalJSON()
 	}
 	f := messages.SyncFailed{
 		RequestID:        e.requestID,
@@ -180,7 +182,7 @@ func outcomeBody(e echo, res result, finishedAt time.Time) ([]byte, error) {
 			f.OperationOutcome = pe.OperationOutcome
 		}
 	}
-	return json.Marshal(f)
+	return f.MarshalJSON()
 }
 
 // envelope builds an outcome's CloudEvents envelope, continuing the trace in ctx.

@@ -106,6 +106,70 @@ func TestConflictRedisRoundTrips(t *testing.T) {
 	t.Logf("conflict: %d round trips", n)
 }
 
+// A forbid request for a target whose lock a run of this same replica holds
+// is refused in one round trip, the refusal's record (the store would only
+// say "held"), and that record is what a redelivery sends again. Once the run
+// stopped here (its lock still held in the store: shutdown keeps it for the
+// adopter), the store is asked again.
+func TestConflictWithRunHeldHereRedisRoundTrips(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	if err := e.emu.SetDefaultScript(pathlingemu.Script{Polls: 100000}); err != nil {
+		t.Fatal(err)
+	}
+	rt := &roundTrips{}
+	e.rdb.AddHook(rt)
+	s := e.syncer(syncerOptions{lockTTL: time.Minute})
+	runCtx, stopRun := context.WithCancel(context.Background())
+	defer stopRun()
+	ran := make(chan handlers.Disposition, 1)
+	go func() { ran <- s.Handle(runCtx, e.delivery("t1", "holder", req{}, 1)) }()
+	testenv.Eventually(t, waitLong, func() bool { return e.emu.Counters().Accepted == 1 }, "the holder's kick-off")
+
+	ctx := context.Background()
+	// Warm up the script cache with a first conflict.
+	if got := s.Handle(ctx, e.delivery("t1", "warm-up", req{}, 2)); got.Action != handlers.Ack {
+		t.Fatalf("warm-up: %v", got.Action)
+	}
+	rt.n.Store(0)
+	if got := s.Handle(ctx, e.delivery("t1", "busy", req{}, 3)); got.Action != handlers.Ack {
+		t.Fatalf("conflict: %v", got.Action)
+	}
+	if n := rt.n.Load(); n != 1 {
+		t.Errorf("%d Redis round trips for a conflict with a run held here, want 1", n)
+	}
+	f := e.outcomes.of(t, "busy", waitLong).failedBody(t)
+	if f.Reason != messages.ReasonConflict || f.RunningRequestID != "holder" {
+		t.Fatalf("%+v", f)
+	}
+	if r, err := e.store.LoadRun(ctx, "t1", "busy"); err != nil || !r.State.Terminal() || r.Outcome == nil {
+		t.Fatalf("refusal's record: %+v, %v", r, err)
+	}
+	// A redelivery re-publishes the recorded refusal (the same event id: one outcome).
+	redelivered := e.delivery("t1", "busy", req{}, 3)
+	redelivered.NumDelivered = 2
+	if got := s.Handle(ctx, redelivered); got.Action != handlers.Ack {
+		t.Fatalf("redelivery: %v", got.Action)
+	}
+
+	stopRun()
+	if got := <-ran; got.Action != handlers.Nak {
+		t.Fatalf("holder after shutdown: %v, want Nak", got.Action)
+	}
+	rt.n.Store(0)
+	if got := s.Handle(ctx, e.delivery("t1", "busy-2", req{}, 4)); got.Action != handlers.Ack {
+		t.Fatalf("conflict after the run stopped here: %v", got.Action)
+	}
+	if n := rt.n.Load(); n != 2 {
+		t.Errorf("%d Redis round trips for a conflict once no run is held here, want 2 (the store is asked)", n)
+	}
+	if f := e.outcomes.of(t, "busy-2", waitLong).failedBody(t); f.Reason != messages.ReasonConflict || f.RunningRequestID != "holder" {
+		t.Fatalf("%+v", f)
+	}
+	if got := len(e.outcomes.snapshot()); got != 3 {
+		t.Errorf("%d outcomes on the stream, want 3 (warm-up, busy once, busy-2)", got)
+	}
+}
+
 // A watermark changed under a running sync by someone other than its lease
 // (an operator's reset, here a raw write) is seen by the finish, which
 // decides again on it: the run never moves it backwards, and its outcome

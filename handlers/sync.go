@@ -81,6 +81,7 @@ func (s *Syncer) handle(ctx context.Context, d Delivery, in intake) Disposition 
 	dr.log = log.With("run_id", run.RunID)
 	s.observe(ctx, RunEvent{Kind: EventStarted, Target: t.Name, RequestID: in.requestID, RunID: run.RunID})
 	defer s.observe(ctx, RunEvent{Kind: EventStopped, Target: t.Name, RequestID: in.requestID, RunID: run.RunID})
+	defer func() { s.held.drop(t.Name, dr.lease.Token) }() // the lease the drive ended with
 	return dr.drive(ctx)
 }
 
@@ -95,6 +96,14 @@ func (s *Syncer) lock(ctx context.Context, log *slog.Logger, d Delivery, in inta
 	lctx, span := s.tracer.Start(ctx, SpanLock, trace.WithAttributes(
 		AttrTarget.String(t.Name), attribute.String("pathling_sync.concurrency", in.req.Concurrency)))
 	defer span.End()
+	if acq.Queue == nil {
+		// A forbid request for a target one of this replica's runs holds: the
+		// store would only say "held". Its refusal is still recorded (refuse).
+		if running, busy := s.held.busy(t.Name, s.now(), s.lockTTL/3); busy && running != in.requestID {
+			span.SetAttributes(AttrLockResult.String(lockHeld), attribute.Bool("pathling_sync.held_here", true))
+			return nil, s.notAcquired(ctx, log, d, in, &LockHeldError{RequestID: running}, attempt), false
+		}
+	}
 	params, key := s.params(in)
 	breq := BeginRequest{AcquireRequest: acq, WatermarkKey: key}
 	if s.jobs != nil {
@@ -183,6 +192,7 @@ func (s *Syncer) lock(ctx context.Context, log *slog.Logger, d Delivery, in inta
 		dr.undeleted, dr.sweepKnown = begun.Undeleted, s.jobs != nil
 	}
 	dr.run = run
+	s.held.set(t.Name, in.requestID, lease)
 	if run.WatermarkKey == key {
 		dr.wm = storedWatermark{at: begun.Watermark, ok: begun.HasWatermark, known: true}
 	}

@@ -176,7 +176,8 @@ type deps struct {
 	logger     *slog.Logger
 	obs        Observer
 	tracer     trace.Tracer
-	plans      *plans // nil: no history; every job polls at the seed cadence
+	plans      *plans     // nil: no history; every job polls at the seed cadence
+	held       *heldLocks // the locks this replica's drivers hold (held.go)
 }
 
 // New checks the configuration and the ports and returns a Syncer.
@@ -200,6 +201,7 @@ func New(cfg Config, p Ports) (*Syncer, error) {
 			obs:        cfg.Observer,
 			tracer:     tp.Tracer(TracerName),
 			plans:      newPlans(cfg.Durations),
+			held:       newHeldLocks(),
 		},
 		targets:       make(map[string]*Target, len(cfg.Targets)),
 		subjects:      cfg.Subjects,

@@ -250,7 +250,8 @@ func (s *Store) releaseRun(ctx context.Context, l handlers.Lease, forget string)
 // RecordOutcome writes the terminal record of a request that never ran
 // (refused with conflict, or out of queue time), unless the request already
 // has a record; it reports whether it wrote. No lease is needed: nobody
-// drives such a request. Errors: ErrInvalidArgument or a wrapped Redis error.
+// drives such a request. Concurrent calls share one pipeline (outcomes.go).
+// Errors: ErrInvalidArgument or a wrapped Redis error.
 func (s *Store) RecordOutcome(ctx context.Context, r *handlers.Run) (bool, error) {
 	if r == nil || !r.State.Terminal() {
 		return false, fmt.Errorf("redisstore: record outcome: %w: not a terminal run", ErrInvalidArgument)
@@ -272,8 +273,8 @@ func (s *Store) RecordOutcome(ctx context.Context, r *handlers.Run) (bool, error
 		score = strconv.FormatInt(now.Add(s.retention).UnixMilli(), 10)
 	}
 	k := s.keys(r.Target)
-	n, err := scriptRecordOutcome.Run(ctx, s.client, []string{k.run(r.RequestID), k.runs()},
-		r.RequestID, data, retention, score, now.UnixMilli()).Int64()
+	n, err := s.outcomes.record(ctx, s.client, &outcomeCall{keys: []string{k.run(r.RequestID), k.runs()},
+		args: []any{r.RequestID, data, retention, score, now.UnixMilli()}})
 	if err != nil {
 		return false, fmt.Errorf("redisstore: record outcome: %w", err)
 	}

@@ -150,6 +150,7 @@ type Store struct {
 	prefix    string
 	retention time.Duration
 	clock     clock.Clock
+	outcomes  *outcomeBatcher // RecordOutcome's batches (outcomes.go)
 }
 
 var (
@@ -177,7 +178,7 @@ func WithClock(c clock.Clock) Option { return func(s *Store) { s.clock = clock.O
 
 // New returns a Store on c.
 func New(c RedisClient, opts ...Option) *Store {
-	s := &Store{client: c, prefix: DefaultPrefix, retention: DefaultRetention, clock: clock.System{}}
+	s := &Store{client: c, prefix: DefaultPrefix, retention: DefaultRetention, clock: clock.System{}, outcomes: &outcomeBatcher{}}
 	for _, o := range opts {
 		o(s)
 	}
