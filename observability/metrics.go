@@ -342,8 +342,12 @@ func (m *Metrics) target(t string) string {
 // RunEvent records one step of a run.
 func (m *Metrics) RunEvent(ctx context.Context, ev handlers.RunEvent) {
 	switch ev.Kind {
-	case handlers.EventKickedOff, handlers.EventPolled:
-		return // not metrics (one of these per poll of every run in flight)
+	case handlers.EventKickedOff:
+		return // not a metric
+	case handlers.EventPolled:
+		if ev.Status.State != handlers.JobRunning {
+			return // only a running job's expected end is a metric
+		}
 	}
 	target := m.target(ev.Target)
 	ls := m.labelsOf(target)
