@@ -47,7 +47,6 @@ func DefaultOptions(short bool) Options {
 	var o Options
 	o.LogLevel = "info"
 	o.ProfileSeconds = 15
-	o.MonitorWindow = time.Second
 	if short {
 		o.Throughput.N, o.Throughput.Targets, o.Throughput.Workers = 300, 50, 256
 		o.Paced.Rates, o.Paced.Duration, o.Paced.Targets = []float64{100}, 2*time.Second, 50
@@ -271,8 +270,11 @@ func runInflight(ctx context.Context, e *Env) ([]*Report, error) {
 	r.Add(Figure{Name: "polls_per_s", Label: "polls/s", Value: float64(c.polls) / secs})
 	r.Add(Figure{Name: "inprogress_per_s", Label: "InProgress/s", Value: float64(wpi.Load()-w0) / secs})
 	r.Add(Figure{Name: "redis_ops_per_s", Label: "Redis commands/s (scripts' included)", Value: float64(c.redis.Total) / secs})
+	if c.roundTrips >= 0 {
+		r.Add(Figure{Name: "redis_round_trips_per_s", Label: "Redis round trips/s", Value: float64(c.roundTrips) / secs})
+	}
 	if c.clientShare > 0 {
-		r.Add(Figure{Name: "redis_round_trips_per_s", Label: "Redis round trips/s (MONITOR sample)", Value: c.clientShare * float64(c.redis.Total) / secs})
+		r.Add(Figure{Name: "redis_monitor_round_trips_per_s", Label: "Redis client commands/s (MONITOR estimate)", Value: c.clientShare * float64(c.redis.Total) / secs})
 	}
 	r.Add(Figure{Name: "outcomes", Label: "outcomes during the run (want 0)", Value: float64(t.outcomes.count())})
 	r.Params["redis_commands_per_s"] = perUnit(c.redis.Commands, secs)

@@ -319,3 +319,44 @@ func (s *Service) fetch(ctx context.Context, url, path string) error {
 	}
 	return f.Close()
 }
+
+// roundTripsMetric is the service's count of its Redis client's round trips
+// (a go-redis hook: one per command, script call or pipeline).
+const roundTripsMetric = "pathling_sync_redis_round_trips_total"
+
+// RedisRoundTrips scrapes the admin /metrics for the service's Redis round
+// trips so far.
+func (s *Service) RedisRoundTrips(ctx context.Context) (int64, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.Admin+"/metrics", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("bench: metrics: %s", resp.Status)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	return parseRoundTrips(string(body))
+}
+
+// parseRoundTrips finds roundTripsMetric's value in a Prometheus text
+// exposition (its labels, if any, are the exporter's scope labels).
+func parseRoundTrips(text string) (int64, error) {
+	for _, line := range strings.Split(text, "\n") {
+		rest, ok := strings.CutPrefix(line, roundTripsMetric)
+		if !ok || rest == "" || (rest[0] != ' ' && rest[0] != '{') {
+			continue
+		}
+		fields := strings.Fields(rest)
+		f, err := strconv.ParseFloat(fields[len(fields)-1], 64)
+		if err != nil {
+			return 0, fmt.Errorf("bench: %s: %w", roundTripsMetric, err)
+		}
+		return int64(f), nil
+	}
+	return 0, fmt.Errorf("bench: no %s in /metrics", roundTripsMetric)
+}

@@ -76,9 +76,9 @@ func (s *Syncer) handle(ctx context.Context, d Delivery, in intake) Disposition 
 		return disp
 	}
 	run, lease := dr.run, dr.lease
-	log = log.With("token", lease.Token)
 	trace.SpanFromContext(ctx).SetAttributes(AttrRunID.String(run.RunID))
-	dr.log = log.With("run_id", run.RunID)
+	// One derived logger (each With formats its attributes again).
+	dr.log = log.With("token", lease.Token, "run_id", run.RunID)
 	s.observe(ctx, RunEvent{Kind: EventStarted, Target: t.Name, RequestID: in.requestID, RunID: run.RunID})
 	defer s.observe(ctx, RunEvent{Kind: EventStopped, Target: t.Name, RequestID: in.requestID, RunID: run.RunID})
 	defer func() { s.held.drop(t.Name, dr.lease.Token) }() // the lease the drive ended with
@@ -417,7 +417,7 @@ func (s *Syncer) notAcquired(ctx context.Context, log *slog.Logger, d Delivery, 
 		if s.now().Before(in.requestedAt.Add(in.timeout)) {
 			if held == nil && d.NumDelivered == 1 && attempt.firstAttempt() {
 				// Just took its place in the queue: look again soon.
-				return Disposition{Action: Nak, Delay: min(s.queueRetry, settleDelay)}
+				return s.settleTurn(ctx, d, in, attempt)
 			}
 			// Wait here for the lock's release, or be redelivered later.
 			return s.waitTurn(ctx, d, in, attempt)

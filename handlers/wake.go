@@ -130,6 +130,37 @@ func (s *Syncer) waitTurn(ctx context.Context, d Delivery, in intake, t *turn) D
 	}
 }
 
+// settleTurn is what a queued request does once its first attempt took its
+// place in the queue (QueueTicket.Settle): ask again after the settle delay,
+// as before, but waiting here with a seat in the wait room rather than being
+// redelivered, which costs a NAK, a delivery, its decoding and its span for
+// nothing. The store sees the same attempts at the same times either way,
+// so the queue's order is the same. Without a seat (or evicted from it), the
+// delivery is redelivered after the delay, as without announcements.
+func (s *Syncer) settleTurn(ctx context.Context, d Delivery, in intake, t *turn) Disposition {
+	delay := min(s.queueRetry, settleDelay)
+	later := Disposition{Action: Nak, Delay: delay}
+	if t == nil {
+		return later
+	}
+	if t.seat == nil {
+		if t.seat = s.room.enter(in.target, d.StreamSeq); t.seat == nil {
+			return later
+		}
+	}
+	timer := time.NewTimer(delay)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+	case <-t.seat.evicted:
+		return later
+	case <-ctx.Done():
+		return s.retryLater(ctx)
+	}
+	t.again = true
+	return Disposition{}
+}
+
 // waitRoom bounds the queued deliveries waiting in this process: each holds
 // a worker slot, so a long queue must not take them all. At most max wait
 // in all and perTarget per target; when a target's seats (or all seats) are

@@ -125,8 +125,8 @@ func TestQueuedRequestStartsOnRelease(t *testing.T) {
 	if len(jobs) != 2 || jobs[1].Created.Before(jobs[0].Finished) {
 		t.Fatalf("jobs %+v: want two, the second created after the first finished", jobs)
 	}
-	if n := ev.count(handlers.EventRedelivered, "second"); n != 1 {
-		t.Fatalf("second delivered %d times after the first, want 1 (its settling in the queue)", n)
+	if n := ev.count(handlers.EventRedelivered, "second"); n != 0 {
+		t.Fatalf("second delivered %d times after the first, want 0 (it settles in the queue here)", n)
 	}
 }
 
@@ -207,7 +207,31 @@ func TestLostReleaseAnnouncementFallsBackToQueueRetry(t *testing.T) {
 	close(open)
 	e.outcomes.of(t, "first", waitLong).completedBody(t)
 	e.outcomes.of(t, "second", waitLong).completedBody(t)
-	if n := ev.count(handlers.EventRedelivered, "second"); n != 1 {
-		t.Fatalf("second delivered %d times after the first, want 1 (its settling in the queue)", n)
+	if n := ev.count(handlers.EventRedelivered, "second"); n != 0 {
+		t.Fatalf("second delivered %d times after the first, want 0 (it settles in the queue here)", n)
+	}
+}
+
+// A queued request's first attempt only takes its place in the queue; it
+// asks again after the settle delay in the same delivery, not in a
+// redelivery (a NAK and a delivery more per queued request).
+func TestQueuedRequestSettlesWithoutRedelivery(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	ev := newEventCounts()
+	e.start(e.js, e.syncer(syncerOptions{queueRetry: 100 * time.Millisecond, releases: e.releases("test:"), observer: ev}), 0)
+	for i := range 3 {
+		e.request("t1", fmt.Sprintf("q-%d", i), req{"concurrency": "queue", "types": []string{fmt.Sprintf("Type%c", 'A'+i)}})
+	}
+	all := e.outcomes.wait(t, 3, waitLong)
+	for i, o := range all {
+		if got, want := o.completedBody(t).RequestID, fmt.Sprintf("q-%d", i); got != want {
+			t.Fatalf("outcome %d is %s, want %s (arrival order)", i, got, want)
+		}
+	}
+	for i := range 3 {
+		id := fmt.Sprintf("q-%d", i)
+		if n := ev.count(handlers.EventRedelivered, id); n != 0 {
+			t.Errorf("%s delivered %d times more, want 0 (settled in its first delivery)", id, n)
+		}
 	}
 }

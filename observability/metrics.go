@@ -39,6 +39,7 @@ const (
 	metricRequestsDuration = "pathling_sync.pathling.request.duration" // pathling_sync_pathling_request_duration_seconds{target,kind}
 	metricDropped          = "pathling_sync.requests_dropped"          // pathling_sync_requests_dropped_total{reason}
 	metricRedisPersistence = "pathling_sync.redis.persistence_enabled" // pathling_sync_redis_persistence_enabled
+	metricRedisRoundTrips  = "pathling_sync.redis.round_trips"         // pathling_sync_redis_round_trips_total
 )
 
 // metricClockSkew is pathling_sync_clock_skew_seconds{target}.
@@ -95,6 +96,10 @@ type MetricsConfig struct {
 	// Clock tells the time of successes and watermark ages (default: the
 	// wall clock).
 	Clock clock.Clock
+	// RedisRoundTrips, when set, reads the Redis client's round trips so far
+	// (a counter kept by a client hook, redisstore.RoundTrips); read at
+	// scrape time, so counting costs the hot path one atomic add.
+	RedisRoundTrips func() int64
 }
 
 // Metrics records what runs do as OpenTelemetry metrics. It implements
@@ -292,6 +297,20 @@ func NewMetrics(mp metric.MeterProvider, cfg MetricsConfig) (*Metrics, error) {
 		return nil
 	}, persistence); err != nil {
 		return nil, fmt.Errorf("observability: metrics: %w", err)
+	}
+
+	if cfg.RedisRoundTrips != nil {
+		roundTrips, err := meter.Int64ObservableCounter(metricRedisRoundTrips, metric.WithUnit("{round_trip}"),
+			metric.WithDescription("Round trips of this replica's Redis client: a command, a script call or a pipeline is one (commands run inside scripts are not)."))
+		if err != nil {
+			return nil, fmt.Errorf("observability: metrics: %w", err)
+		}
+		if _, err := meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+			o.ObserveInt64(roundTrips, cfg.RedisRoundTrips())
+			return nil
+		}, roundTrips); err != nil {
+			return nil, fmt.Errorf("observability: metrics: %w", err)
+		}
 	}
 
 	ctx := context.Background()

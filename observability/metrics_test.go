@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -188,5 +189,22 @@ func TestRedisPersistenceGauge(t *testing.T) {
 	fams, _ = scrape(t, tel.MetricsHandler())
 	if v := mustSample(t, fams, name, nil); v != 1 {
 		t.Fatalf("%s = %v with persistence, want 1", name, v)
+	}
+}
+
+// The Redis round trips counter reports what the client hook counted, at
+// scrape time.
+func TestRedisRoundTripsCounter(t *testing.T) {
+	var n atomic.Int64
+	tel, _ := newTestMetrics(t, MetricsConfig{Targets: []string{"a"}, RedisRoundTrips: n.Load})
+	const name = "pathling_sync_redis_round_trips_total"
+	fams, _ := scrape(t, tel.MetricsHandler())
+	if v := mustSample(t, fams, name, nil); v != 0 {
+		t.Fatalf("%s = %v, want 0", name, v)
+	}
+	n.Add(4)
+	fams, text := scrape(t, tel.MetricsHandler())
+	if v := mustSample(t, fams, name, nil); v != 4 {
+		t.Fatalf("%s = %v, want 4:\n%s", name, v, text)
 	}
 }

@@ -61,7 +61,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "the service's log level")
 	fs.BoolVar(&o.PProf, "pprof", false, "throughput, inflight, storm: turn admin.pprof on; save CPU profiles of the flood and the storm, and heap and goroutine profiles and MemStats at the end of the in-flight window, in the work dir")
 	fs.IntVar(&o.ProfileSeconds, "profile-seconds", o.ProfileSeconds, "length of that profile")
-	fs.DurationVar(&o.MonitorWindow, "monitor-window", o.MonitorWindow, "how long Redis MONITOR samples a scenario to tell round trips from commands run by scripts (0: off)")
+	fs.DurationVar(&o.MonitorWindow, "monitor-window", o.MonitorWindow, "how long Redis MONITOR samples a scenario for the old client-commands estimate (0: off; round trips come from the service's own counter)")
 	fs.IntVar(&o.Throughput.N, "throughput-n", o.Throughput.N, "throughput: requests")
 	fs.IntVar(&o.Throughput.Targets, "throughput-targets", o.Throughput.Targets, "throughput: targets")
 	fs.IntVar(&o.Throughput.Workers, "throughput-workers", o.Throughput.Workers, "throughput: nats.consumer.maxWorkers")

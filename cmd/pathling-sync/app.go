@@ -141,11 +141,15 @@ func NewService(ctx context.Context, cfg *config.Config, log *slog.Logger, opts 
 	if err != nil {
 		return nil, err
 	}
+	// Counted from here on: the service's own round trips, not the connect's PING.
+	roundTrips := &redisstore.RoundTrips{}
+	s.rdb.AddHook(roundTrips)
 	s.store = redisstore.New(s.rdb, redisstore.WithPrefix(cfg.Redis.KeyPrefix), redisstore.WithRetention(cfg.Redis.Retention))
 	s.releases = redisstore.NewReleases(s.rdb, cfg.Redis.KeyPrefix, log.With("component", "releases"))
 	s.metrics, err = observability.NewMetrics(s.tel.MeterProvider(), observability.MetricsConfig{
-		Targets:    cfg.TargetNames(),
-		Watermarks: s.store.Watermarks,
+		Targets:         cfg.TargetNames(),
+		Watermarks:      s.store.Watermarks,
+		RedisRoundTrips: roundTrips.Load,
 	})
 	if err != nil {
 		return nil, err

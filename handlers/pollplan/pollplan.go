@@ -214,10 +214,17 @@ func (p *Planner) learn(logs []float64) {
 		}
 	}
 	floor, cap := p.cfg.Floor.Seconds(), p.cfg.Cap.Seconds()
+	// One buffer for every trial of the bisection (cum[0] stays 0): a build
+	// is ~1,000 floats, 29 of them per plan.
+	// The hazards' powers do not depend on the factor: computed once.
+	cum := make([]float64, len(sv))
+	hp := make([]float64, len(hz))
+	for j, h := range hz {
+		hp[j] = math.Pow(h, hazardPower)
+	}
 	build := func(k float64) []float64 {
-		cum := make([]float64, len(sv))
-		for j, h := range hz {
-			rate := min(max(k*math.Pow(h, hazardPower), 1/cap), 1/floor)
+		for j, h := range hp {
+			rate := min(max(k*h, 1/cap), 1/floor)
 			cum[j+1] = cum[j] + rate*dt
 		}
 		return cum
