@@ -99,11 +99,32 @@ func (b *outcomeBatcher) send(ctx context.Context, c RedisClient, batch []*outco
 		}
 		return nil
 	})
+	var missing []*outcomeCall // Redis lost its script cache (a restart, SCRIPT FLUSH)
 	for i, call := range batch {
 		call.n, call.err = cmds[i].Int64()
 		if call.err != nil && strings.HasPrefix(call.err.Error(), "NOSCRIPT") {
-			// Redis lost its script cache (a restart): Run loads it again.
-			call.n, call.err = scriptRecordOutcome.Run(ctx, c, call.keys, call.args...).Int64()
+			missing = append(missing, call)
 		}
+	}
+	if len(missing) == 0 {
+		return
+	}
+	// Load the script once and send those calls again in one pipeline, rather
+	// than one EVAL each.
+	if err := scriptRecordOutcome.Load(ctx, c).Err(); err != nil {
+		for _, call := range missing {
+			call.err = err
+		}
+		return
+	}
+	cmds = cmds[:len(missing)]
+	_, _ = c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, call := range missing {
+			cmds[i] = scriptRecordOutcome.EvalSha(ctx, p, call.keys, call.args...)
+		}
+		return nil
+	})
+	for i, call := range missing {
+		call.n, call.err = cmds[i].Int64()
 	}
 }
