@@ -88,19 +88,7 @@ func TestExitCodes(t *testing.T) {
 func TestServeShutdownLeavesRunForAdoption(t *testing.T) {
 	ns := testenv.NATS(t)
 	redisURL := testenv.Redis(t)
-	emu, err := pathlingemu.New(pathlingemu.Config{
-		AllowableExportURLs: []string{"http://source.test/fhir"}, AllowInsecureURLs: true, AllowInternalURLs: true,
-		Mode: pathlingemu.ModeScripted,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer emu.Close()
-	if err := emu.SetDefaultScript(pathlingemu.Script{Polls: 25}); err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(emu)
-	defer srv.Close()
+	emu, srv := scriptedPathling(t, pathlingemu.Script{Polls: 25})
 	cfgPath := filepath.Join(t.TempDir(), "config.yaml")
 	yaml := fmt.Sprintf(`
 nats:
@@ -250,4 +238,29 @@ func devReady(dir string) (devenv.Addrs, bool) {
 	}
 	resp.Body.Close()
 	return a, resp.StatusCode == http.StatusOK
+}
+
+// scriptedPathling starts a Pathling emulator in scripted mode that allows
+// exports from http://source.test/fhir (edit changes its configuration), with
+// script as every job's; both stop with the test.
+func scriptedPathling(t *testing.T, script pathlingemu.Script, edit ...func(*pathlingemu.Config)) (*pathlingemu.Emulator, *httptest.Server) {
+	t.Helper()
+	cfg := pathlingemu.Config{
+		AllowableExportURLs: []string{"http://source.test/fhir"}, AllowInsecureURLs: true, AllowInternalURLs: true,
+		Mode: pathlingemu.ModeScripted,
+	}
+	for _, e := range edit {
+		e(&cfg)
+	}
+	emu, err := pathlingemu.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(emu.Close)
+	if err := emu.SetDefaultScript(script); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(emu)
+	t.Cleanup(srv.Close)
+	return emu, srv
 }

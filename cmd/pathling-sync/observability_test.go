@@ -117,20 +117,9 @@ func TestAuthenticatedSyncLogsNoSecrets(t *testing.T) {
 	te := newTokenEndpoint(t)
 	tokenSrv := httptest.NewServer(te)
 	defer tokenSrv.Close()
-	emu, err := pathlingemu.New(pathlingemu.Config{
-		AllowableExportURLs: []string{"http://source.test/fhir"}, AllowInsecureURLs: true, AllowInternalURLs: true,
-		Mode: pathlingemu.ModeScripted,
-		Auth: &pathlingemu.AuthConfig{Issuer: testIssuer, Keys: te.jwks()},
+	_, emuSrv := scriptedPathling(t, pathlingemu.Script{Polls: 2}, func(c *pathlingemu.Config) {
+		c.Auth = &pathlingemu.AuthConfig{Issuer: testIssuer, Keys: te.jwks()}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer emu.Close()
-	if err := emu.SetDefaultScript(pathlingemu.Script{Polls: 2}); err != nil {
-		t.Fatal(err)
-	}
-	emuSrv := httptest.NewServer(emu)
-	defer emuSrv.Close()
 
 	cfgPath := filepath.Join(t.TempDir(), "config.yaml")
 	yaml := fmt.Sprintf(`

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,19 +19,7 @@ import (
 func TestServeStartsQueuedRequestOnRelease(t *testing.T) {
 	ns := testenv.NATS(t)
 	redisURL := testenv.Redis(t)
-	emu, err := pathlingemu.New(pathlingemu.Config{
-		AllowableExportURLs: []string{"http://source.test/fhir"}, AllowInsecureURLs: true, AllowInternalURLs: true,
-		Mode: pathlingemu.ModeScripted,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer emu.Close()
-	if err := emu.SetDefaultScript(pathlingemu.Script{Polls: 30}); err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(emu)
-	defer srv.Close()
+	emu, srv := scriptedPathling(t, pathlingemu.Script{Polls: 30})
 	cfgPath := filepath.Join(t.TempDir(), "config.yaml")
 	yaml := fmt.Sprintf(`
 nats:
