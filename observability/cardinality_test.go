@@ -33,6 +33,13 @@ func TestEveryTargetKeepsItsSeries(t *testing.T) {
 		m.RunEvent(ctx, handlers.RunEvent{Kind: handlers.EventStarted, Target: tg})
 	}
 	_, text := scrape(t, tel.MetricsHandler())
+	// A fleet this large starts only the completed-syncs series at 0.
+	if strings.Contains(text, `reason="timeout",target="t0000"`) {
+		t.Errorf("failure series started at 0 for %d targets (over %d)", n, ZeroSeriesTargets)
+	}
+	if !strings.Contains(text, `pathling_sync_syncs_total{outcome="completed",target="t2499"} 0`) {
+		t.Errorf("the last target's completed-syncs series does not start at 0")
+	}
 	if strings.Contains(text, "otel_metric_overflow") {
 		t.Fatalf("series of some targets were folded into otel_metric_overflow")
 	}
