@@ -277,8 +277,12 @@ func (dr *driver) poll(ctx context.Context) error {
 		if !dr.jobPending && r.Progress == st.Progress && r.ExpectedEnd.Equal(shown) &&
 			now.Sub(r.UpdatedAt) < recordRefresh {
 			// Nothing an adopter or the status commands read has changed
-			// but the poll counter: no write (a round trip and the record's
-			// encoding per poll of every running sync).
+			// but the poll counter: no record write (its encoding per poll
+			// of every running sync). The lease is renewed at once instead
+			// (the next wait's first step): like the write did, that tells
+			// at every poll a lock that vanished (Redis lost its data) or was
+			// taken over, before another request's import can get far.
+			dr.nextRenew = now
 			return nil
 		}
 		r.Progress = st.Progress

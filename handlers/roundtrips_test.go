@@ -237,8 +237,8 @@ func TestJobOutlivesAFailedTerminalWrite(t *testing.T) {
 }
 
 // Polls that see a running job with nothing new (no X-Progress, the same
-// expected end) write nothing: a sync whose job runs for five polls costs
-// the fast sync's round trips, and its outcome still counts every poll.
+// expected end) write no record, only renew the lease, and the outcome still
+// counts every poll.
 // Adoption needs only what the kick-off's write stored (the state and the
 // job's status URL: TestCrashedInstanceRunIsAdopted).
 func TestRunningPollsWriteNothingNew(t *testing.T) {
@@ -261,7 +261,10 @@ func TestRunningPollsWriteNothingNew(t *testing.T) {
 	if polls := e.outcomes.of(t, "slow", waitLong).completedBody(t).Polls; polls != 6 {
 		t.Errorf("outcome counts %d polls, want 6", polls)
 	}
-	if n > 4 {
-		t.Errorf("%d Redis round trips for a sync polled 5 times while running, want at most 4", n)
+	// The fast sync's 4, and one lease renewal per poll that saw the job
+	// running: a renewal, not a record write, is what tells a lock that
+	// vanished under a running job (the redis-restart-no-persistence fault).
+	if n > 4+5 {
+		t.Errorf("%d Redis round trips for a sync polled 5 times while running, want at most 9", n)
 	}
 }
