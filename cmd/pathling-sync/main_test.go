@@ -89,8 +89,7 @@ func TestServeShutdownLeavesRunForAdoption(t *testing.T) {
 	ns := testenv.NATS(t)
 	redisURL := testenv.Redis(t)
 	emu, srv := scriptedPathling(t, pathlingemu.Script{Polls: 25})
-	cfgPath := filepath.Join(t.TempDir(), "config.yaml")
-	yaml := fmt.Sprintf(`
+	cfgPath := writeConfigFile(t, `
 nats:
   url: %s
   consumer:
@@ -112,9 +111,6 @@ targets:
       initial: 20ms
       max: 100ms
 `, ns.ClientURL(), redisURL, srv.URL)
-	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	serve := func() (context.CancelFunc, chan int, *testenv.Buffer) {
 		ctx, cancel := context.WithCancel(context.Background())
 		logs := &testenv.Buffer{}
@@ -263,4 +259,15 @@ func scriptedPathling(t *testing.T, script pathlingemu.Script, edit ...func(*pat
 	srv := httptest.NewServer(emu)
 	t.Cleanup(srv.Close)
 	return emu, srv
+}
+
+// writeConfigFile writes the configuration fmt.Sprintf(format, args...) to a
+// file of the test's and returns its path.
+func writeConfigFile(t *testing.T, format string, args ...any) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(path, []byte(fmt.Sprintf(format, args...)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

@@ -12,7 +12,6 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -121,8 +120,7 @@ func TestAuthenticatedSyncLogsNoSecrets(t *testing.T) {
 		c.Auth = &pathlingemu.AuthConfig{Issuer: testIssuer, Keys: te.jwks()}
 	})
 
-	cfgPath := filepath.Join(t.TempDir(), "config.yaml")
-	yaml := fmt.Sprintf(`
+	cfgPath := writeConfigFile(t, `
 nats:
   url: %s
 redis:
@@ -147,9 +145,6 @@ targets:
       initial: 20ms
       max: 100ms
 `, ns.ClientURL(), redisURL, emuSrv.URL, tokenSrv.URL, testClientID, testClientSecret)
-	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	logs := &testenv.Buffer{}

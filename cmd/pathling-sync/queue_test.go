@@ -2,9 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -20,8 +17,7 @@ func TestServeStartsQueuedRequestOnRelease(t *testing.T) {
 	ns := testenv.NATS(t)
 	redisURL := testenv.Redis(t)
 	emu, srv := scriptedPathling(t, pathlingemu.Script{Polls: 30})
-	cfgPath := filepath.Join(t.TempDir(), "config.yaml")
-	yaml := fmt.Sprintf(`
+	cfgPath := writeConfigFile(t, `
 nats:
   url: %s
 redis:
@@ -40,9 +36,6 @@ targets:
       initial: 20ms
       max: 100ms
 `, ns.ClientURL(), redisURL, srv.URL)
-	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	logs := &testenv.Buffer{}
 	done := make(chan int, 1)

@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -35,8 +33,7 @@ func TestServeSchedulesAndChainsAcrossReplicas(t *testing.T) {
 	defer emu.Close()
 	srv := httptest.NewServer(emu)
 	defer srv.Close()
-	cfgPath := filepath.Join(t.TempDir(), "config.yaml")
-	yaml := fmt.Sprintf(`
+	cfgPath := writeConfigFile(t, `
 nats: {url: %s}
 redis: {url: %s}
 admin: {addr: "127.0.0.1:0"}
@@ -54,9 +51,6 @@ targets:
 chains:
   - {name: main-to-mirror, on: {target: main}, request: {target: mirror, since: auto, concurrency: queue}}
 `, ns.ClientURL(), redisURL, srv.URL, srv.URL)
-	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	for i := range 2 {
 		ctx, cancel := context.WithCancel(context.Background())
 		logs := &testenv.Buffer{}
