@@ -19,14 +19,7 @@ import (
 // terminal record; after the job's DELETE, the release. With since "auto"
 // too: its since is resolved in the first.
 func TestFastSyncRedisRoundTrips(t *testing.T) {
-	e := newEnv(t, envOptions{})
-	if err := e.emu.SetDefaultScript(pathlingemu.Script{Polls: 0}); err != nil {
-		t.Fatal(err)
-	}
-	// The service's own counter (pathling_sync_redis_round_trips_total).
-	rt := &redisstore.RoundTrips{}
-	e.rdb.AddHook(rt)
-	s := e.syncer(syncerOptions{lockTTL: time.Minute})
+	e, s, rt := countedSyncer(t, pathlingemu.Script{Polls: 0})
 	ctx := context.Background()
 	for i, c := range []struct {
 		id   string
@@ -61,11 +54,7 @@ func TestFastSyncRedisRoundTrips(t *testing.T) {
 // trips: the lock attempt (which also tells a finished request) and the
 // refusal's record.
 func TestConflictRedisRoundTrips(t *testing.T) {
-	e := newEnv(t, envOptions{})
-	// The service's own counter (pathling_sync_redis_round_trips_total).
-	rt := &redisstore.RoundTrips{}
-	e.rdb.AddHook(rt)
-	s := e.syncer(syncerOptions{lockTTL: time.Minute})
+	e, s, rt := countedSyncer(t, pathlingemu.Script{})
 	ctx := context.Background()
 	if _, err := e.store.Acquire(ctx, handlers.AcquireRequest{Target: "t1", RequestID: "holder", TTL: time.Minute}); err != nil {
 		t.Fatal(err)
@@ -94,13 +83,7 @@ func TestConflictRedisRoundTrips(t *testing.T) {
 // stopped here (its lock still held in the store: shutdown keeps it for the
 // adopter), the store is asked again.
 func TestConflictWithRunHeldHereRedisRoundTrips(t *testing.T) {
-	e := newEnv(t, envOptions{})
-	if err := e.emu.SetDefaultScript(pathlingemu.Script{Polls: 100000}); err != nil {
-		t.Fatal(err)
-	}
-	rt := &redisstore.RoundTrips{}
-	e.rdb.AddHook(rt)
-	s := e.syncer(syncerOptions{lockTTL: time.Minute})
+	e, s, rt := countedSyncer(t, pathlingemu.Script{Polls: 100000})
 	runCtx, stopRun := context.WithCancel(context.Background())
 	defer stopRun()
 	ran := make(chan handlers.Disposition, 1)
@@ -242,13 +225,7 @@ func TestJobOutlivesAFailedTerminalWrite(t *testing.T) {
 // Adoption needs only what the kick-off's write stored (the state and the
 // job's status URL: TestCrashedInstanceRunIsAdopted).
 func TestRunningPollsWriteNothingNew(t *testing.T) {
-	e := newEnv(t, envOptions{})
-	if err := e.emu.SetDefaultScript(pathlingemu.Script{Polls: 5, ExportPolls: 5}); err != nil {
-		t.Fatal(err)
-	}
-	rt := &redisstore.RoundTrips{}
-	e.rdb.AddHook(rt)
-	s := e.syncer(syncerOptions{lockTTL: time.Minute})
+	e, s, rt := countedSyncer(t, pathlingemu.Script{Polls: 5, ExportPolls: 5})
 	ctx := context.Background()
 	if got := s.Handle(ctx, e.delivery("t1", "warm-up", req{}, 100)); got.Action != handlers.Ack {
 		t.Fatalf("warm-up: %v", got.Action)
@@ -267,4 +244,18 @@ func TestRunningPollsWriteNothingNew(t *testing.T) {
 	if n > 4+5 {
 		t.Errorf("%d Redis round trips for a sync polled 5 times while running, want at most 9", n)
 	}
+}
+
+// countedSyncer is a syncer (lock TTL 1 min) on a new env whose Pathling
+// jobs follow script, and the service's own Redis round-trip counter
+// (pathling_sync_redis_round_trips_total) on its client.
+func countedSyncer(t *testing.T, script pathlingemu.Script) (*env, *handlers.Syncer, *redisstore.RoundTrips) {
+	t.Helper()
+	e := newEnv(t, envOptions{})
+	if err := e.emu.SetDefaultScript(script); err != nil {
+		t.Fatal(err)
+	}
+	rt := &redisstore.RoundTrips{}
+	e.rdb.AddHook(rt)
+	return e, e.syncer(syncerOptions{lockTTL: time.Minute}), rt
 }
