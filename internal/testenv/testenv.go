@@ -206,14 +206,30 @@ func StartRedis(t testing.TB) *RedisServer {
 		}
 		t.Skip("redis-server not installed")
 	}
-	r := &RedisServer{t: t, bin: bin, port: freePort(t), dir: t.TempDir()}
-	r.URL = fmt.Sprintf("redis://127.0.0.1:%d/0", r.port)
+	r := &RedisServer{t: t, bin: bin, dir: t.TempDir()}
 	t.Cleanup(r.stop)
-	r.start()
-	return r
+	// A free port is free only until someone binds it: another test process
+	// may pick the same one and start its redis-server first. Ours then
+	// fails to bind, and another test's server would answer our pings (and
+	// vanish when that test ends). So check who answers, and try another
+	// port if it is not ours.
+	for attempt := 1; ; attempt++ {
+		r.port = freePort(t)
+		r.URL = fmt.Sprintf("redis://127.0.0.1:%d/0", r.port)
+		err := r.start()
+		if err == nil {
+			return r
+		}
+		if attempt == 5 {
+			t.Fatalf("testenv: %v", err)
+		}
+		t.Logf("testenv: %v; trying another port", err)
+	}
 }
 
-func (r *RedisServer) start() {
+// start runs redis-server on r.port and waits until it answers; an error
+// says it is not this process that answers.
+func (r *RedisServer) start() error {
 	r.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, r.bin,
@@ -234,10 +250,15 @@ func (r *RedisServer) start() {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		pctx, pcancel := context.WithTimeout(context.Background(), time.Second)
-		err := c.Ping(pctx).Err()
+		info, err := c.InfoMap(pctx, "server").Result()
 		pcancel()
 		if err == nil {
-			return
+			pid := info["Server"]["process_id"]
+			if pid == strconv.Itoa(cmd.Process.Pid) {
+				return nil
+			}
+			r.stop()
+			return fmt.Errorf("port %d is another redis-server's (pid %s), not the one started (pid %d)", r.port, pid, cmd.Process.Pid)
 		}
 		if time.Now().After(deadline) {
 			r.t.Fatalf("testenv: redis-server on port %d not ready: %v", r.port, err)
@@ -284,7 +305,9 @@ func (r *RedisServer) Resume() { r.t.Helper(); r.signal(syscall.SIGCONT) }
 func (r *RedisServer) Restart() {
 	r.t.Helper()
 	r.stop()
-	r.start()
+	if err := r.start(); err != nil {
+		r.t.Fatalf("testenv: restart: %v", err)
+	}
 }
 
 func freePort(t testing.TB) int {

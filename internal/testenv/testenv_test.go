@@ -46,3 +46,17 @@ func TestServersStart(t *testing.T) {
 		t.Fatalf("maxmemory-policy = %q", got)
 	}
 }
+
+// Two test processes may pick the same free port; the second redis-server
+// then fails to bind, and the first answers its pings. start must notice
+// that the server answering is not the one it started (CI once ran a test
+// against another package's Redis, which vanished when that test ended).
+func TestRedisStartNoticesAnotherServersPort(t *testing.T) {
+	first := StartRedis(t)
+	second := &RedisServer{t: t, bin: first.bin, dir: t.TempDir(), port: first.port, URL: first.URL}
+	t.Cleanup(second.stop)
+	err := second.start()
+	if err == nil || !strings.Contains(err.Error(), "another redis-server") {
+		t.Fatalf("start on a port another redis-server holds: %v, want an error naming it", err)
+	}
+}
