@@ -46,6 +46,7 @@ type turn struct {
 	released <-chan struct{}
 	stop     func() // ends the watch
 	seat     *seat  // nil until waitTurn finds one
+	wins     uint64 // the target's queued wins here when the watch started (waitRoom.won)
 	first    bool   // the delivery's first attempt
 	again    bool   // set by waitTurn: ask for the lock again now
 }
@@ -55,11 +56,23 @@ type turn struct {
 func (t *turn) firstAttempt() bool { return t == nil || t.first }
 
 // watch starts a new watch on the lock's release, ending the previous one.
-func (t *turn) watch() {
+// The wins counted before it started tell later whether a release it sees
+// was taken by a request waiting here (waitRoom.takenSince).
+func (t *turn) watch(r *waitRoom) {
+	t.wins = r.winsOf(t.target)
 	if t.stop != nil {
 		t.stop()
 	}
 	t.released, t.stop = t.releases.WatchRelease(t.target)
+}
+
+// adopt replaces the turn's watch by the room's, started when the lock was
+// last won here (waitRoom.won), so a release since then is not missed.
+func (t *turn) adopt(released <-chan struct{}, wins uint64) {
+	if t.stop != nil {
+		t.stop()
+	}
+	t.released, t.stop, t.wins = released, func() {}, wins
 }
 
 // lockInTurn is lock, for a queued request with announcements of releases
@@ -78,9 +91,12 @@ func (s *Syncer) lockInTurn(ctx context.Context, log *slog.Logger, d Delivery, i
 		}
 	}()
 	for {
-		t.watch()
+		t.watch(s.room)
 		dr, disp, ok := s.lock(ctx, log, d, in, acq, t)
 		if !t.again {
+			if ok {
+				s.room.won(acq.Target, s.releases)
+			}
 			return dr, disp, ok
 		}
 		t.again, t.first = false, false
@@ -111,8 +127,14 @@ func (s *Syncer) waitTurn(ctx context.Context, d Delivery, in intake, t *turn) D
 	for {
 		select {
 		case <-t.released:
+			if next, wins, taken := s.room.takenSince(in.target, t.wins); taken {
+				// A request that waited here took this release's turn and
+				// left before this one woke: wait for its release.
+				t.adopt(next, wins)
+				continue
+			}
 			if !s.room.earliest(in.target, t.seat) {
-				t.watch()
+				t.watch(s.room)
 				continue
 			}
 		case <-timer.C:
@@ -173,6 +195,20 @@ type waitRoom struct {
 	mu      sync.Mutex
 	n       int
 	targets map[string][]*seat
+	// Per target, the queued requests that won its lock here, and a watch
+	// on its release started as the last one won. A request woken by a
+	// release may run after the earliest waiter took the lock and left its
+	// seat; the count tells it the release was taken (it would otherwise
+	// find itself earliest and ask in vain), and the watch, started before
+	// the winner could release, is the one it waits on next. Bounded by the
+	// targets; the count only grows.
+	wins map[string]*targetWins
+}
+
+type targetWins struct {
+	n        uint64
+	next     <-chan struct{}
+	stopNext func()
 }
 
 type seat struct {
@@ -181,7 +217,47 @@ type seat struct {
 }
 
 func newWaitRoom(max, perTarget int) *waitRoom {
-	return &waitRoom{max: max, perTarget: perTarget, targets: map[string][]*seat{}}
+	return &waitRoom{max: max, perTarget: perTarget, targets: map[string][]*seat{}, wins: map[string]*targetWins{}}
+}
+
+// won counts a queued request's win of target's lock here and starts the
+// watch on its release that the requests woken by the same release adopt.
+func (r *waitRoom) won(target string, releases Releases) {
+	next, stop := releases.WatchRelease(target)
+	r.mu.Lock()
+	w := r.wins[target]
+	if w == nil {
+		w = &targetWins{}
+		r.wins[target] = w
+	}
+	w.n++
+	prev := w.stopNext
+	w.next, w.stopNext = next, stop
+	r.mu.Unlock()
+	if prev != nil {
+		prev()
+	}
+}
+
+func (r *waitRoom) winsOf(target string) uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if w := r.wins[target]; w != nil {
+		return w.n
+	}
+	return 0
+}
+
+// takenSince reports whether a queued request won target's lock here since
+// the count was seen, with the watch started at the last win and the count.
+func (r *waitRoom) takenSince(target string, seen uint64) (next <-chan struct{}, wins uint64, taken bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	w := r.wins[target]
+	if w == nil || w.n == seen {
+		return nil, seen, false
+	}
+	return w.next, w.n, true
 }
 
 // enter returns a seat for the request with stream sequence seq, or nil.

@@ -52,3 +52,53 @@ func TestWaitRoomBoundsAndPrefersTheHead(t *testing.T) {
 		t.Fatalf("after leaving: %d seated over %d targets, want 1 over 1", r.n, len(r.targets))
 	}
 }
+
+// releasesByHand is a Releases whose announcements the test makes.
+type releasesByHand struct{ watches map[string][]chan struct{} }
+
+func (r *releasesByHand) WatchRelease(target string) (<-chan struct{}, func()) {
+	ch := make(chan struct{})
+	r.watches[target] = append(r.watches[target], ch)
+	return ch, func() {}
+}
+
+func (r *releasesByHand) release(target string) {
+	for _, ch := range r.watches[target] {
+		close(ch)
+	}
+	r.watches[target] = nil
+}
+
+// A request woken by a release after an earlier waiter took the lock and
+// left its seat learns that the release was taken, and adopts a watch
+// started at that win, which sees the winner's release.
+func TestWaitRoomTellsALateWakerTheReleaseWasTaken(t *testing.T) {
+	rel := &releasesByHand{watches: map[string][]chan struct{}{}}
+	r := newWaitRoom(8, 4)
+	late := &turn{releases: rel, target: "a"}
+	late.watch(r)
+	if _, _, taken := r.takenSince("a", late.wins); taken {
+		t.Fatal("taken before any win")
+	}
+	rel.release("a") // the first run's release wakes both waiters
+	r.won("a", rel)  // the earliest asks and wins before the late one runs
+	next, wins, taken := r.takenSince("a", late.wins)
+	if !taken || next == nil {
+		t.Fatal("the late waiter is not told the release was taken")
+	}
+	late.adopt(next, wins)
+	if _, _, taken := r.takenSince("a", late.wins); taken {
+		t.Fatal("still taken after adopting the count")
+	}
+	select {
+	case <-late.released:
+		t.Fatal("the adopted watch fired before the winner released")
+	default:
+	}
+	rel.release("a") // the winner's release
+	select {
+	case <-late.released:
+	default:
+		t.Fatal("the adopted watch missed the winner's release")
+	}
+}
