@@ -83,7 +83,13 @@ func TestConflictRedisRoundTrips(t *testing.T) {
 // stopped here (its lock still held in the store: shutdown keeps it for the
 // adopter), the store is asked again.
 func TestConflictWithRunHeldHereRedisRoundTrips(t *testing.T) {
-	e, s, rt := countedSyncer(t, pathlingemu.Script{Polls: 100000})
+	e, _, rt := countedSyncer(t, pathlingemu.Script{Polls: 100000})
+	// The holder polls once a minute: its polls' lease renewals must not
+	// fall in the window counted (every 50 ms, they made this test fail 4
+	// times in 10).
+	s := e.syncer(syncerOptions{lockTTL: time.Minute}, e.target(func(t *handlers.Target) {
+		t.Poll = handlers.Backoff{Initial: time.Minute, Factor: 1, Max: time.Minute}
+	}))
 	runCtx, stopRun := context.WithCancel(context.Background())
 	defer stopRun()
 	ran := make(chan handlers.Disposition, 1)
