@@ -6,11 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/pathling-sync/pathling-sync/internal/clock"
 	"github.com/pathling-sync/pathling-sync/messages"
 )
 
@@ -46,6 +49,13 @@ type driver struct {
 	kickSaved  bool            // the lock's round trip saved the first kick-off's record
 	jobPending bool            // the run's job (StatusURL) is not recorded yet (its write failed)
 
+	stepAt time.Time // when the next kick-off or poll is due; zero: not planned yet (nextStepAt)
+	// settle, when set, lets a run wait for its next step parked, with no
+	// goroutine (park): it settles the delivery once the drive ends.
+	// finally runs once the drive ends, before the delivery is settled.
+	settle  func(Disposition)
+	finally func(ctx context.Context)
+
 	forget   string                          // a DELETEd job the finish drops from the registry
 	end      func(ctx context.Context) error // writes the run's end again (after a retake)
 	released bool                            // the finish released the lock
@@ -67,18 +77,36 @@ type storedWatermark struct {
 // errTimeout ends a wait that reached the run's deadline.
 var errTimeout = errors.New("run deadline reached")
 
+// drive drives the run from its lock to its end: the Disposition of the
+// delivery, or Parked when the run waits for its next step parked (park) and
+// settles the delivery itself when it ends.
 func (dr *driver) drive(ctx context.Context) Disposition {
 	dr.nextRenew = dr.now().Add(dr.lockTTL / 3)
+	return dr.steps(ctx)
+}
+
+func (dr *driver) steps(ctx context.Context) Disposition {
 	for {
 		if !dr.now().Before(dr.run.Deadline) {
 			return dr.timeout(ctx)
 		}
 		var err error
 		switch dr.run.State {
-		case RunStarting, RunKicking:
-			err = dr.kickOff(ctx)
-		case RunPolling:
-			err = dr.poll(ctx)
+		case RunStarting, RunKicking, RunPolling:
+			if dr.settle != nil {
+				parked, err := dr.park(ctx)
+				if err != nil {
+					return dr.stop(ctx, err)
+				}
+				if parked {
+					return Disposition{Action: Parked}
+				}
+			}
+			if dr.run.State == RunPolling {
+				err = dr.poll(ctx)
+			} else {
+				err = dr.kickOff(ctx)
+			}
 		default:
 			return dr.finishDisposition(ctx)
 		}
@@ -89,6 +117,114 @@ func (dr *driver) drive(ctx context.Context) Disposition {
 			return dr.finishDisposition(ctx)
 		}
 	}
+}
+
+// nextStepAt is when the run's next step (kick-off or poll) is due: planned
+// once, when first asked, and kept until the step starts (waitStep), so a
+// run parked and resumed (for a lease renewal, say) keeps its plan.
+func (dr *driver) nextStepAt(ctx context.Context) time.Time {
+	if dr.stepAt.IsZero() {
+		now := dr.now()
+		if dr.run.State == RunPolling {
+			dr.stepAt = now.Add(dr.nextPollWait(ctx))
+		} else {
+			dr.stepAt = now.Add(dr.pause)
+			dr.pause = 0
+		}
+	}
+	return dr.stepAt
+}
+
+// waitStep waits (renewing the lease) until the next step is due.
+func (dr *driver) waitStep(ctx context.Context) error {
+	at := dr.nextStepAt(ctx)
+	dr.stepAt = time.Time{}
+	return dr.wait(ctx, at.Sub(dr.now()))
+}
+
+// park is the wait before the next step of a run whose delivery can be
+// settled later (settle): until the step, the lease's next renewal or the
+// deadline, whichever comes first, the run holds no goroutine, only its
+// state and a timer, which resumes it (resume). 10,000 runs waiting on
+// hour-long jobs would otherwise park 10,000 goroutines, each with the
+// stack its kick-off and polls grew (16 kB). It reports false when the
+// step is due now.
+func (dr *driver) park(ctx context.Context) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	at := dr.nextStepAt(ctx)
+	now := dr.now()
+	if err := dr.renewDue(ctx, now); err != nil {
+		return false, err
+	}
+	next := at
+	for _, t := range [...]time.Time{dr.nextRenew, dr.run.Deadline} {
+		if t.Before(next) {
+			next = t
+		}
+	}
+	if !next.After(now) {
+		return false, nil
+	}
+	w := &parkedWait{dr: dr, ctx: ctx}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.stopCtx = context.AfterFunc(ctx, w.wake)
+	w.stopTimer = clock.AfterFunc(dr.clock, next.Sub(now), w.wake)
+	return true, nil
+}
+
+// parkedWait resumes a parked run once, when its timer fires or its context
+// ends (shutdown), in the goroutine that fired.
+type parkedWait struct {
+	dr  *driver
+	ctx context.Context
+
+	mu                 sync.Mutex
+	woken              bool
+	stopCtx, stopTimer func() bool
+}
+
+func (w *parkedWait) wake() {
+	w.mu.Lock()
+	if w.woken {
+		w.mu.Unlock()
+		return
+	}
+	w.woken = true
+	stopCtx, stopTimer := w.stopCtx, w.stopTimer
+	w.mu.Unlock()
+	// The other of the two must not keep the driver (and the context's
+	// list of callbacks must not grow with every parked wait).
+	stopCtx()
+	stopTimer()
+	w.dr.resume(w.ctx)
+}
+
+// resume drives a parked run on until it is parked again or ends, then settles
+// its delivery. A panic is a bug that would repeat on every redelivery: it
+// terminates the message, as the consumer does for a handler's panic.
+func (dr *driver) resume(ctx context.Context) {
+	disp := Disposition{Action: Term}
+	defer func() {
+		if r := recover(); r != nil {
+			dr.log.ErrorContext(ctx, "run panicked; terminating message", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+		}
+		if disp.Action == Parked {
+			return
+		}
+		dr.settleParked(ctx, disp)
+	}()
+	disp = dr.steps(ctx)
+}
+
+// settleParked runs what follows a drive and settles the delivery.
+func (dr *driver) settleParked(ctx context.Context, disp Disposition) {
+	if dr.finally != nil {
+		dr.finally(ctx)
+	}
+	dr.settle(disp)
 }
 
 // maxRetakes bounds how often one drive takes a vanished lock again: a store
@@ -186,11 +322,8 @@ func (dr *driver) kickOff(ctx context.Context) error {
 	if r.FirstKickOff.IsZero() {
 		r.FirstKickOff = dr.now()
 	}
-	if dr.pause > 0 {
-		if err := dr.wait(ctx, dr.pause); err != nil {
-			return err
-		}
-		dr.pause = 0
+	if err := dr.waitStep(ctx); err != nil {
+		return err
 	}
 	dr.deleteLeftBehind(ctx)
 	if dr.kickSaved {
@@ -240,7 +373,7 @@ func (dr *driver) kickOff(ctx context.Context) error {
 
 func (dr *driver) poll(ctx context.Context) error {
 	r := dr.run
-	if err := dr.wait(ctx, dr.nextPollWait(ctx)); err != nil {
+	if err := dr.waitStep(ctx); err != nil {
 		return err
 	}
 	sctx, span := dr.tracer.Start(ctx, SpanPoll, trace.WithAttributes(
@@ -378,22 +511,8 @@ func (dr *driver) wait(ctx context.Context, d time.Duration) error {
 	}
 	for {
 		now := dr.now()
-		if !dr.nextRenew.After(now) {
-			if err := dr.locker.Renew(ctx, dr.lease, dr.lockTTL); err != nil {
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				if errors.Is(err, ErrLockLost) || errors.Is(err, ErrLockVanished) {
-					return err
-				}
-				// Redis blip: try again soon; the TTL leaves two more chances.
-				dr.log.WarnContext(ctx, "lock renewal failed", "error", err)
-				dr.nextRenew = now.Add(dr.lockTTL / 10)
-			} else {
-				dr.nextRenew = now.Add(dr.lockTTL / 3)
-				dr.lease.Expires = now.Add(dr.lockTTL) // now was taken before the call
-				dr.held.set(dr.t.Name, dr.run.RequestID, dr.lease)
-			}
+		if err := dr.renewDue(ctx, now); err != nil {
+			return err
 		}
 		if !now.Before(until) {
 			if timedOut {
@@ -412,6 +531,30 @@ func (dr *driver) wait(ctx context.Context, d time.Duration) error {
 		case <-dr.clock.After(next.Sub(now)):
 		}
 	}
+}
+
+// renewDue renews the lease when its renewal is due at now. A failure
+// other than a lost or vanished lock (a Redis blip) is retried soon: the
+// TTL leaves two more chances.
+func (dr *driver) renewDue(ctx context.Context, now time.Time) error {
+	if dr.nextRenew.After(now) {
+		return nil
+	}
+	if err := dr.locker.Renew(ctx, dr.lease, dr.lockTTL); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if errors.Is(err, ErrLockLost) || errors.Is(err, ErrLockVanished) {
+			return err
+		}
+		dr.log.WarnContext(ctx, "lock renewal failed", "error", err)
+		dr.nextRenew = now.Add(dr.lockTTL / 10)
+		return nil
+	}
+	dr.nextRenew = now.Add(dr.lockTTL / 3)
+	dr.lease.Expires = now.Add(dr.lockTTL) // now was taken before the call
+	dr.held.set(dr.t.Name, dr.run.RequestID, dr.lease)
+	return nil
 }
 
 // deleteJob DELETEs the current job unless the target keeps jobs; the run's

@@ -246,6 +246,8 @@ type instance struct {
 	cancel context.CancelFunc
 	done   chan error
 	cons   *natsbus.Consumer
+
+	stopOnce sync.Once
 }
 
 func (e *env) start(js jetstream.JetStream, s *handlers.Syncer, ackWait time.Duration) *instance {
@@ -268,12 +270,16 @@ func (e *env) start(js jetstream.JetStream, s *handlers.Syncer, ackWait time.Dur
 	return in
 }
 
+// stop cancels the replica and waits for its consumer to return; again, it
+// returns at once.
 func (in *instance) stop() {
-	in.cancel()
-	select {
-	case <-in.done:
-	case <-time.After(15 * time.Second):
-	}
+	in.stopOnce.Do(func() {
+		in.cancel()
+		select {
+		case <-in.done:
+		case <-time.After(15 * time.Second):
+		}
+	})
 }
 
 // request publishes a SyncRequested with a CloudEvents envelope.

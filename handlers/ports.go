@@ -425,16 +425,24 @@ type Delivery struct {
 	StreamSeq    uint64
 	NumDelivered uint64
 	Published    time.Time
+	// Settle, when the adapter sets it, lets the handler return Parked and
+	// settle the delivery later, exactly once, from any goroutine: the
+	// adapter keeps the message alive (and its worker slot taken) until
+	// then. A run waiting between polls then holds no goroutine and no
+	// stack, only its state and a timer. Without it, the handler returns
+	// only when the delivery is done.
+	Settle func(Disposition)
 }
 
 // Action is what the consumer adapter does with a delivery once handled.
 type Action int
 
 const (
-	Ack   Action = iota // outcome published (or nothing left to do)
-	Term                // bad input: never redeliver
-	Nak                 // redeliver after Disposition.Delay (0 when shutting down: another replica adopts at once)
-	Leave               // do nothing: the lock was lost; the run's new driver (a redelivery) settles the message
+	Ack    Action = iota // outcome published (or nothing left to do)
+	Term                 // bad input: never redeliver
+	Nak                  // redeliver after Disposition.Delay (0 when shutting down: another replica adopts at once)
+	Leave                // do nothing: the lock was lost; the run's new driver (a redelivery) settles the message
+	Parked               // the handler settles the delivery later through Delivery.Settle
 )
 
 func (a Action) String() string {
@@ -447,6 +455,8 @@ func (a Action) String() string {
 		return "nak"
 	case Leave:
 		return "leave"
+	case Parked:
+		return "parked"
 	}
 	return fmt.Sprintf("action(%d)", int(a))
 }
@@ -457,6 +467,7 @@ type Disposition struct {
 	Delay  time.Duration // for Nak
 }
 
-// HandlerFunc handles one delivery. It runs as long as the sync does (hours);
+// HandlerFunc handles one delivery. It runs as long as the sync does (hours),
+// or returns Parked and settles through Delivery.Settle when the sync ends;
 // the adapter keeps the message alive meanwhile.
 type HandlerFunc func(ctx context.Context, d Delivery) Disposition

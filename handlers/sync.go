@@ -30,13 +30,27 @@ func (s *Syncer) Handle(ctx context.Context, d Delivery) Disposition {
 	ctx = s.prop.Extract(ctx, h)
 	in := s.intake(d, h)
 	ctx, span := s.startConsume(ctx, d, h, in)
-	disp := s.handle(ctx, d, in)
-	span.SetAttributes(AttrDisposition.String(disp.Action.String()))
-	span.End()
+	end := func(disp Disposition) {
+		span.SetAttributes(AttrDisposition.String(disp.Action.String()))
+		span.End()
+	}
+	var settle func(Disposition)
+	if d.Settle != nil {
+		// A run parked between its steps settles when it ends: the delivery's
+		// span ends then, as when the handler returns.
+		settle = func(disp Disposition) {
+			end(disp)
+			d.Settle(disp)
+		}
+	}
+	disp := s.handle(ctx, d, in, settle)
+	if disp.Action != Parked {
+		end(disp)
+	}
 	return disp
 }
 
-func (s *Syncer) handle(ctx context.Context, d Delivery, in intake) Disposition {
+func (s *Syncer) handle(ctx context.Context, d Delivery, in intake, settle func(Disposition)) Disposition {
 	log := s.logger.With("target", in.target, "request_id", in.requestID, "delivery", d.NumDelivered)
 	if d.NumDelivered > 1 {
 		s.observe(ctx, RunEvent{Kind: EventRedelivered, Target: in.knownTarget(), RequestID: in.requestID})
@@ -80,9 +94,16 @@ func (s *Syncer) handle(ctx context.Context, d Delivery, in intake) Disposition 
 	// One derived logger (each With formats its attributes again).
 	dr.log = log.With("token", lease.Token, "run_id", run.RunID)
 	s.observe(ctx, RunEvent{Kind: EventStarted, Target: t.Name, RequestID: in.requestID, RunID: run.RunID})
-	defer s.observe(ctx, RunEvent{Kind: EventStopped, Target: t.Name, RequestID: in.requestID, RunID: run.RunID})
-	defer func() { s.held.drop(t.Name, dr.lease.Token) }() // the lease the drive ended with
-	return dr.drive(ctx)
+	dr.settle = settle
+	dr.finally = func(ctx context.Context) {
+		s.held.drop(t.Name, dr.lease.Token) // the lease the drive ended with
+		s.observe(ctx, RunEvent{Kind: EventStopped, Target: t.Name, RequestID: run.RequestID, RunID: run.RunID})
+	}
+	disp = dr.drive(ctx)
+	if disp.Action != Parked {
+		dr.finally(ctx)
+	}
+	return disp
 }
 
 // lock takes the target's lock for the request, with what its run starts

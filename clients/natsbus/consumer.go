@@ -346,21 +346,14 @@ func (c *Consumer) start(ctx context.Context, msg jetstream.Msg, wg *sync.WaitGr
 	}
 	c.inFlight.Add(1)
 	wg.Add(1)
-	go func() {
-		defer func() {
-			c.inFlight.Add(-1)
-			wg.Done()
-			select {
-			case c.freed <- struct{}{}:
-			default:
-			}
-		}()
-		c.work(ctx, msg, md)
-	}()
+	go c.work(ctx, msg, md, wg)
 }
 
 // work handles one message: heartbeat while the handler runs, then settle.
-func (c *Consumer) work(ctx context.Context, msg jetstream.Msg, md *jetstream.MsgMetadata) {
+// A handler that returns Parked settles later through the delivery's Settle;
+// the message keeps its heartbeats and its worker slot until then, while
+// no goroutine waits for it here.
+func (c *Consumer) work(ctx context.Context, msg jetstream.Msg, md *jetstream.MsgMetadata, wg *sync.WaitGroup) {
 	d := handlers.Delivery{
 		Subject:      msg.Subject(),
 		Header:       msg.Headers(),
@@ -371,9 +364,33 @@ func (c *Consumer) work(ctx context.Context, msg jetstream.Msg, md *jetstream.Ms
 		Published:    md.Timestamp,
 	}
 	hb := c.beats.start(msg)
+	var once atomic.Bool
+	done := func(disp handlers.Disposition, termReason string) {
+		if !once.CompareAndSwap(false, true) {
+			c.log.Error("delivery settled twice; ignoring the second", "action", disp.Action.String(),
+				"subject", d.Subject, "stream_seq", d.StreamSeq)
+			return
+		}
+		c.beats.stop(hb)
+		c.settle(ctx, msg, d, disp, termReason)
+		c.inFlight.Add(-1)
+		wg.Done()
+		select {
+		case c.freed <- struct{}{}:
+		default:
+		}
+	}
+	d.Settle = func(disp handlers.Disposition) {
+		if disp.Action == handlers.Parked {
+			disp = handlers.Disposition{Action: handlers.Leave}
+		}
+		done(disp, termReasonHandler)
+	}
 	disp, termReason := c.call(ctx, d)
-	c.beats.stop(hb)
-	c.settle(ctx, msg, d, disp, termReason)
+	if disp.Action == handlers.Parked {
+		return // settled (or to be) through d.Settle
+	}
+	done(disp, termReason)
 }
 
 // call runs the handler. A panic is a bug that would repeat on every redelivery and every

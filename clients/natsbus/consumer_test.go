@@ -420,3 +420,58 @@ func TestHeartbeatsShared(t *testing.T) {
 		t.Errorf("a beat %d times after its stop", a.n.Load()-n)
 	}
 }
+
+// A handler that parks its delivery returns at once; the message keeps its
+// heartbeats and its worker slot until the handler settles it, from another
+// goroutine, past several ack waits; a second Settle is ignored; a
+// shutdown waits for parked deliveries as for running handlers.
+func TestConsumerParkedDeliverySettlesLater(t *testing.T) {
+	b := newBus(t)
+	const ackWait = 1500 * time.Millisecond
+	type parked struct {
+		ctx    context.Context
+		settle func(handlers.Disposition)
+	}
+	settles := make(chan parked, 2)
+	var returned atomic.Int64
+	rec := &recorder{decide: func(ctx context.Context, d handlers.Delivery) handlers.Disposition {
+		if d.Settle == nil {
+			t.Error("the consumer gave no Settle")
+			return handlers.Disposition{Action: handlers.Ack}
+		}
+		settles <- parked{ctx, d.Settle}
+		returned.Add(1)
+		return handlers.Disposition{Action: handlers.Parked}
+	}}
+	c := b.start(t, ConsumerConfig{AckWait: ackWait, MaxWorkers: 1, FetchWait: 100 * time.Millisecond}, rec.handle)
+	seq := b.request(t, "t1", "parked")
+	b.request(t, "t1", "next")
+	settle := (<-settles).settle
+	testenv.Eventually(t, 5*time.Second, func() bool { return returned.Load() == 1 }, "handler returned")
+	// Parked past the ack wait twice over: heartbeats keep it, the slot stays taken.
+	consistently(t, 2*ackWait+300*time.Millisecond, func() bool {
+		info := b.consumerInfo(t, DefaultDurable)
+		return c.InFlight() == 1 && info.NumRedelivered == 0 && info.NumAckPending == 1 && rec.count() == 1
+	}, "a parked delivery lost its slot or was redelivered")
+
+	settle(handlers.Disposition{Action: handlers.Ack})
+	settle(handlers.Disposition{Action: handlers.Nak}) // ignored
+	testenv.Eventually(t, 5*time.Second, func() bool { return b.consumerInfo(t, DefaultDurable).AckFloor.Stream >= seq },
+		"parked message acked after Settle")
+	next := <-settles // the freed slot takes the next message
+	if rec.count() != 2 {
+		t.Fatalf("%d deliveries, want 2", rec.count())
+	}
+	go func() {
+		// Settled only once the shutdown began: stop waits for it.
+		<-next.ctx.Done()
+		next.settle(handlers.Disposition{Action: handlers.Nak})
+	}()
+	c.stop(t)
+	if c.InFlight() != 0 {
+		t.Fatalf("after shutdown: %d in flight", c.InFlight())
+	}
+	if info := b.consumerInfo(t, DefaultDurable); info.NumRedelivered != 0 {
+		t.Fatalf("consumer info = %+v", info)
+	}
+}

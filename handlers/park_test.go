@@ -1,0 +1,71 @@
+package handlers_test
+
+import (
+	"fmt"
+	"runtime/pprof"
+	"strings"
+	"testing"
+	"time"
+
+	pathlingemu "github.com/pathling-sync/pathling-sync/emulators/pathling"
+	"github.com/pathling-sync/pathling-sync/handlers"
+	"github.com/pathling-sync/pathling-sync/internal/testenv"
+)
+
+// driverGoroutines counts the goroutines whose stack is in a run's driver.
+func driverGoroutines(t *testing.T) int {
+	t.Helper()
+	var b strings.Builder
+	if err := pprof.Lookup("goroutine").WriteTo(&b, 2); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, g := range strings.Split(b.String(), "\n\n") {
+		if strings.Contains(g, "handlers.(*driver)") {
+			n++
+		}
+	}
+	return n
+}
+
+// Runs waiting for their next poll hold no goroutine (a timer resumes
+// each): 20 runs of long jobs, parked between polls, leave no goroutine in
+// a driver, keep their deliveries (in flight, no outcome), and stop at
+// shutdown, their messages left for the next replica.
+func TestWaitingRunsHoldNoGoroutine(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	if err := e.emu.SetDefaultScript(pathlingemu.Script{Polls: 100000}); err != nil {
+		t.Fatal(err)
+	}
+	const runs = 20
+	var targets []handlers.Target
+	for i := range runs {
+		targets = append(targets, e.target(func(t *handlers.Target) {
+			t.Name = fmt.Sprintf("t%d", i)
+			t.Poll = handlers.Backoff{Initial: time.Minute, Factor: 1, Max: time.Minute}
+		}))
+	}
+	ev := newEventCounts()
+	in := e.start(e.js, e.syncer(syncerOptions{lockTTL: time.Minute, observer: ev}, targets...), 0)
+	for i := range runs {
+		e.request(fmt.Sprintf("t%d", i), fmt.Sprintf("r%d", i), req{"types": []string{fmt.Sprintf("Type%c", 'A'+i)}})
+	}
+	testenv.Eventually(t, waitLong, func() bool { return e.emu.Counters().Accepted == runs }, "%d kick-offs", runs)
+	testenv.Eventually(t, waitLong, func() bool { return driverGoroutines(t) == 0 },
+		"no goroutine in a driver while %d runs wait (%d are)", runs, driverGoroutines(t))
+	if n := in.cons.InFlight(); n != runs {
+		t.Fatalf("%d deliveries in flight, want %d (parked runs keep theirs)", n, runs)
+	}
+	if n := len(e.outcomes.snapshot()); n != 0 {
+		t.Fatalf("%d outcomes while the jobs run", n)
+	}
+	in.stop()
+	if n := in.cons.InFlight(); n != 0 {
+		t.Fatalf("%d deliveries in flight after shutdown, want 0 (each parked run stopped)", n)
+	}
+	for i := range runs {
+		if n := ev.count(handlers.EventStopped, fmt.Sprintf("r%d", i)); n != 1 {
+			t.Fatalf("r%d stopped %d times, want 1", i, n)
+		}
+	}
+}
