@@ -35,12 +35,13 @@ func (s *Syncer) Handle(ctx context.Context, d Delivery) Disposition {
 		span.End()
 	}
 	var settle func(Disposition)
-	if d.Settle != nil {
+	if deliver := d.Settle; deliver != nil {
 		// A run parked between its steps settles when it ends: the delivery's
-		// span ends then, as when the handler returns.
+		// span ends then, as when the handler returns. (Not d itself: a
+		// parked run keeps no body or headers.)
 		settle = func(disp Disposition) {
 			end(disp)
-			d.Settle(disp)
+			deliver(disp)
 		}
 	}
 	disp := s.handle(ctx, d, in, settle)
