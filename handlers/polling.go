@@ -99,7 +99,13 @@ func (ps *plans) planner(ctx context.Context, t *Target, shape string, now time.
 	}
 	p := pollplan.New(cfg, hist)
 	ps.mu.Lock()
-	ps.entries[k] = planEntry{cfg: cfg, history: hist, built: now, p: p}
+	if p.Learned() {
+		ps.entries[k] = planEntry{cfg: cfg, history: hist, built: now, p: p}
+	} else {
+		// Too little history to learn from: cheap to make again, and not
+		// worth keeping for each of 10,000 targets.
+		delete(ps.entries, k)
+	}
 	ps.mu.Unlock()
 	return p, nil
 }
