@@ -6,14 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"runtime/debug"
-	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/pathling-sync/pathling-sync/internal/clock"
 	"github.com/pathling-sync/pathling-sync/messages"
 )
 
@@ -140,91 +137,6 @@ func (dr *driver) waitStep(ctx context.Context) error {
 	at := dr.nextStepAt(ctx)
 	dr.stepAt = time.Time{}
 	return dr.wait(ctx, at.Sub(dr.now()))
-}
-
-// park is the wait before the next step of a run whose delivery can be
-// settled later (settle): until the step, the lease's next renewal or the
-// deadline, whichever comes first, the run holds no goroutine, only its
-// state and a timer, which resumes it (resume). 10,000 runs waiting on
-// hour-long jobs would otherwise park 10,000 goroutines, each with the
-// stack its kick-off and polls grew (16 kB). It reports false when the
-// step is due now.
-func (dr *driver) park(ctx context.Context) (bool, error) {
-	if err := ctx.Err(); err != nil {
-		return false, err
-	}
-	at := dr.nextStepAt(ctx)
-	now := dr.now()
-	if err := dr.renewDue(ctx, now); err != nil {
-		return false, err
-	}
-	next := at
-	for _, t := range [...]time.Time{dr.nextRenew, dr.run.Deadline} {
-		if t.Before(next) {
-			next = t
-		}
-	}
-	if !next.After(now) {
-		return false, nil
-	}
-	w := &parkedWait{dr: dr, ctx: ctx}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.stopCtx = context.AfterFunc(ctx, w.wake)
-	w.stopTimer = clock.AfterFunc(dr.clock, next.Sub(now), w.wake)
-	return true, nil
-}
-
-// parkedWait resumes a parked run once, when its timer fires or its context
-// ends (shutdown), in the goroutine that fired.
-type parkedWait struct {
-	dr  *driver
-	ctx context.Context
-
-	mu                 sync.Mutex
-	woken              bool
-	stopCtx, stopTimer func() bool
-}
-
-func (w *parkedWait) wake() {
-	w.mu.Lock()
-	if w.woken {
-		w.mu.Unlock()
-		return
-	}
-	w.woken = true
-	stopCtx, stopTimer := w.stopCtx, w.stopTimer
-	w.mu.Unlock()
-	// The other of the two must not keep the driver (and the context's
-	// list of callbacks must not grow with every parked wait).
-	stopCtx()
-	stopTimer()
-	w.dr.resume(w.ctx)
-}
-
-// resume drives a parked run on until it is parked again or ends, then settles
-// its delivery. A panic is a bug that would repeat on every redelivery: it
-// terminates the message, as the consumer does for a handler's panic.
-func (dr *driver) resume(ctx context.Context) {
-	disp := Disposition{Action: Term}
-	defer func() {
-		if r := recover(); r != nil {
-			dr.log.ErrorContext(ctx, "run panicked; terminating message", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-		}
-		if disp.Action == Parked {
-			return
-		}
-		dr.settleParked(ctx, disp)
-	}()
-	disp = dr.steps(ctx)
-}
-
-// settleParked runs what follows a drive and settles the delivery.
-func (dr *driver) settleParked(ctx context.Context, disp Disposition) {
-	if dr.finally != nil {
-		dr.finally(ctx)
-	}
-	dr.settle(disp)
 }
 
 // maxRetakes bounds how often one drive takes a vanished lock again: a store

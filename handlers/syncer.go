@@ -176,8 +176,9 @@ type deps struct {
 	logger     *slog.Logger
 	obs        Observer
 	tracer     trace.Tracer
-	plans      *plans     // nil: no history; every job polls at the seed cadence
-	held       *heldLocks // the locks this replica's drivers hold (held.go)
+	plans      *plans      // nil: no history; every job polls at the seed cadence
+	held       *heldLocks  // the locks this replica's drivers hold (held.go)
+	parked     *parkedRuns // the runs parked between steps (park.go)
 }
 
 // New checks the configuration and the ports and returns a Syncer.
@@ -202,6 +203,7 @@ func New(cfg Config, p Ports) (*Syncer, error) {
 			tracer:     tp.Tracer(TracerName),
 			plans:      newPlans(cfg.Durations),
 			held:       newHeldLocks(),
+			parked:     newParkedRuns(),
 		},
 		targets:       make(map[string]*Target, len(cfg.Targets)),
 		subjects:      cfg.Subjects,
