@@ -239,11 +239,23 @@ func runInflight(ctx context.Context, e *Env) ([]*Report, error) {
 	fill := time.Since(start)
 	w0 := wpi.Load()
 	t.begin(ctx, o.Window/2)
+	var profWG sync.WaitGroup
+	if secs := min(e.Opts.ProfileSeconds, int(o.Window/time.Second)-1); e.Opts.PProf && secs > 0 {
+		// The window's CPU, while the runs wait and poll.
+		path := e.Opts.WorkDir + "/inflight.cpu.pprof"
+		r.Params["cpu.pprof"] = path
+		profWG.Go(func() {
+			if err := t.svc.Profile(ctx, secs, path); err != nil {
+				r.Params["cpu.pprofError"] = err.Error()
+			}
+		})
+	}
 	select {
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	case <-time.After(o.Window): // the measurement window
 	}
+	profWG.Wait()
 	c := t.end(ctx)
 	secs := c.wall.Seconds()
 	if e.Opts.PProf {

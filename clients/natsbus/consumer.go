@@ -21,6 +21,11 @@ const (
 	// workers does not allocate thousand-slot buffers on every fetch. A burst is taken in
 	// several back-to-back fetches, each returning as soon as it is full.
 	maxFetchBatch = 256
+	// minFetchBatch and fetchLinger: with fewer slots free than this (and
+	// than a quarter of MaxActive), the fetch loop waits up to fetchLinger
+	// for more to free up, rather than pulling one message per request.
+	minFetchBatch = 16
+	fetchLinger   = 2 * time.Millisecond
 	// settleTimeout bounds a DoubleAck round trip.
 	settleTimeout = 5 * time.Second
 	// termReasonHandler and termReasonPanic are the reasons JetStream's MSG_TERMINATED advisory
@@ -50,8 +55,13 @@ type ConsumerConfig struct {
 	// unlimited; each replica is bounded by MaxWorkers anyway). The server's own default of
 	// 1000 would silently cap the number of syncs running at once.
 	MaxAckPending int
-	// MaxWorkers is how many handlers this replica runs at once (default 256).
+	// MaxWorkers is how many messages this replica handles at once (default 256), parked
+	// ones included.
 	MaxWorkers int
+	// MaxActive is how many of them may be running at once rather than parked (handlers.Parked)
+	// (default and at most MaxWorkers). A burst of requests then starts at most MaxActive
+	// handlers together: each takes a goroutine and a stack until it parks.
+	MaxActive int
 	// FetchWait is how long one pull request waits for messages (default 5 s). A worker freed
 	// during a pull request is used by the next one, so this is also the longest delay before a
 	// freed worker takes a waiting message.
@@ -85,6 +95,9 @@ func (c *ConsumerConfig) setDefaults() {
 	if c.MaxWorkers == 0 {
 		c.MaxWorkers = DefaultMaxWorkers
 	}
+	if c.MaxActive == 0 || c.MaxActive > c.MaxWorkers {
+		c.MaxActive = c.MaxWorkers
+	}
 	if c.FetchWait == 0 {
 		c.FetchWait = DefaultFetchWait
 	}
@@ -107,6 +120,8 @@ func (c *ConsumerConfig) validate() error {
 		return fmt.Errorf("%w: max ack pending %d", ErrInvalidConfig, c.MaxAckPending)
 	case c.MaxWorkers < 1:
 		return fmt.Errorf("%w: max workers %d", ErrInvalidConfig, c.MaxWorkers)
+	case c.MaxActive < 1:
+		return fmt.Errorf("%w: max active %d", ErrInvalidConfig, c.MaxActive)
 	case c.MaxAckPending > 0 && c.MaxAckPending < c.MaxWorkers:
 		return fmt.Errorf("%w: max ack pending %d is below max workers %d", ErrInvalidConfig, c.MaxAckPending, c.MaxWorkers)
 	case c.FetchWait < 10*time.Millisecond:
@@ -129,6 +144,8 @@ type Consumer struct {
 	running  atomic.Bool
 	bound    atomic.Bool
 	inFlight atomic.Int64
+	// active counts the handlers running now: in flight, not parked.
+	active atomic.Int64
 	// freed gets a token (never blocking) each time a handler finishes, so that a fetch loop
 	// with all workers busy sleeps until one is free instead of spinning.
 	freed chan struct{}
@@ -283,13 +300,19 @@ func mutableEqual(a, b jetstream.ConsumerConfig) bool {
 func (c *Consumer) fetchLoop(ctx context.Context, cons jetstream.Consumer, wg *sync.WaitGroup) {
 	retryWait := minRetryWait
 	for ctx.Err() == nil {
-		free := c.cfg.MaxWorkers - c.InFlight()
+		free := c.free()
 		if free <= 0 {
 			select {
 			case <-c.freed:
 			case <-ctx.Done():
 			}
 			continue
+		}
+		if free < minFetchBatch && free < c.cfg.MaxActive/4 {
+			// Slots free up one by one under load: linger briefly for a few
+			// more, so that each pull request is not for one message.
+			c.linger(ctx, minFetchBatch)
+			free = c.free()
 		}
 		err := c.fetch(ctx, cons, min(free, maxFetchBatch), wg)
 		if err == nil {
@@ -312,6 +335,26 @@ func (c *Consumer) fetchLoop(ctx context.Context, cons jetstream.Consumer, wg *s
 		} else {
 			cons = rebound
 			c.bound.Store(true)
+		}
+	}
+}
+
+// free is how many more messages this replica may take now.
+func (c *Consumer) free() int {
+	return min(c.cfg.MaxWorkers-c.InFlight(), c.cfg.MaxActive-int(c.active.Load()))
+}
+
+// linger waits until want slots are free, at most fetchLinger.
+func (c *Consumer) linger(ctx context.Context, want int) {
+	t := time.NewTimer(fetchLinger)
+	defer t.Stop()
+	for c.free() < want {
+		select {
+		case <-c.freed:
+		case <-t.C:
+			return
+		case <-ctx.Done():
+			return
 		}
 	}
 }
@@ -346,6 +389,7 @@ func (c *Consumer) start(ctx context.Context, msg jetstream.Msg, wg *sync.WaitGr
 		return
 	}
 	c.inFlight.Add(1)
+	c.active.Add(1)
 	wg.Add(1)
 	go c.work(ctx, msg, md, wg)
 }
@@ -378,10 +422,7 @@ func (c *Consumer) work(ctx context.Context, msg jetstream.Msg, md *jetstream.Ms
 		c.settle(ctx, m, disp, termReason)
 		c.inFlight.Add(-1)
 		wg.Done()
-		select {
-		case c.freed <- struct{}{}:
-		default:
-		}
+		c.signalFreed()
 	}
 	d.Settle = func(disp handlers.Disposition) {
 		if disp.Action == handlers.Parked {
@@ -390,10 +431,20 @@ func (c *Consumer) work(ctx context.Context, msg jetstream.Msg, md *jetstream.Ms
 		done(disp, termReasonHandler)
 	}
 	disp, termReason := c.call(ctx, d)
+	c.active.Add(-1)
 	if disp.Action == handlers.Parked {
-		return // settled (or to be) through d.Settle
+		c.signalFreed() // an active slot, not the worker
+		return          // settled (or to be) through d.Settle
 	}
 	done(disp, termReason)
+}
+
+// signalFreed wakes a fetch loop waiting for a free slot (never blocking).
+func (c *Consumer) signalFreed() {
+	select {
+	case c.freed <- struct{}{}:
+	default:
+	}
 }
 
 // acks settle a message and keep it alive: a jetstream.Msg is one.

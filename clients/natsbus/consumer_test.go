@@ -342,6 +342,7 @@ func TestNewConsumerRejectsBadConfig(t *testing.T) {
 	for name, cfg := range map[string]ConsumerConfig{
 		"tiny ack wait":                {AckWait: 100 * time.Millisecond},
 		"negative workers":             {MaxWorkers: -1},
+		"negative active":              {MaxActive: -1},
 		"ack pending below workers":    {MaxWorkers: 10, MaxAckPending: 5},
 		"tiny fetch wait":              {FetchWait: time.Millisecond},
 		"max deliver below unlimited":  {MaxDeliver: -2},
@@ -474,4 +475,42 @@ func TestConsumerParkedDeliverySettlesLater(t *testing.T) {
 	if info := b.consumerInfo(t, DefaultDurable); info.NumRedelivered != 0 {
 		t.Fatalf("consumer info = %+v", info)
 	}
+}
+
+// MaxActive bounds the handlers running at once, parked ones aside: with
+// two running, a third message waits on the server although a worker is
+// free; once one parks, it is fetched.
+func TestConsumerMaxActiveCountsRunningHandlersOnly(t *testing.T) {
+	b := newBus(t)
+	park := make(chan struct{})
+	var running atomic.Int64
+	settles := make(chan func(handlers.Disposition), 3)
+	rec := &recorder{decide: func(ctx context.Context, d handlers.Delivery) handlers.Disposition {
+		running.Add(1)
+		defer running.Add(-1)
+		select {
+		case <-park:
+			settles <- d.Settle
+			return handlers.Disposition{Action: handlers.Parked}
+		case <-ctx.Done():
+			return handlers.Disposition{Action: handlers.Leave}
+		}
+	}}
+	c := b.start(t, ConsumerConfig{AckWait: 2 * time.Second, MaxWorkers: 4, MaxActive: 2, FetchWait: 100 * time.Millisecond}, rec.handle)
+	for i := range 3 {
+		b.request(t, "t1", "r"+string(rune('a'+i)))
+	}
+	testenv.Eventually(t, 5*time.Second, func() bool { return running.Load() == 2 }, "two handlers running")
+	consistently(t, 500*time.Millisecond, func() bool { return rec.count() == 2 && c.InFlight() == 2 }, "a third handler started beyond MaxActive")
+
+	park <- struct{}{} // one parks: its slot is free for the third
+	testenv.Eventually(t, 5*time.Second, func() bool { return rec.count() == 3 }, "third message fetched after a handler parked")
+	if n := c.InFlight(); n != 3 {
+		t.Fatalf("%d in flight, want 3 (the parked one still counts)", n)
+	}
+	close(park)
+	for range 3 {
+		(<-settles)(handlers.Disposition{Action: handlers.Ack})
+	}
+	testenv.Eventually(t, 5*time.Second, func() bool { return c.InFlight() == 0 }, "all settled")
 }

@@ -173,9 +173,9 @@ func NewService(ctx context.Context, cfg *config.Config, log *slog.Logger, opts 
 		Driver:     cfg.Service.InstanceID,
 		Logger:     log,
 
-		// Queued requests waiting here for a release hold worker slots:
-		// at most half of them.
-		QueueWaiters: max(1, cfg.NATS.Consumer.MaxWorkers/2),
+		// Queued requests waiting here for a release hold active slots
+		// (they are not parked): at most half of them.
+		QueueWaiters: max(1, maxActive(cfg.NATS.Consumer.MaxWorkers)/2),
 
 		Observer:       s.metrics,
 		TracerProvider: s.tel.TracerProvider(),
@@ -197,6 +197,7 @@ func NewService(ctx context.Context, cfg *config.Config, log *slog.Logger, opts 
 		MaxDeliver:    cfg.NATS.Consumer.MaxDeliver,
 		MaxAckPending: cfg.NATS.Consumer.MaxAckPending,
 		MaxWorkers:    cfg.NATS.Consumer.MaxWorkers,
+		MaxActive:     maxActive(cfg.NATS.Consumer.MaxWorkers),
 		ShutdownGrace: cfg.Service.ShutdownGrace,
 		Logger:        log,
 	}, s.syncer.Handle)
@@ -490,3 +491,12 @@ func cgroupMemoryLimit(read func(string) ([]byte, error)) int64 {
 	}
 	return 0
 }
+
+// activeHandlers bounds the handlers running at once (not parked between a
+// run's steps) when maxWorkers is larger: a burst of 10,000 requests then
+// starts 512 runs at a time, each with a goroutine and the stack its
+// kick-off grows, rather than all of them (160 MB of stacks at once), and
+// 2 cores do not go faster with more.
+const activeHandlers = 512
+
+func maxActive(maxWorkers int) int { return min(maxWorkers, activeHandlers) }
