@@ -20,11 +20,17 @@ import (
 // carry trace ids and published events a traceparent.
 type idTracerProvider struct {
 	embedded.TracerProvider
-	sampler sdktrace.Sampler
+	// tracer is the one tracer of every name: made once, not at every
+	// Tracer call (one per target's transport).
+	tracer *idTracer
+}
+
+func newIDTracerProvider(sampler sdktrace.Sampler) idTracerProvider {
+	return idTracerProvider{tracer: &idTracer{sampler: sampler}}
 }
 
 func (p idTracerProvider) Tracer(string, ...trace.TracerOption) trace.Tracer {
-	return idTracer{sampler: p.sampler}
+	return p.tracer
 }
 
 type idTracer struct {
@@ -32,7 +38,7 @@ type idTracer struct {
 	sampler sdktrace.Sampler
 }
 
-func (t idTracer) Start(ctx context.Context, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
+func (t *idTracer) Start(ctx context.Context, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
 	cfg := trace.NewSpanStartConfig(opts...)
 	parent := trace.SpanContextFromContext(ctx)
 	if cfg.NewRoot() {

@@ -40,7 +40,8 @@ var ErrInvalidOption = errors.New("pathling: invalid option")
 // It is safe for concurrent use. It never retries on its own (except once
 // after a 401, with a fresh token): callers decide with Error.Retryable.
 type Client struct {
-	base       *url.URL
+	// kickOffURL is the base URL (as parsed in New) + "/$import-pnp": the
+	// client keeps no parsed URL of its own (10,000 targets: 1.4 MB).
 	kickOffURL string
 	httpClient *http.Client
 	tokens     auth.TokenSource
@@ -128,8 +129,7 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 		return nil, errors.New("pathling: base URL must not contain userinfo, a query or a fragment")
 	}
 	c := &Client{
-		base:       u,
-		kickOffURL: u.String() + "/$import-pnp",
+		kickOffURL: u.String() + kickOffPath,
 		timeout:    defaultRequestTimeout,
 		userAgent:  defaultUserAgent,
 		clock:      clock.System{},
@@ -149,7 +149,10 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 }
 
 // BaseURL returns the Pathling FHIR base URL the client talks to.
-func (c *Client) BaseURL() string { return c.base.String() }
+func (c *Client) BaseURL() string { return strings.TrimSuffix(c.kickOffURL, kickOffPath) }
+
+// kickOffPath is the import operation's path below the base URL.
+const kickOffPath = "/$import-pnp"
 
 func newTransport() *http.Transport {
 	t := http.DefaultTransport.(*http.Transport).Clone()

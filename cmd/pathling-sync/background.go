@@ -21,7 +21,7 @@ func (s *Service) startBackground(ctx context.Context, wg *sync.WaitGroup) {
 	pub := requestPublisher{js: s.js}
 	subjects := messages.Subjects{Prefix: s.cfg.NATS.Stream.SubjectPrefix}
 
-	if list, err := scheduleList(s.cfg); err != nil {
+	if list, err := s.schedules, s.schedulesErr; err != nil {
 		s.log.Error("schedules not started", "error", err)
 	} else if len(list) > 0 {
 		sched, err := schedules.New(pub, list,
