@@ -1,6 +1,7 @@
 package handlers_test
 
 import (
+	"context"
 	"fmt"
 	"runtime/pprof"
 	"strings"
@@ -67,5 +68,38 @@ func TestWaitingRunsHoldNoGoroutine(t *testing.T) {
 		if n := ev.count(handlers.EventStopped, fmt.Sprintf("r%d", i)); n != 1 {
 			t.Fatalf("r%d stopped %d times, want 1", i, n)
 		}
+	}
+}
+
+// panickingStatus is a Pathling whose status polls panic: a bug in a step
+// that runs after a park, in a timer's goroutine rather than the consumer's.
+type panickingStatus struct{ handlers.Pathling }
+
+func (panickingStatus) Status(context.Context, string) (handlers.JobStatus, error) {
+	panic("status poll bug")
+}
+
+// A panic in a parked run's later step does not crash the process: the
+// run stops, its delivery is terminated (as the consumer does for a
+// handler's panic: it would repeat on every redelivery), and the replica
+// goes on.
+func TestPanicAfterParkTerminatesTheDelivery(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	ev := newEventCounts()
+	target := e.target(func(t *handlers.Target) { t.Pathling = panickingStatus{t.Pathling} })
+	in := e.start(e.js, e.syncer(syncerOptions{observer: ev}, target), 0)
+	e.request("t1", "boom", req{})
+	testenv.Eventually(t, waitLong, func() bool { return ev.count(handlers.EventStopped, "boom") == 1 }, "the run stopped")
+	testenv.Eventually(t, waitLong, func() bool { return in.cons.InFlight() == 0 }, "its delivery settled")
+	cons, err := e.js.Consumer(context.Background(), "PATHLING_SYNC", "pathling-sync")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, waitLong, func() bool {
+		info, err := cons.Info(context.Background())
+		return err == nil && info.NumAckPending == 0 && info.AckFloor.Stream >= 1
+	}, "the delivery settled on the server (terminated, not left for redelivery)")
+	if n := ev.count(handlers.EventRedelivered, "boom"); n != 0 {
+		t.Fatalf("delivered again %d times after the panic", n)
 	}
 }
