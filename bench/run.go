@@ -90,9 +90,9 @@ type trial struct {
 	c0  StandInCounters
 	mon *MonitorSample
 	t0  time.Time
-	// rt0 is the service's Redis round trips at begin (rtErr: not read).
-	rt0   int64
-	rtErr error
+	// sc0 is the service's counters at begin (scErr: not read).
+	sc0   ServiceCounters
+	scErr error
 }
 
 // newTrial resets the stream, starts a stand-in and the service with sc
@@ -149,7 +149,7 @@ func (t *trial) begin(ctx context.Context, monitorDelay time.Duration) {
 	t.u0, _ = t.svc.Usage()
 	t.r0, _ = ReadRedisStats(ctx, t.env.rdb)
 	t.c0 = t.standIn.Counters()
-	t.rt0, t.rtErr = t.svc.RedisRoundTrips(ctx)
+	t.sc0, t.scErr = t.svc.Counters(ctx)
 	t.mon = SampleMonitor(ctx, t.env.redisAddr, monitorDelay, t.env.Opts.MonitorWindow)
 }
 
@@ -160,6 +160,7 @@ type costs struct {
 	rss                 int64
 	redis               RedisStats
 	roundTrips          int64 // the service's own count (-1: not read)
+	mallocs, allocBytes int64 // the service's heap allocations: objects, bytes (-1: not read)
 	clientShare         float64
 	kickOffs, polls, dl int64
 }
@@ -168,13 +169,14 @@ func (t *trial) end(ctx context.Context) costs {
 	u1, _ := t.svc.Usage()
 	r1, _ := ReadRedisStats(ctx, t.env.rdb)
 	c1 := t.standIn.Counters()
-	roundTrips := int64(-1)
-	if rt1, err := t.svc.RedisRoundTrips(ctx); err == nil && t.rtErr == nil {
-		roundTrips = rt1 - t.rt0
+	roundTrips, mallocs, allocBytes := int64(-1), int64(-1), int64(-1)
+	if sc1, err := t.svc.Counters(ctx); err == nil && t.scErr == nil {
+		roundTrips = sc1.RedisRoundTrips - t.sc0.RedisRoundTrips
+		mallocs, allocBytes = sc1.Mallocs-t.sc0.Mallocs, sc1.AllocBytes-t.sc0.AllocBytes
 	}
 	return costs{
-		roundTrips: roundTrips,
-		wall:       time.Since(t.t0), cpu: u1.CPU - t.u0.CPU, rss: u1.RSS, redis: r1.Sub(t.r0),
+		roundTrips: roundTrips, mallocs: mallocs, allocBytes: allocBytes,
+		wall: time.Since(t.t0), cpu: u1.CPU - t.u0.CPU, rss: u1.RSS, redis: r1.Sub(t.r0),
 		clientShare: t.mon.ClientShare(),
 		kickOffs:    c1.KickOffs - t.c0.KickOffs, polls: c1.Polls - t.c0.Polls, dl: c1.Deletes - t.c0.Deletes,
 	}
@@ -190,6 +192,11 @@ func (c costs) addPerSync(r *Report, units int64, floorCPUms *float64) {
 	r.Add(Figure{Name: "redis_cmds_per_sync", Label: "Redis commands per sync (scripts' included)", Value: float64(c.redis.Total) / n, LowerIsBetter: true})
 	if c.roundTrips >= 0 {
 		r.Add(Figure{Name: "redis_round_trips_per_sync", Label: "Redis round trips per sync", Value: float64(c.roundTrips) / n, Floor: ptr(5), LowerIsBetter: true})
+	}
+	if c.mallocs >= 0 {
+		// The whole process's, its idle loops and the scrapes included.
+		r.Add(Figure{Name: "allocs_per_sync", Label: "heap allocations per sync (objects)", Value: float64(c.mallocs) / n, LowerIsBetter: true})
+		r.Add(Figure{Name: "alloc_kb_per_sync", Label: "heap allocated per sync", Unit: "kB", Value: float64(c.allocBytes) / 1024 / n, LowerIsBetter: true})
 	}
 	if c.clientShare > 0 {
 		// An upper bound only: MONITOR shows a pipeline's commands one by one.

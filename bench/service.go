@@ -320,43 +320,66 @@ func (s *Service) fetch(ctx context.Context, url, path string) error {
 	return f.Close()
 }
 
-// roundTripsMetric is the service's count of its Redis client's round trips
-// (a go-redis hook: one per command, script call or pipeline).
-const roundTripsMetric = "pathling_sync_redis_round_trips_total"
+// The service's counters the bench reads from its admin /metrics:
+// roundTripsMetric is its Redis client's round trips (a go-redis hook: one
+// per command, script call or pipeline); the other two are the Go
+// runtime's heap allocations (objects and bytes), from Prometheus' Go
+// collector.
+const (
+	roundTripsMetric = "pathling_sync_redis_round_trips_total"
+	mallocsMetric    = "go_memstats_mallocs_total"
+	allocBytesMetric = "go_memstats_alloc_bytes_total"
+)
 
-// RedisRoundTrips scrapes the admin /metrics for the service's Redis round
-// trips so far.
-func (s *Service) RedisRoundTrips(ctx context.Context) (int64, error) {
+// ServiceCounters are the service's counters at one scrape.
+type ServiceCounters struct {
+	RedisRoundTrips int64
+	Mallocs         int64 // heap objects allocated so far
+	AllocBytes      int64 // heap bytes allocated so far
+}
+
+// Counters scrapes the admin /metrics for the service's counters.
+func (s *Service) Counters(ctx context.Context) (ServiceCounters, error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.Admin+"/metrics", nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, err
+		return ServiceCounters{}, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("bench: metrics: %s", resp.Status)
+		return ServiceCounters{}, fmt.Errorf("bench: metrics: %s", resp.Status)
 	}
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return 0, err
+		return ServiceCounters{}, err
 	}
-	return parseRoundTrips(string(body))
+	text := string(body)
+	var c ServiceCounters
+	for _, m := range []struct {
+		name string
+		v    *int64
+	}{{roundTripsMetric, &c.RedisRoundTrips}, {mallocsMetric, &c.Mallocs}, {allocBytesMetric, &c.AllocBytes}} {
+		if *m.v, err = parseMetric(text, m.name); err != nil {
+			return ServiceCounters{}, err
+		}
+	}
+	return c, nil
 }
 
-// parseRoundTrips finds roundTripsMetric's value in a Prometheus text
-// exposition (its labels, if any, are the exporter's scope labels).
-func parseRoundTrips(text string) (int64, error) {
+// parseMetric finds a counter's value in a Prometheus text exposition (its
+// labels, if any, are the exporter's scope labels).
+func parseMetric(text, name string) (int64, error) {
 	for _, line := range strings.Split(text, "\n") {
-		rest, ok := strings.CutPrefix(line, roundTripsMetric)
+		rest, ok := strings.CutPrefix(line, name)
 		if !ok || rest == "" || (rest[0] != ' ' && rest[0] != '{') {
 			continue
 		}
 		fields := strings.Fields(rest)
 		f, err := strconv.ParseFloat(fields[len(fields)-1], 64)
 		if err != nil {
-			return 0, fmt.Errorf("bench: %s: %w", roundTripsMetric, err)
+			return 0, fmt.Errorf("bench: %s: %w", name, err)
 		}
 		return int64(f), nil
 	}
-	return 0, fmt.Errorf("bench: no %s in /metrics", roundTripsMetric)
+	return 0, fmt.Errorf("bench: no %s in /metrics", name)
 }

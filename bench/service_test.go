@@ -9,14 +9,14 @@ func TestParseRoundTrips(t *testing.T) {
 		"# TYPE pathling_sync_redis_round_trips_total counter\n" +
 		"pathling_sync_redis_round_trips_total_other 9\n" +
 		`pathling_sync_redis_round_trips_total{otel_scope_name="x",otel_scope_version=""} 12345` + "\n"
-	n, err := parseRoundTrips(text)
+	n, err := parseMetric(text, roundTripsMetric)
 	if err != nil || n != 12345 {
-		t.Fatalf("parseRoundTrips = %d, %v; want 12345", n, err)
+		t.Fatalf("parseMetric = %d, %v; want 12345", n, err)
 	}
-	if n, err := parseRoundTrips("pathling_sync_redis_round_trips_total 7\n"); err != nil || n != 7 {
+	if n, err := parseMetric("pathling_sync_redis_round_trips_total 7\n", roundTripsMetric); err != nil || n != 7 {
 		t.Fatalf("without labels: %d, %v", n, err)
 	}
-	if _, err := parseRoundTrips("up 1\n"); err == nil {
+	if _, err := parseMetric("up 1\n", roundTripsMetric); err == nil {
 		t.Fatal("no error without the metric")
 	}
 }
