@@ -95,6 +95,10 @@ var (
 	releaseLua string
 	//go:embed lua/release_finished.lua
 	releaseFinishedLua string
+	//go:embed lua/fence_run.lua
+	fenceRunLua string
+	//go:embed lua/write_run.lua
+	writeRunLua string
 	//go:embed lua/save_run.lua
 	saveRunLua string
 	//go:embed lua/record_outcome.lua
@@ -118,7 +122,7 @@ var (
 	scriptRenew           = redis.NewScript(renewLua)
 	scriptRelease         = redis.NewScript(releaseLua)
 	scriptReleaseFinished = redis.NewScript(releaseFinishedLua)
-	scriptSaveRun         = redis.NewScript(saveRunLua)
+	scriptSaveRun         = redis.NewScript(runWriteFunctions + saveRunLua)
 	scriptCommitWatermark = redis.NewScript(commitWatermarkLua)
 	scriptRecordOutcome   = redis.NewScript(recordOutcomeLua)
 	scriptRecordJob       = redis.NewScript(recordJobLua)
@@ -128,12 +132,16 @@ var (
 	// functions of their own KEYS and ARGV (asFunction), so that each
 	// operation has one definition.
 	scriptBegin     = redis.NewScript(asFunction("acquire", acquireLua) + beginLua)
-	scriptKickedOff = redis.NewScript(asFunction("recordJob", recordJobLua) +
+	scriptKickedOff = redis.NewScript(asFunction("recordJob", recordJobLua) + runWriteFunctions +
 		asFunction("saveRun", saveRunLua) + kickedOffLua)
-	scriptFinish = redis.NewScript(asFunction("recordJob", recordJobLua) +
+	scriptFinish = redis.NewScript(asFunction("recordJob", recordJobLua) + runWriteFunctions +
 		asFunction("recordDuration", recordDurationLua) + finishLua)
 	scriptReleaseRun = redis.NewScript(releaseRunLua)
 )
+
+// runWriteFunctions are the fence and the write of a run record, for the
+// scripts that write one (save_run.lua, finish.lua).
+var runWriteFunctions = asFunction("fenceRun", fenceRunLua) + asFunction("writeRun", writeRunLua)
 
 // asFunction wraps a script as a local Lua function of (KEYS, ARGV): the
 // parameters shadow the globals, so the body runs unchanged on whatever keys

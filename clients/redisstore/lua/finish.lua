@@ -1,6 +1,7 @@
 -- Write a run's end, fenced by the lease token, in one round trip: record its job when the run
 -- has not yet (record_job.lua, run as recordJob: a fact about Pathling, whoever holds the lock),
--- commit the watermark (never backwards), write the terminal record holding the outcome, and add
+-- commit the watermark (never backwards), write the terminal record holding the outcome
+-- (fence_run.lua and write_run.lua, run as fenceRun and writeRun), and add
 -- an optional duration sample (record_duration.lua, run as recordDuration). The lock stays: the
 -- run DELETEs its job before it lets the target go (release_run.lua).
 -- KEYS[1] lock  KEYS[2] run  KEYS[3] runs index  KEYS[4] watermarks  KEYS[5] jobs
@@ -23,16 +24,9 @@ if ARGV[10] ~= "" then
     return {3, t}
   end
 end
-local token = tonumber(ARGV[2])
-local v = redis.call("HMGET", KEYS[1], "request", "token")
-if v[1] ~= ARGV[1] or tonumber(v[2]) ~= token then
-  if not v[1] or (v[1] ~= ARGV[1] and redis.call("EXISTS", KEYS[2]) == 0) then
-    return {-1, ""}
-  end
-  return {0, ""}
-end
-if tonumber(redis.call("HGET", KEYS[2], "token") or "0") > token then
-  return {0, ""}
+local fenced = fenceRun({KEYS[1], KEYS[2]}, {ARGV[1], ARGV[2]})
+if fenced ~= 1 then
+  return {fenced, ""}
 end
 if ARGV[7] ~= "" then
   local cur = redis.call("HGET", KEYS[4], ARGV[7])
@@ -43,14 +37,7 @@ if ARGV[7] ~= "" then
     redis.call("HSET", KEYS[4], ARGV[7], ARGV[9])
   end
 end
-redis.call("HSET", KEYS[2], "token", ARGV[2], "run", ARGV[3], "done", "1")
-if tonumber(ARGV[4]) > 0 then
-  redis.call("PEXPIRE", KEYS[2], ARGV[4])
-else
-  redis.call("PERSIST", KEYS[2])
-end
-redis.call("ZADD", KEYS[3], ARGV[5], ARGV[1])
-redis.call("ZREMRANGEBYSCORE", KEYS[3], "-inf", "(" .. ARGV[6])
+writeRun({KEYS[2], KEYS[3]}, {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], "1"})
 if KEYS[6] then
   recordDuration({KEYS[6]}, {ARGV[14], ARGV[15], ARGV[16]})
 end
