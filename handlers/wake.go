@@ -114,13 +114,8 @@ func (s *Syncer) lockInTurn(ctx context.Context, log *slog.Logger, d Delivery, i
 // queue, and none of them is ahead of the earliest); they wait for the next.
 func (s *Syncer) waitTurn(ctx context.Context, d Delivery, in intake, t *turn) Disposition {
 	later := Disposition{Action: Nak, Delay: s.queueRetry}
-	if t == nil {
+	if !s.seated(t, in.target, d.StreamSeq) {
 		return later
-	}
-	if t.seat == nil {
-		if t.seat = s.room.enter(in.target, d.StreamSeq); t.seat == nil {
-			return later
-		}
 	}
 	timer := time.NewTimer(s.queueRetry)
 	defer timer.Stop()
@@ -152,6 +147,19 @@ func (s *Syncer) waitTurn(ctx context.Context, d Delivery, in intake, t *turn) D
 	}
 }
 
+// seated reports whether the turn has a seat in the wait room, taking one
+// (for the request with stream sequence seq) when it has none yet; false
+// for a nil turn (no announcements) or when no seat is free.
+func (s *Syncer) seated(t *turn, target string, seq uint64) bool {
+	if t == nil {
+		return false
+	}
+	if t.seat == nil {
+		t.seat = s.room.enter(target, seq)
+	}
+	return t.seat != nil
+}
+
 // settleTurn is what a queued request does once its first attempt took its
 // place in the queue (QueueTicket.Settle): ask again after the settle delay,
 // as before, but waiting here with a seat in the wait room rather than being
@@ -162,13 +170,8 @@ func (s *Syncer) waitTurn(ctx context.Context, d Delivery, in intake, t *turn) D
 func (s *Syncer) settleTurn(ctx context.Context, d Delivery, in intake, t *turn) Disposition {
 	delay := min(s.queueRetry, settleDelay)
 	later := Disposition{Action: Nak, Delay: delay}
-	if t == nil {
+	if !s.seated(t, in.target, d.StreamSeq) {
 		return later
-	}
-	if t.seat == nil {
-		if t.seat = s.room.enter(in.target, d.StreamSeq); t.seat == nil {
-			return later
-		}
 	}
 	timer := time.NewTimer(delay)
 	defer timer.Stop()
