@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -468,6 +469,7 @@ func connectRedis(ctx context.Context, c config.RedisConfig) (redis.UniversalCli
 	if err != nil {
 		return nil, err
 	}
+	uo.Dialer = pooledDialer(redis.NewDialer(&redis.Options{DialTimeout: uo.DialTimeout, TLSConfig: uo.TLSConfig}))
 	rdb := redis.NewUniversalClient(uo)
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		_ = rdb.Close()
@@ -475,6 +477,39 @@ func connectRedis(ctx context.Context, c config.RedisConfig) (redis.UniversalCli
 	}
 	return rdb, nil
 }
+
+// pooledDialer dials as go-redis does (dial) and keeps the connection's
+// syscall.RawConn. go-redis peeks at every connection it takes from its pool
+// (a non-blocking recvfrom) to drop one Redis has closed, and asks the
+// connection for its RawConn each time: an allocation per command, which
+// this makes one per connection. Without the peek a pool of connections
+// closed by a Redis restart fails the next commands (TestRedisRestartWithAFullPoolLosesNoCommand).
+func pooledDialer(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		sc, ok := c.(syscall.Conn)
+		if !ok {
+			return c, nil // TLS: go-redis does not peek
+		}
+		rc, err := sc.SyscallConn()
+		if err != nil {
+			return c, nil
+		}
+		return rawConnCached{Conn: c, rc: rc}, nil
+	}
+}
+
+// rawConnCached is a connection whose SyscallConn returns one RawConn made
+// at dial time, valid for the connection's life.
+type rawConnCached struct {
+	net.Conn
+	rc syscall.RawConn
+}
+
+func (c rawConnCached) SyscallConn() (syscall.RawConn, error) { return c.rc, nil }
 
 // applyMemoryLimit gives Go's collector the container's memory limit as its
 // soft limit when GOMEMLIMIT is unset (the Kubernetes manifests set
