@@ -204,6 +204,9 @@ type syncerOptions struct {
 	releases              handlers.Releases
 	queueWaiters          int
 	queueWaitersPerTarget int
+	// precedence is Ports.Precedence (default none: every new queued
+	// request settles first).
+	precedence handlers.Precedence
 }
 
 func (e *env) syncer(o syncerOptions, targets ...handlers.Target) *handlers.Syncer {
@@ -223,6 +226,7 @@ func (e *env) syncer(o syncerOptions, targets ...handlers.Target) *handlers.Sync
 	ports := e.ports(o.store)
 	ports.Jobs = o.store
 	ports.Releases = o.releases
+	ports.Precedence = o.precedence
 	s, err := handlers.New(handlers.Config{
 		Targets: targets, Subjects: e.subjects, LockTTL: o.lockTTL,
 		QueueRetry: o.queueRetry, StoreRetry: 50 * time.Millisecond,

@@ -414,6 +414,10 @@ type Ports struct {
 	// target is busy waits in this process for the release instead of
 	// being redelivered after QueueRetry (wake.go). Optional.
 	Releases Releases
+	// Precedence, when set, lets a queued request that has no earlier
+	// request for its target on its way ask for the lock at once, without
+	// the settle delay (wake.go). Optional.
+	Precedence Precedence
 }
 
 // Delivery is one SyncRequested message as the consumer received it.

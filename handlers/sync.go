@@ -84,7 +84,7 @@ func (s *Syncer) handle(ctx context.Context, d Delivery, in intake, settle func(
 	t := in.t
 	acq := AcquireRequest{Target: t.Name, RequestID: in.requestID, TTL: s.lockTTL}
 	if in.req.Concurrency == "queue" {
-		acq.Queue = &QueueTicket{Seq: d.StreamSeq, Deadline: in.requestedAt.Add(in.timeout), Settle: d.NumDelivered == 1}
+		acq.Queue = &QueueTicket{Seq: d.StreamSeq, Deadline: in.requestedAt.Add(in.timeout), Settle: s.mustSettle(ctx, log, d)}
 	}
 	dr, disp, ok := s.lockInTurn(ctx, log, d, in, acq)
 	if !ok {
@@ -421,6 +421,26 @@ func (s *Syncer) newRun(in intake, p ImportParams, key string, wm time.Time, ok 
 		UpdatedAt:    now,
 		Deadline:     now.Add(in.timeout),
 	}, nil
+}
+
+// mustSettle reports whether a queued request's delivery must first only
+// take its place in the queue (QueueTicket.Settle): its first delivery must,
+// unless Precedence says no earlier request for its target is on its way.
+func (s *Syncer) mustSettle(ctx context.Context, log *slog.Logger, d Delivery) bool {
+	if d.NumDelivered != 1 {
+		return false
+	}
+	if s.precedence == nil {
+		return true
+	}
+	// No longer than the settle itself would take.
+	pctx, cancel := context.WithTimeout(ctx, min(s.queueRetry, settleDelay))
+	defer cancel()
+	earlier, err := s.precedence.EarlierUnsettled(pctx, d.Subject, d.StreamSeq)
+	if err != nil {
+		log.DebugContext(ctx, "earlier requests unknown: settling first", "error", err)
+	}
+	return earlier || err != nil
 }
 
 // settleDelay is how long a newly queued request waits before it asks for

@@ -148,8 +148,9 @@ type Syncer struct {
 	targets       map[string]*Target
 	subjects      messages.Subjects
 	queueRetry    time.Duration
-	releases      Releases  // nil: queued requests are redelivered after queueRetry
-	room          *waitRoom // who may wait here for a release
+	releases      Releases   // nil: queued requests are redelivered after queueRetry
+	precedence    Precedence // nil: every new queued request settles first
+	room          *waitRoom  // who may wait here for a release
 	driver        string
 	newID         func() string
 	prop          propagation.TextMapPropagator
@@ -209,6 +210,7 @@ func New(cfg Config, p Ports) (*Syncer, error) {
 		subjects:      cfg.Subjects,
 		queueRetry:    positive(cfg.QueueRetry, 5*time.Second),
 		releases:      p.Releases,
+		precedence:    p.Precedence,
 		room:          newWaitRoom(positiveInt(cfg.QueueWaiters, DefaultQueueWaiters), positiveInt(cfg.QueueWaitersPerTarget, DefaultQueueWaitersPerTarget)),
 		driver:        cfg.Driver,
 		newID:         cfg.NewID,

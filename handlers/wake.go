@@ -28,6 +28,20 @@ type Releases interface {
 	WatchRelease(target string) (released <-chan struct{}, stop func())
 }
 
+// Precedence tells a queued request whether an earlier request for its
+// target may still be on its way: in the stream before it and not yet
+// settled, delivered here, to another replica or not yet. A request with
+// none before it has no one to wait for: it asks for the lock at once,
+// instead of first only taking its place and asking again after the settle
+// delay (QueueTicket.Settle), which keeps requests fetched together in
+// stream order.
+type Precedence interface {
+	// EarlierUnsettled reports whether a request on subject with a stream
+	// sequence below seq may not be settled yet. With an error the answer
+	// must be true: the request then settles as without Precedence.
+	EarlierUnsettled(ctx context.Context, subject string, seq uint64) (bool, error)
+}
+
 // Defaults of Config.QueueWaiters and Config.QueueWaitersPerTarget.
 const (
 	DefaultQueueWaiters          = 64

@@ -193,6 +193,7 @@ func NewService(ctx context.Context, cfg *config.Config, log *slog.Logger, opts 
 	}, handlers.Ports{
 		Locker: s.store, Recovery: s.store, Runs: s.store, Watermarks: s.store, Jobs: s.store,
 		Publisher: pub, Releases: s.releases,
+		Precedence: natsbus.NewPrecedence(s.js, cfg.NATS.Stream.Name, cfg.NATS.Consumer.Durable, 0),
 	})
 	if err != nil {
 		return nil, err

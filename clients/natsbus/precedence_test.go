@@ -1,0 +1,86 @@
+package natsbus
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/pathling-sync/pathling-sync/messages"
+)
+
+// The first message on a subject after the consumer's ack floor is the
+// earliest that may be unsettled: a request has an earlier one exactly when
+// that message comes before it.
+func TestPrecedenceSeesEarlierUnsettledRequestsOfTheSameSubject(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b := newBus(t)
+	cons, err := b.js.CreateConsumer(ctx, DefaultStreamName, jetstream.ConsumerConfig{
+		Durable: "prec", DeliverPolicy: jetstream.DeliverNewPolicy, AckPolicy: jetstream.AckExplicitPolicy,
+		FilterSubject: DefaultFilterSubject,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a1 := b.request(t, "a", "a1")
+	b1 := b.request(t, "b", "b1")
+	a2 := b.request(t, "a", "a2")
+
+	now := time.Unix(1000, 0)
+	p := NewPrecedence(b.js, DefaultStreamName, "prec", time.Second)
+	p.now = func() time.Time { return now }
+	ask := func(subject string, seq uint64, want bool) {
+		t.Helper()
+		got, err := p.EarlierUnsettled(ctx, subject, seq)
+		if err != nil {
+			t.Fatalf("EarlierUnsettled(%s, %d): %v", subject, seq, err)
+		}
+		if got != want {
+			t.Fatalf("EarlierUnsettled(%s, %d) = %v, want %v", subject, seq, got, want)
+		}
+	}
+	subjA, subjB := messages.Subjects{}.Requested("a"), messages.Subjects{}.Requested("b")
+
+	// Nothing delivered yet: a1 and b1 are the first of their subjects, a2 has a1 before it.
+	ask(subjA, a1, false)
+	ask(subjB, b1, false)
+	ask(subjA, a2, true)
+
+	// Delivered, a1 not yet acknowledged: still before a2.
+	msgs, err := cons.FetchNoWait(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []jetstream.Msg
+	for m := range msgs.Messages() {
+		got = append(got, m)
+	}
+	if len(got) != 3 {
+		t.Fatalf("fetched %d messages, want 3", len(got))
+	}
+	now = now.Add(2 * time.Second)
+	ask(subjA, a2, true)
+
+	// a1 acknowledged: the floor passes it (b1, unacknowledged, is on another subject).
+	if err := got[0].DoubleAck(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The floor read a moment ago still holds until it is older than maxAge.
+	ask(subjA, a2, true)
+	now = now.Add(2 * time.Second)
+	ask(subjA, a2, false)
+	ask(subjB, b1, false)
+}
+
+// Without its consumer the answer is "maybe", with the error.
+func TestPrecedenceWithoutConsumerAnswersMaybe(t *testing.T) {
+	b := newBus(t)
+	seq := b.request(t, "a", "a1")
+	p := NewPrecedence(b.js, DefaultStreamName, "no-such-consumer", 0)
+	earlier, err := p.EarlierUnsettled(context.Background(), messages.Subjects{}.Requested("a"), seq)
+	if err == nil || !earlier {
+		t.Fatalf("EarlierUnsettled = %v, %v; want true and an error", earlier, err)
+	}
+}
