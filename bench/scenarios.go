@@ -118,11 +118,26 @@ func runThroughput(ctx context.Context, e *Env) ([]*Report, error) {
 	body := requestBody("queue")
 	p := t.publisher()
 	t.begin(ctx, 2*time.Second)
+	// Allocation sites of the flood alone: the allocs profile before and
+	// after it (go tool pprof -diff_base before after).
+	allocs := func(name string) {
+		if !e.Opts.PProf {
+			return
+		}
+		path := e.Opts.WorkDir + "/throughput." + name + ".pprof"
+		if err := t.svc.Snapshot(ctx, "allocs", path); err != nil {
+			r.Params[name+"Error"] = err.Error()
+			return
+		}
+		r.Params[name] = path
+	}
+	allocs("allocs-before")
 	start := time.Now()
 	p.run(ctx, 0, o.N, 0, 64, func(i int) (string, []byte) { return targets[i%len(targets)], body })
 	if err := t.outcomes.wait(ctx, int64(o.N), 15*time.Minute); err != nil {
 		return nil, fmt.Errorf("throughput: %w (%d of %d outcomes)", err, t.outcomes.count(), o.N)
 	}
+	allocs("allocs-after")
 	c := t.end(ctx)
 	wall := time.Unix(0, t.outcomes.lastNano.Load()).Sub(start)
 	profWG.Wait()

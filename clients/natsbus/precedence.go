@@ -34,7 +34,15 @@ type Precedence struct {
 	floor      uint64
 	readAt     time.Time
 	refreshing bool
+	// unsettled holds, per subject, the last message found before a
+	// request: while the floor is below it, a later request on the subject
+	// has it before itself too, without asking the stream again (a flood
+	// of requests for one target asks once, not once a request).
+	unsettled map[string]uint64
 }
+
+// maxUnsettled bounds Precedence.unsettled: past it, it starts afresh.
+const maxUnsettled = 1 << 16
 
 // DefaultFloorMaxAge is how long Precedence uses an ack floor it read.
 const DefaultFloorMaxAge = 50 * time.Millisecond
@@ -61,6 +69,9 @@ func (p *Precedence) EarlierUnsettled(ctx context.Context, subject string, seq u
 	if seq <= floor+1 {
 		return false, nil // nothing between the floor and the request
 	}
+	if p.knownBefore(subject, seq, floor) {
+		return true, nil
+	}
 	m, err := st.GetMsg(ctx, floor+1, jetstream.WithGetMsgSubject(subject))
 	switch {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
@@ -74,7 +85,33 @@ func (p *Precedence) EarlierUnsettled(ctx context.Context, subject string, seq u
 		// at the sequence asked: it says nothing about the subject.
 		return true, fmt.Errorf("natsbus: the server answered with a message on %s for %s", m.Subject, subject)
 	}
-	return m.Sequence < seq, nil
+	if m.Sequence >= seq {
+		return false, nil
+	}
+	p.mu.Lock()
+	if p.unsettled == nil || len(p.unsettled) >= maxUnsettled {
+		p.unsettled = map[string]uint64{}
+	}
+	p.unsettled[subject] = max(p.unsettled[subject], m.Sequence)
+	p.mu.Unlock()
+	return true, nil
+}
+
+// knownBefore reports whether a message on subject found before an earlier
+// request is still above the floor and before seq; it forgets one the floor
+// has passed.
+func (p *Precedence) knownBefore(subject string, seq, floor uint64) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	last, ok := p.unsettled[subject]
+	switch {
+	case !ok:
+		return false
+	case last <= floor:
+		delete(p.unsettled, subject)
+		return false
+	}
+	return last < seq
 }
 
 // state returns the stream and the consumer's ack floor, reading the floor

@@ -2,6 +2,7 @@ package natsbus
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -82,5 +83,70 @@ func TestPrecedenceWithoutConsumerAnswersMaybe(t *testing.T) {
 	earlier, err := p.EarlierUnsettled(context.Background(), messages.Subjects{}.Requested("a"), seq)
 	if err == nil || !earlier {
 		t.Fatalf("EarlierUnsettled = %v, %v; want true and an error", earlier, err)
+	}
+}
+
+// countingStream counts the stream's GetMsg calls.
+type countingStream struct {
+	jetstream.Stream
+	gets int
+}
+
+func (s *countingStream) GetMsg(ctx context.Context, seq uint64, opts ...jetstream.GetMsgOpt) (*jetstream.RawStreamMsg, error) {
+	s.gets++
+	return s.Stream.GetMsg(ctx, seq, opts...)
+}
+
+// Once an unsettled message on a subject is found, later requests on it
+// have it before them without asking the stream, until the floor passes it.
+func TestPrecedenceAsksTheStreamOncePerUnsettledMessage(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b := newBus(t)
+	cons, err := b.js.CreateConsumer(ctx, DefaultStreamName, jetstream.ConsumerConfig{
+		Durable: "prec", DeliverPolicy: jetstream.DeliverNewPolicy, AckPolicy: jetstream.AckExplicitPolicy,
+		FilterSubject: DefaultFilterSubject,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seqs []uint64
+	for i := range 4 {
+		seqs = append(seqs, b.request(t, "a", fmt.Sprint("a", i)))
+	}
+	now := time.Unix(1000, 0)
+	p := NewPrecedence(b.js, DefaultStreamName, "prec", time.Second)
+	p.now = func() time.Time { return now }
+	subj := messages.Subjects{}.Requested("a")
+	if _, err := p.EarlierUnsettled(ctx, subj, seqs[0]); err != nil { // reads the floor and the stream
+		t.Fatal(err)
+	}
+	cs := &countingStream{Stream: p.st}
+	p.st = cs
+	for _, seq := range seqs[1:] {
+		if earlier, err := p.EarlierUnsettled(ctx, subj, seq); err != nil || !earlier {
+			t.Fatalf("EarlierUnsettled(%d) = %v, %v; want true", seq, earlier, err)
+		}
+	}
+	if cs.gets != 1 {
+		t.Fatalf("asked the stream %d times for 3 requests behind one unsettled message, want 1", cs.gets)
+	}
+	// The first one settled: the floor passes it, and the stream is asked
+	// again (it answers with the second).
+	msgs, err := cons.FetchNoWait(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for m := range msgs.Messages() {
+		if err := m.DoubleAck(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now = now.Add(2 * time.Second)
+	if earlier, err := p.EarlierUnsettled(ctx, subj, seqs[2]); err != nil || !earlier {
+		t.Fatalf("EarlierUnsettled(%d) after the first settled = %v, %v; want true", seqs[2], earlier, err)
+	}
+	if cs.gets != 2 {
+		t.Fatalf("asked the stream %d times, want 2", cs.gets)
 	}
 }
