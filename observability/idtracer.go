@@ -8,7 +8,6 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/embedded"
-	"go.opentelemetry.io/otel/trace/noop"
 )
 
 // idTracerProvider is the tracer provider when no span exporter is
@@ -41,15 +40,20 @@ type idTracer struct {
 func (t *idTracer) Start(ctx context.Context, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
 	cfg := trace.NewSpanStartConfig(opts...)
 	parent := trace.SpanContextFromContext(ctx)
-	if cfg.NewRoot() {
+	// The sampler reads the parent from its context: ctx itself, unless a
+	// new root must hide ctx's span (a context made for the sampler costs
+	// two allocations).
+	pctx := ctx
+	if cfg.NewRoot() && parent.IsValid() {
 		parent = trace.SpanContext{}
+		pctx = trace.ContextWithSpanContext(ctx, parent)
 	}
 	tid := parent.TraceID()
 	if !parent.IsValid() {
 		tid = newTraceID()
 	}
 	res := t.sampler.ShouldSample(sdktrace.SamplingParameters{
-		ParentContext: trace.ContextWithSpanContext(ctx, parent), TraceID: tid, Name: name,
+		ParentContext: pctx, TraceID: tid, Name: name,
 		Kind: cfg.SpanKind(), Attributes: cfg.Attributes(), Links: cfg.Links(),
 	})
 	var flags trace.TraceFlags
@@ -59,9 +63,10 @@ func (t *idTracer) Start(ctx context.Context, name string, opts ...trace.SpanSta
 	sc := trace.NewSpanContext(trace.SpanContextConfig{
 		TraceID: tid, SpanID: newSpanID(), TraceFlags: flags, TraceState: res.Tracestate,
 	})
-	// The noop tracer hands back the non-recording span of sc it finds in
-	// the context.
-	return noop.Tracer{}.Start(trace.ContextWithSpanContext(ctx, sc), name)
+	// A context of sc holds sc's non-recording span (what the noop tracer
+	// would hand back for it).
+	sctx := trace.ContextWithSpanContext(ctx, sc)
+	return sctx, trace.SpanFromContext(sctx)
 }
 
 func newTraceID() trace.TraceID {
