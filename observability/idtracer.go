@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"math/rand/v2"
+	"reflect"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
@@ -24,8 +25,12 @@ type idTracerProvider struct {
 	tracer *idTracer
 }
 
-func newIDTracerProvider(sampler sdktrace.Sampler) idTracerProvider {
-	return idTracerProvider{tracer: &idTracer{sampler: sampler}}
+// newIDTracerProvider makes spans with sampler's decisions. parentOnly
+// tells that sampler reads nothing of a span but its parent context and
+// trace id, as every sampler of sampler() (the SDK's built-in ones) does.
+func newIDTracerProvider(sampler sdktrace.Sampler, parentOnly bool) idTracerProvider {
+	return idTracerProvider{tracer: &idTracer{sampler: sampler, parentOnly: parentOnly,
+		attributesOption: reflect.TypeOf(trace.WithAttributes())}}
 }
 
 func (p idTracerProvider) Tracer(string, ...trace.TracerOption) trace.Tracer {
@@ -34,17 +39,39 @@ func (p idTracerProvider) Tracer(string, ...trace.TracerOption) trace.Tracer {
 
 type idTracer struct {
 	embedded.Tracer
-	sampler sdktrace.Sampler
+	sampler    sdktrace.Sampler
+	parentOnly bool
+	// attributesOption is the type of trace.WithAttributes' options.
+	attributesOption reflect.Type
 }
 
 func (t *idTracer) Start(ctx context.Context, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
-	cfg := trace.NewSpanStartConfig(opts...)
+	params := sdktrace.SamplingParameters{Name: name}
+	newRoot := false
+	if t.parentOnly {
+		// Of the options only WithNewRoot matters then: the attributes'
+		// ones are skipped, as NewSpanStartConfig would copy all their
+		// attributes (an allocation of their size) for nothing. An option
+		// of another type, should WithAttributes' change, is applied: the
+		// result is the same, only dearer.
+		for _, o := range opts {
+			if reflect.TypeOf(o) != t.attributesOption {
+				if cfg := trace.NewSpanStartConfig(o); cfg.NewRoot() {
+					newRoot = true
+				}
+			}
+		}
+	} else {
+		cfg := trace.NewSpanStartConfig(opts...)
+		newRoot = cfg.NewRoot()
+		params.Kind, params.Attributes, params.Links = cfg.SpanKind(), cfg.Attributes(), cfg.Links()
+	}
 	parent := trace.SpanContextFromContext(ctx)
 	// The sampler reads the parent from its context: ctx itself, unless a
 	// new root must hide ctx's span (a context made for the sampler costs
 	// two allocations).
 	pctx := ctx
-	if cfg.NewRoot() && parent.IsValid() {
+	if newRoot && parent.IsValid() {
 		parent = trace.SpanContext{}
 		pctx = trace.ContextWithSpanContext(ctx, parent)
 	}
@@ -52,10 +79,8 @@ func (t *idTracer) Start(ctx context.Context, name string, opts ...trace.SpanSta
 	if !parent.IsValid() {
 		tid = newTraceID()
 	}
-	res := t.sampler.ShouldSample(sdktrace.SamplingParameters{
-		ParentContext: pctx, TraceID: tid, Name: name,
-		Kind: cfg.SpanKind(), Attributes: cfg.Attributes(), Links: cfg.Links(),
-	})
+	params.ParentContext, params.TraceID = pctx, tid
+	res := t.sampler.ShouldSample(params)
 	var flags trace.TraceFlags
 	if res.Decision == sdktrace.RecordAndSample {
 		flags = trace.FlagsSampled
