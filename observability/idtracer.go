@@ -4,11 +4,11 @@ import (
 	"context"
 	"encoding/binary"
 	"math/rand/v2"
+	"reflect"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/embedded"
-	"go.opentelemetry.io/otel/trace/noop"
 )
 
 // idTracerProvider is the tracer provider when no span exporter is
@@ -25,8 +25,12 @@ type idTracerProvider struct {
 	tracer *idTracer
 }
 
-func newIDTracerProvider(sampler sdktrace.Sampler) idTracerProvider {
-	return idTracerProvider{tracer: &idTracer{sampler: sampler}}
+// newIDTracerProvider makes spans with sampler's decisions. parentOnly
+// tells that sampler reads nothing of a span but its parent context and
+// trace id, as every sampler of sampler() (the SDK's built-in ones) does.
+func newIDTracerProvider(sampler sdktrace.Sampler, parentOnly bool) idTracerProvider {
+	return idTracerProvider{tracer: &idTracer{sampler: sampler, parentOnly: parentOnly,
+		attributesOption: reflect.TypeOf(trace.WithAttributes())}}
 }
 
 func (p idTracerProvider) Tracer(string, ...trace.TracerOption) trace.Tracer {
@@ -35,23 +39,48 @@ func (p idTracerProvider) Tracer(string, ...trace.TracerOption) trace.Tracer {
 
 type idTracer struct {
 	embedded.Tracer
-	sampler sdktrace.Sampler
+	sampler    sdktrace.Sampler
+	parentOnly bool
+	// attributesOption is the type of trace.WithAttributes' options.
+	attributesOption reflect.Type
 }
 
 func (t *idTracer) Start(ctx context.Context, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
-	cfg := trace.NewSpanStartConfig(opts...)
+	params := sdktrace.SamplingParameters{Name: name}
+	newRoot := false
+	if t.parentOnly {
+		// Of the options only WithNewRoot matters then: the attributes'
+		// ones are skipped, as NewSpanStartConfig would copy all their
+		// attributes (an allocation of their size) for nothing. An option
+		// of another type, should WithAttributes' change, is applied: the
+		// result is the same, only dearer.
+		for _, o := range opts {
+			if reflect.TypeOf(o) != t.attributesOption {
+				if cfg := trace.NewSpanStartConfig(o); cfg.NewRoot() {
+					newRoot = true
+				}
+			}
+		}
+	} else {
+		cfg := trace.NewSpanStartConfig(opts...)
+		newRoot = cfg.NewRoot()
+		params.Kind, params.Attributes, params.Links = cfg.SpanKind(), cfg.Attributes(), cfg.Links()
+	}
 	parent := trace.SpanContextFromContext(ctx)
-	if cfg.NewRoot() {
+	// The sampler reads the parent from its context: ctx itself, unless a
+	// new root must hide ctx's span (a context made for the sampler costs
+	// two allocations).
+	pctx := ctx
+	if newRoot && parent.IsValid() {
 		parent = trace.SpanContext{}
+		pctx = trace.ContextWithSpanContext(ctx, parent)
 	}
 	tid := parent.TraceID()
 	if !parent.IsValid() {
 		tid = newTraceID()
 	}
-	res := t.sampler.ShouldSample(sdktrace.SamplingParameters{
-		ParentContext: trace.ContextWithSpanContext(ctx, parent), TraceID: tid, Name: name,
-		Kind: cfg.SpanKind(), Attributes: cfg.Attributes(), Links: cfg.Links(),
-	})
+	params.ParentContext, params.TraceID = pctx, tid
+	res := t.sampler.ShouldSample(params)
 	var flags trace.TraceFlags
 	if res.Decision == sdktrace.RecordAndSample {
 		flags = trace.FlagsSampled
@@ -59,9 +88,10 @@ func (t *idTracer) Start(ctx context.Context, name string, opts ...trace.SpanSta
 	sc := trace.NewSpanContext(trace.SpanContextConfig{
 		TraceID: tid, SpanID: newSpanID(), TraceFlags: flags, TraceState: res.Tracestate,
 	})
-	// The noop tracer hands back the non-recording span of sc it finds in
-	// the context.
-	return noop.Tracer{}.Start(trace.ContextWithSpanContext(ctx, sc), name)
+	// A context of sc holds sc's non-recording span (what the noop tracer
+	// would hand back for it).
+	sctx := trace.ContextWithSpanContext(ctx, sc)
+	return sctx, trace.SpanFromContext(sctx)
 }
 
 func newTraceID() trace.TraceID {

@@ -2,6 +2,7 @@ package observability
 
 import (
 	"context"
+	"encoding/hex"
 	"log/slog"
 
 	"go.opentelemetry.io/otel/trace"
@@ -34,8 +35,15 @@ func (h LogHandler) Enabled(ctx context.Context, level slog.Level) bool {
 // Handle adds the trace context of ctx, if any, and passes r on.
 func (h LogHandler) Handle(ctx context.Context, r slog.Record) error {
 	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
-		r = r.Clone()
-		r.AddAttrs(slog.String(LogTraceID, sc.TraceID().String()), slog.String(LogSpanID, sc.SpanID().String()))
+		// Both ids in hex (as TraceID.String and SpanID.String) in one
+		// string: one allocation instead of two.
+		tid, sid := sc.TraceID(), sc.SpanID()
+		var buf [2*len(tid) + 2*len(sid)]byte
+		hex.Encode(buf[:2*len(tid)], tid[:])
+		hex.Encode(buf[2*len(tid):], sid[:])
+		ids := string(buf[:])
+		r = r.Clone() // AddAttrs must not append to the caller's attributes
+		r.AddAttrs(slog.String(LogTraceID, ids[:2*len(tid)]), slog.String(LogSpanID, ids[2*len(tid):]))
 	}
 	return h.next.Handle(ctx, r)
 }

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
@@ -43,5 +45,41 @@ func TestLogHandlerAddsTraceContext(t *testing.T) {
 	}
 	if _, ok := second[LogTraceID]; ok {
 		t.Errorf("record without a span has a trace id: %v", second)
+	}
+}
+
+// A record with more attributes than a Record keeps inline keeps them all,
+// and the record handed to the handler is not changed for the next one.
+func TestLogHandlerManyAttributes(t *testing.T) {
+	var buf bytes.Buffer
+	h := NewLogHandler(slog.NewJSONHandler(&buf, nil))
+	tp := sdktrace.NewTracerProvider()
+	ctx, span := tp.Tracer("t").Start(context.Background(), "s")
+	defer span.End()
+	r := slog.NewRecord(time.Time{}, slog.LevelInfo, "many", 0)
+	for i := range 7 {
+		r.AddAttrs(slog.Int(fmt.Sprintf("a%d", i), i))
+	}
+	for range 2 {
+		if err := h.Handle(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r.NumAttrs() != 7 {
+		t.Errorf("the caller's record has %d attributes, want 7", r.NumAttrs())
+	}
+	for _, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		var got map[string]any
+		if err := json.Unmarshal([]byte(line), &got); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 7 {
+			if got[fmt.Sprintf("a%d", i)] != float64(i) {
+				t.Errorf("a%d lost: %s", i, line)
+			}
+		}
+		if got[LogTraceID] != span.SpanContext().TraceID().String() || got[LogSpanID] != span.SpanContext().SpanID().String() {
+			t.Errorf("ids: %s", line)
+		}
 	}
 }

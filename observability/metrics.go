@@ -105,8 +105,10 @@ type MetricsConfig struct {
 // Metrics records what runs do as OpenTelemetry metrics. It implements
 // handlers.Observer and is safe for concurrent use.
 type Metrics struct {
-	cfg     MetricsConfig
-	targets map[string]bool
+	cfg MetricsConfig
+	// targets indexes the configured targets' label sets in slots; the last
+	// slot is the one of label value "" (any other name).
+	targets map[string]int
 
 	syncs        metric.Int64Counter
 	duration     metric.Float64Histogram
@@ -126,13 +128,15 @@ type Metrics struct {
 	// redisPersistence is the start-up check's answer: 0 not checked, 1 off, 2 on.
 	redisPersistence atomic.Int32
 
-	// labels holds each label value's attribute sets (target → *labelSets),
-	// made at its first event: an attribute set made on every event sorts,
-	// hashes and allocates. Made lazily, they take memory only for the
-	// targets that run (a few hundred bytes each).
+	// slots hold each label value's attribute sets, made at its first
+	// event: an attribute set made on every event sorts, hashes and
+	// allocates. Made lazily, they take memory only for the targets that
+	// run (a few hundred bytes each); a slot is found by the one map lookup
+	// that also checks the target, not by a second (sync.Map) one.
+	slots []atomic.Pointer[labelSets]
+	// labels holds the label sets by label value when no targets are
+	// configured (any name is a label value).
 	labels sync.Map
-	// reqLabels holds the label sets of Pathling requests by reqKey.
-	reqLabels sync.Map
 
 	mu          sync.Mutex
 	lastSuccess map[string]time.Time
@@ -141,71 +145,131 @@ type Metrics struct {
 
 var _ handlers.Observer = (*Metrics)(nil)
 
-// labelSets are one target's attribute sets as measurement options.
+// opts is one attribute set as the options of a measurement, kept as
+// one-element arrays so that a call passes opts.add[:]... : an instrument is
+// an interface, so a variadic argument built at the call would escape to
+// the heap on every measurement. The SDK neither keeps nor changes them.
+type opts struct {
+	add [1]metric.AddOption
+	rec [1]metric.RecordOption
+	all metric.MeasurementOption // for the observations of a scrape
+}
+
+func newOpts(kvs ...attribute.KeyValue) *opts {
+	o := metric.WithAttributeSet(attribute.NewSet(kvs...))
+	return &opts{add: [1]metric.AddOption{o}, rec: [1]metric.RecordOption{o}, all: o}
+}
+
+// labelSets are one label value's (target's) attribute sets as measurement
+// options.
 type labelSets struct {
 	name      string
-	target    metric.MeasurementOption // target
-	completed metric.MeasurementOption // target, outcome=completed
-	failed    metric.MeasurementOption // target, outcome=failed
+	target    *opts // target
+	completed *opts // target, outcome=completed
+	failed    *opts // target, outcome=failed
 
 	mu       sync.Mutex
-	failedBy map[messages.Reason]metric.MeasurementOption // target, outcome=failed, reason
+	failedBy map[messages.Reason]*opts // target, outcome=failed, reason
+	// reqs holds the options of Pathling requests by kind and status:
+	// copied on write (new pairs are rare), so reads take no lock.
+	reqs atomic.Pointer[map[reqKey]*reqLabelSets]
 }
 
 func newLabelSets(target string) *labelSets {
 	tl := labelTarget.String(target)
 	return &labelSets{
 		name:      target,
-		target:    metric.WithAttributeSet(attribute.NewSet(tl)),
-		completed: metric.WithAttributeSet(attribute.NewSet(tl, labelOutcome.String(outcomeCompleted))),
-		failed:    metric.WithAttributeSet(attribute.NewSet(tl, labelOutcome.String(outcomeFailed))),
+		target:    newOpts(tl),
+		completed: newOpts(tl, labelOutcome.String(outcomeCompleted)),
+		failed:    newOpts(tl, labelOutcome.String(outcomeFailed)),
 	}
 }
 
 // failedWith is the option of a failure with reason r.
-func (ls *labelSets) failedWith(r messages.Reason) metric.MeasurementOption {
+func (ls *labelSets) failedWith(r messages.Reason) *opts {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
 	if o, ok := ls.failedBy[r]; ok {
 		return o
 	}
-	o := metric.WithAttributeSet(attribute.NewSet(labelTarget.String(ls.name), labelOutcome.String(outcomeFailed), labelReason.String(string(r))))
+	o := newOpts(labelTarget.String(ls.name), labelOutcome.String(outcomeFailed), labelReason.String(string(r)))
 	if r.Valid() { // the map stays bounded by the known reasons
 		if ls.failedBy == nil {
-			ls.failedBy = map[messages.Reason]metric.MeasurementOption{}
+			ls.failedBy = map[messages.Reason]*opts{}
 		}
 		ls.failedBy[r] = o
 	}
 	return o
 }
 
-// labelsOf returns the label sets of a label value (from target()).
-func (m *Metrics) labelsOf(target string) *labelSets {
-	if ls, ok := m.labels.Load(target); ok {
+// labelsFor returns the label sets of an event's target: its own if it is
+// configured (or none are), else those of label value "".
+func (m *Metrics) labelsFor(target string) *labelSets {
+	if len(m.targets) == 0 {
+		if ls, ok := m.labels.Load(target); ok {
+			return ls.(*labelSets)
+		}
+		ls, _ := m.labels.LoadOrStore(target, newLabelSets(target))
 		return ls.(*labelSets)
 	}
-	ls, _ := m.labels.LoadOrStore(target, newLabelSets(target))
-	return ls.(*labelSets)
+	i, ok := m.targets[target]
+	if !ok {
+		i, target = len(m.slots)-1, ""
+	}
+	slot := &m.slots[i]
+	if ls := slot.Load(); ls != nil {
+		return ls
+	}
+	slot.CompareAndSwap(nil, newLabelSets(target))
+	return slot.Load()
 }
 
-// reqKey identifies the label sets of a Pathling request.
-type reqKey struct{ target, kind, code string }
+// reqKey identifies the label sets of a Pathling request of a target.
+type reqKey struct {
+	kind   string
+	status int
+}
 
 // reqLabelSets are a Pathling request's options: with the status code (the
 // counter) and without (the duration).
-type reqLabelSets struct{ withCode, noCode metric.MeasurementOption }
+type reqLabelSets struct{ withCode, noCode *opts }
 
-func (m *Metrics) requestLabels(target, kind, code string) *reqLabelSets {
-	k := reqKey{target, kind, code}
-	if v, ok := m.reqLabels.Load(k); ok {
-		return v.(*reqLabelSets)
+func (ls *labelSets) requestLabels(kind string, status int) *reqLabelSets {
+	k := reqKey{kind, status}
+	if p := ls.reqs.Load(); p != nil {
+		if v, ok := (*p)[k]; ok {
+			return v
+		}
 	}
-	tl, kl := labelTarget.String(target), labelKind.String(kind)
-	v, _ := m.reqLabels.LoadOrStore(k, &reqLabelSets{
-		withCode: metric.WithAttributeSet(attribute.NewSet(tl, kl, labelStatusCode.String(code))),
-		noCode:   metric.WithAttributeSet(attribute.NewSet(tl, kl)),
-	})
-	return v.(*reqLabelSets)
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	var old map[reqKey]*reqLabelSets
+	if p := ls.reqs.Load(); p != nil {
+		old = *p
+	}
+	if v, ok := old[k]; ok {
+		return v
+	}
+	code := "error"
+	if status > 0 {
+		code = strconv.Itoa(status)
+	}
+	tl, kl := labelTarget.String(ls.name), labelKind.String(kind)
+	v := &reqLabelSets{withCode: newOpts(tl, kl, labelStatusCode.String(code))}
+	for ko, o := range old {
+		if ko.kind == kind { // the kind's other codes share the set without one
+			v.noCode = o.noCode
+			break
+		}
+	}
+	if v.noCode == nil {
+		v.noCode = newOpts(tl, kl)
+	}
+	next := make(map[reqKey]*reqLabelSets, len(old)+1)
+	maps.Copy(next, old)
+	next[k] = v
+	ls.reqs.Store(&next)
+	return v
 }
 
 // NewMetrics creates the instruments on mp. Errors: instrument creation
@@ -217,12 +281,17 @@ func NewMetrics(mp metric.MeterProvider, cfg MetricsConfig) (*Metrics, error) {
 	}
 	m := &Metrics{
 		cfg:         cfg,
-		targets:     make(map[string]bool, len(cfg.Targets)),
+		targets:     make(map[string]int, len(cfg.Targets)),
 		lastSuccess: map[string]time.Time{},
 		watermarks:  map[string]time.Time{},
 	}
 	for _, t := range cfg.Targets {
-		m.targets[t] = true
+		if _, ok := m.targets[t]; !ok {
+			m.targets[t] = len(m.targets)
+		}
+	}
+	if len(m.targets) > 0 {
+		m.slots = make([]atomic.Pointer[labelSets], len(m.targets)+1)
 	}
 	meter := mp.Meter(MeterName)
 	var errs []error
@@ -341,7 +410,7 @@ func NewMetrics(mp metric.MeterProvider, cfg MetricsConfig) (*Metrics, error) {
 
 // target returns the label value for an event's target.
 func (m *Metrics) target(t string) string {
-	if len(m.targets) > 0 && !m.targets[t] {
+	if _, ok := m.targets[t]; len(m.targets) > 0 && !ok {
 		return ""
 	}
 	return t
@@ -359,30 +428,29 @@ func (m *Metrics) RunEvent(ctx context.Context, ev handlers.RunEvent) {
 		ev.Kind == handlers.EventPolled && ev.Status.State != handlers.JobRunning:
 		return // not metrics (one of these per poll of every run in flight)
 	}
-	target := m.target(ev.Target)
-	ls := m.labelsOf(target)
-	tl := ls.target
+	ls := m.labelsFor(ev.Target)
+	target, tl := ls.name, ls.target
 	switch ev.Kind {
 	case handlers.EventRedelivered:
-		m.redeliveries.Add(ctx, 1, tl)
+		m.redeliveries.Add(ctx, 1, tl.add[:]...)
 	case handlers.EventLockConflict:
-		m.conflicts.Add(ctx, 1, tl)
+		m.conflicts.Add(ctx, 1, tl.add[:]...)
 	case handlers.EventLockLost:
-		m.losses.Add(ctx, 1, tl)
+		m.losses.Add(ctx, 1, tl.add[:]...)
 	case handlers.EventAdopted:
-		m.adoptions.Add(ctx, 1, tl)
+		m.adoptions.Add(ctx, 1, tl.add[:]...)
 	case handlers.EventStarted:
-		m.inFlight.Add(ctx, 1, tl)
+		m.inFlight.Add(ctx, 1, tl.add[:]...)
 	case handlers.EventStopped:
-		m.inFlight.Add(ctx, -1, tl)
-		m.expectedEnd.Record(ctx, 0, tl)
+		m.inFlight.Add(ctx, -1, tl.add[:]...)
+		m.expectedEnd.Record(ctx, 0, tl.rec[:]...)
 	case handlers.EventPolled:
 		if ev.Status.State == handlers.JobRunning {
 			end := 0.0
 			if !ev.ExpectedEnd.IsZero() {
 				end = float64(ev.ExpectedEnd.UnixMilli()) / 1000
 			}
-			m.expectedEnd.Record(ctx, end, tl)
+			m.expectedEnd.Record(ctx, end, tl.rec[:]...)
 		}
 	case handlers.EventWatermark:
 		m.mu.Lock()
@@ -394,22 +462,22 @@ func (m *Metrics) RunEvent(ctx context.Context, ev handlers.RunEvent) {
 		// No target label: the subject named none. The reason is one of a fixed few.
 		m.dropped.Add(ctx, 1, metric.WithAttributes(labelReason.String(ev.Dropped)))
 	case handlers.EventClockSkew:
-		m.clockSkew.Record(ctx, ev.ClockSkew.Seconds(), tl)
+		m.clockSkew.Record(ctx, ev.ClockSkew.Seconds(), tl.rec[:]...)
 	case handlers.EventRefused:
-		m.syncs.Add(ctx, 1, ls.failedWith(ev.Reason))
+		m.syncs.Add(ctx, 1, ls.failedWith(ev.Reason).add[:]...)
 	case handlers.EventFinished:
 		outcome := ls.failed
 		if ev.Completed {
 			outcome = ls.completed
-			m.SeedLastSuccess(target, m.cfg.Clock.Now()) // first: a scrape seeing the count sees the time
-			m.syncs.Add(ctx, 1, outcome)
+			m.seedLastSuccess(target, m.cfg.Clock.Now()) // first: a scrape seeing the count sees the time
+			m.syncs.Add(ctx, 1, outcome.add[:]...)
 		} else {
-			m.syncs.Add(ctx, 1, ls.failedWith(ev.Reason))
+			m.syncs.Add(ctx, 1, ls.failedWith(ev.Reason).add[:]...)
 		}
-		m.duration.Record(ctx, ev.Duration.Seconds(), outcome)
-		m.polls.Record(ctx, int64(ev.Polls), outcome)
+		m.duration.Record(ctx, ev.Duration.Seconds(), outcome.rec[:]...)
+		m.polls.Record(ctx, int64(ev.Polls), outcome.rec[:]...)
 		if ev.Completed && ev.DetectionLag > 0 {
-			m.lag.Record(ctx, ev.DetectionLag.Seconds(), tl)
+			m.lag.Record(ctx, ev.DetectionLag.Seconds(), tl.rec[:]...)
 		}
 	}
 }
@@ -418,7 +486,11 @@ func (m *Metrics) RunEvent(ctx context.Context, ev handlers.RunEvent) {
 // the one known (cmd seeds it at start from the stored run records, so the
 // gauge survives restarts).
 func (m *Metrics) SeedLastSuccess(target string, t time.Time) {
-	target = m.target(target)
+	m.seedLastSuccess(m.target(target), t)
+}
+
+// seedLastSuccess is SeedLastSuccess of a label value.
+func (m *Metrics) seedLastSuccess(target string, t time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if t.After(m.lastSuccess[target]) {
@@ -429,14 +501,12 @@ func (m *Metrics) SeedLastSuccess(target string, t time.Time) {
 // PathlingRequest records one HTTP request of the Pathling client (or its
 // token source). status is 0 when no response came (err then says why).
 func (m *Metrics) PathlingRequest(ctx context.Context, target, kind string, status int, d time.Duration) {
-	target = m.target(target)
-	code := "error"
-	if status > 0 {
-		code = strconv.Itoa(status)
+	if status < 0 {
+		status = 0 // "error", as no response
 	}
-	rl := m.requestLabels(target, kind, code)
-	m.requests.Add(ctx, 1, rl.withCode)
-	m.reqDuration.Record(ctx, d.Seconds(), rl.noCode)
+	rl := m.labelsFor(target).requestLabels(kind, status)
+	m.requests.Add(ctx, 1, rl.withCode.add[:]...)
+	m.reqDuration.Record(ctx, d.Seconds(), rl.noCode.rec[:]...)
 }
 
 // SetRedisPersistence records the start-up check of Redis' persistence,
@@ -465,7 +535,7 @@ func (m *Metrics) observeGauges(ctx context.Context, o metric.Observer, lastSucc
 	m.mu.Unlock()
 
 	for t, at := range success {
-		o.ObserveFloat64(lastSuccess, float64(at.UnixNano())/1e9, m.labelsOf(t).target)
+		o.ObserveFloat64(lastSuccess, float64(at.UnixNano())/1e9, m.labelsFor(t).target.all)
 	}
 	if m.cfg.Watermarks != nil {
 		rctx, cancel := context.WithTimeout(ctx, m.cfg.ScrapeTimeout)
@@ -483,6 +553,6 @@ func (m *Metrics) observeGauges(ctx context.Context, o metric.Observer, lastSucc
 		}
 	}
 	for t, wm := range marks {
-		o.ObserveFloat64(watermarkAge, now.Sub(wm).Seconds(), m.labelsOf(t).target)
+		o.ObserveFloat64(watermarkAge, now.Sub(wm).Seconds(), m.labelsFor(t).target.all)
 	}
 }

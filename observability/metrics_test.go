@@ -3,6 +3,7 @@ package observability
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -206,5 +207,39 @@ func TestRedisRoundTripsCounter(t *testing.T) {
 	fams, text := scrape(t, tel.MetricsHandler())
 	if v := mustSample(t, fams, name, nil); v != 4 {
 		t.Fatalf("%s = %v, want 4:\n%s", name, v, text)
+	}
+}
+
+// The label sets made at a target's (or request kind's and status') first
+// event are made once even when many events come at once: every
+// measurement lands in its series.
+func TestMetricsConcurrentFirstEvents(t *testing.T) {
+	tel, m := newTestMetrics(t, MetricsConfig{Targets: []string{"a", "b"}})
+	ctx := context.Background()
+	const workers, rounds = 8, 50
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i := range rounds {
+				target := []string{"a", "b", "unknown"}[(w+i)%3]
+				m.RunEvent(ctx, handlers.RunEvent{Kind: handlers.EventStarted, Target: target})
+				m.PathlingRequest(ctx, target, KindPoll, 200+i%5, time.Millisecond)
+				m.RunEvent(ctx, handlers.RunEvent{Kind: handlers.EventFinished, Target: target, Completed: true})
+			}
+		})
+	}
+	wg.Wait()
+	fams, _ := scrape(t, tel.MetricsHandler())
+	var started, requests, completed float64
+	for _, target := range []string{"a", "b", ""} {
+		started += mustSample(t, fams, "pathling_sync_syncs_in_flight", map[string]string{"target": target})
+		completed += mustSample(t, fams, "pathling_sync_syncs_total", map[string]string{"target": target, "outcome": "completed"})
+		for code := 200; code < 205; code++ {
+			requests += mustSample(t, fams, "pathling_sync_pathling_requests_total",
+				map[string]string{"target": target, "kind": KindPoll, "status_code": strconv.Itoa(code)})
+		}
+	}
+	if want := float64(workers * rounds); started != want || requests != want || completed != want {
+		t.Errorf("in flight %v, requests %v, completed %v: want %v each", started, requests, completed, want)
 	}
 }

@@ -146,7 +146,7 @@ func Setup(ctx context.Context, o Options) (*Telemetry, error) {
 		}
 		spanExporters = names
 		if len(names) == 0 {
-			t.tracerProvider = newIDTracerProvider(smp)
+			t.tracerProvider = newIDTracerProvider(smp, true) // sampler()'s samplers read only the parent
 		}
 		opts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res), sdktrace.WithSampler(smp)}
 		for _, n := range names {

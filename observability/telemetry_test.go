@@ -11,6 +11,9 @@ import (
 	"sync"
 	"testing"
 
+	"go.opentelemetry.io/otel/attribute"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
@@ -273,5 +276,69 @@ func TestExemplarsOnlyWhereTheyCanBeRead(t *testing.T) {
 		if got := exemplarsUseful(c.spans, c.metrics, envFrom(c.env)); got != c.want {
 			t.Errorf("spans %v, metrics %v, env %v: %v, want %v", c.spans, c.metrics, c.env, got, c.want)
 		}
+	}
+}
+
+// With no exporter, the sampler sees the parent a span is started under:
+// the remote parent's decision is kept (parentbased), and a new root
+// ignores the parent in its context (a trace of its own, sampled by the
+// root sampler). Each decision as the SDK tracer makes it.
+func TestNoExporterSamplerSeesTheParent(t *testing.T) {
+	tel, err := Setup(context.Background(), Options{Getenv: envFrom(nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tel.Shutdown(context.Background())
+	sdk := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.AlwaysSample())))
+	defer sdk.Shutdown(context.Background())
+	remote := trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID: trace.TraceID{1}, SpanID: trace.SpanID{2}, Remote: true, // not sampled
+		TraceState: func() trace.TraceState { ts, _ := trace.ParseTraceState("k=v"); return ts }(),
+	})
+	ctx := trace.ContextWithRemoteSpanContext(context.Background(), remote)
+	for _, tp := range []trace.TracerProvider{tel.TracerProvider(), sdk} {
+		_, child := tp.Tracer("t").Start(ctx, "child")
+		csc := child.SpanContext()
+		if csc.TraceID() != remote.TraceID() || csc.IsSampled() || csc.TraceState().String() != "k=v" {
+			t.Errorf("%T: child %v of unsampled %v: want its trace, unsampled, its trace state", tp, csc, remote)
+		}
+		_, root := tp.Tracer("t").Start(ctx, "root", trace.WithAttributes(attribute.String("k", "v")), trace.WithNewRoot(),
+			trace.WithSpanKind(trace.SpanKindClient))
+		rsc := root.SpanContext()
+		if rsc.TraceID() == remote.TraceID() || !rsc.IsSampled() || rsc.TraceState().Len() != 0 {
+			t.Errorf("%T: new root %v under %v: want a trace of its own, sampled, no trace state", tp, rsc, remote)
+		}
+		_, plain := tp.Tracer("t").Start(context.Background(), "plain", trace.WithNewRoot())
+		if !plain.SpanContext().IsValid() || !plain.SpanContext().IsSampled() {
+			t.Errorf("%T: new root without a parent: %v", tp, plain.SpanContext())
+		}
+	}
+}
+
+// recordingSampler keeps the parameters it was asked about.
+type recordingSampler struct{ got []sdktrace.SamplingParameters }
+
+func (s *recordingSampler) ShouldSample(p sdktrace.SamplingParameters) sdktrace.SamplingResult {
+	s.got = append(s.got, p)
+	return sdktrace.SamplingResult{Decision: sdktrace.RecordAndSample}
+}
+
+func (s *recordingSampler) Description() string { return "recording" }
+
+// A sampler that may read more than the parent gets a span's name, kind,
+// attributes and links.
+func TestIDTracerGivesTheSamplerTheSpan(t *testing.T) {
+	smp := &recordingSampler{}
+	tr := newIDTracerProvider(smp, false).Tracer("t")
+	link := trace.Link{SpanContext: trace.NewSpanContext(trace.SpanContextConfig{TraceID: trace.TraceID{1}, SpanID: trace.SpanID{1}})}
+	_, span := tr.Start(context.Background(), "s", trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(attribute.String("k", "v")), trace.WithLinks(link))
+	if !span.SpanContext().IsSampled() || len(smp.got) != 1 {
+		t.Fatalf("span %v, sampler asked %d times", span.SpanContext(), len(smp.got))
+	}
+	p := smp.got[0]
+	if p.Name != "s" || p.Kind != trace.SpanKindProducer || len(p.Attributes) != 1 || p.Attributes[0] != attribute.String("k", "v") ||
+		len(p.Links) != 1 || !p.Links[0].SpanContext.Equal(link.SpanContext) || p.TraceID != span.SpanContext().TraceID() {
+		t.Errorf("sampler got %+v", p)
 	}
 }

@@ -3,6 +3,7 @@ package observability
 import (
 	"context"
 	"net/http"
+	"net/textproto"
 	"strings"
 	"time"
 
@@ -72,7 +73,8 @@ func NewTransport(base http.RoundTripper, c TransportConfig) http.RoundTripper {
 		// Spans that are never recorded need none of otelhttp's attribute
 		// and metric work (a third of a request's client-side cost): only
 		// their ids, sent on in traceparent. One allocation per target.
-		return &unrecordedTransport{measuredTransport: m, tracer: tp.Tracer(transportTracerName)}
+		return &unrecordedTransport{measuredTransport: m, tracer: tp.Tracer(transportTracerName),
+			startOpts: []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindClient)}}
 	}
 	inner := &m
 	return otelhttp.NewTransport(inner,
@@ -132,15 +134,86 @@ const transportTracerName = "github.com/pathling-sync/pathling-sync/observabilit
 type unrecordedTransport struct {
 	measuredTransport
 	tracer trace.Tracer
+	// startOpts are made once: a variadic argument of an interface method
+	// escapes, so it would be allocated on every request.
+	startOpts []trace.SpanStartOption
 }
 
 func (t *unrecordedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	ctx, span := t.tracer.Start(r.Context(), r.Method, trace.WithSpanKind(trace.SpanKindClient))
+	ctx, span := t.tracer.Start(r.Context(), r.Method, t.startOpts...)
 	defer span.End()
-	r = r.Clone(ctx) // a RoundTripper must not change its caller's request
-	propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(r.Header))
-	return t.measuredTransport.RoundTrip(r)
+	// A RoundTripper must not change its caller's request. Only the header
+	// gets something added, so a shallow copy with a header of its own is
+	// enough: Request.Clone would also deep-copy the URL, trailer and forms,
+	// which the base transport only reads.
+	out := r.WithContext(ctx)
+	out.Header = withTraceParentRoom(r.Header, trace.SpanContextFromContext(ctx).IsValid())
+	propagation.TraceContext{}.Inject(ctx, traceHeader(out.Header))
+	return t.measuredTransport.RoundTrip(out)
 }
+
+// Canonical names of the trace context headers (http.Header keys).
+const (
+	headerTraceParent = "Traceparent"
+	headerTraceState  = "Tracestate"
+)
+
+// withTraceParentRoom copies h as http.Header.Clone does (all values in one
+// backing array) and, when a traceparent will be injected (a valid span
+// context), makes room for it: a slot in the map and a value in the backing
+// array, so that setting it allocates neither.
+func withTraceParentRoom(h http.Header, injects bool) http.Header {
+	extra := 0
+	if _, ok := h[headerTraceParent]; injects && !ok {
+		extra = 1
+	}
+	nv := extra
+	for _, vv := range h {
+		nv += len(vv)
+	}
+	sv := make([]string, nv)
+	h2 := make(http.Header, len(h)+extra)
+	for k, vv := range h {
+		if vv == nil {
+			h2[k] = nil // as Clone: a nil value suppresses a default header
+			continue
+		}
+		n := copy(sv, vv)
+		h2[k] = sv[:n:n]
+		sv = sv[n:]
+	}
+	if extra > 0 {
+		h2[headerTraceParent] = sv[:1:1] // set by the propagator
+	}
+	return h2
+}
+
+// traceHeader is the carrier of a header made by withTraceParentRoom,
+// whose value slices are its own: Set overwrites the first value in place
+// (what http.Header.Set leaves, a single value, without allocating one),
+// and knows the canonical form of the trace context keys.
+type traceHeader http.Header
+
+func (c traceHeader) Get(key string) string { return http.Header(c).Get(key) }
+
+func (c traceHeader) Set(key, value string) {
+	switch key {
+	case "traceparent":
+		key = headerTraceParent
+	case "tracestate":
+		key = headerTraceState
+	default:
+		key = textproto.CanonicalMIMEHeaderKey(key)
+	}
+	if vv := c[key]; len(vv) > 0 {
+		vv[0] = value
+		c[key] = vv[:1]
+		return
+	}
+	c[key] = []string{value}
+}
+
+func (c traceHeader) Keys() []string { return propagation.HeaderCarrier(c).Keys() }
 
 // RequestKind classifies a request of the Pathling client or its token
 // source (see the Kind* constants).

@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
 
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
@@ -230,4 +232,38 @@ func TestTransportUnrecordedSpans(t *testing.T) {
 	}
 	fams, _ := scrape(t, tel.MetricsHandler())
 	mustSample(t, fams, "pathling_sync_pathling_requests_total", map[string]string{"target": "main", "kind": KindPoll, "status_code": "202"})
+}
+
+// The header an unrecorded request is sent with is the caller's plus the
+// trace context, exactly as a Request.Clone with the propagator's
+// HeaderCarrier makes it (a stale traceparent replaced, several values and
+// a nil value kept, tracestate when there is one), and the caller's header
+// is left as it was.
+func TestTraceHeaderAsCloneAndHeaderCarrier(t *testing.T) {
+	ts, err := trace.ParseTraceState("k=v,a=b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	valid := trace.NewSpanContext(trace.SpanContextConfig{TraceID: trace.TraceID{1}, SpanID: trace.SpanID{2}, TraceFlags: trace.FlagsSampled})
+	for _, sc := range []trace.SpanContext{valid, valid.WithTraceState(ts), valid.WithTraceFlags(0), {}} {
+		for _, h := range []http.Header{
+			{},
+			{"Accept": {"application/fhir+json"}, "Authorization": {"Bearer x"}},
+			{"Traceparent": {"00-stale-stale-00", "second"}, "Tracestate": {"old=1"}, "X-Many": {"1", "2", "3"}},
+			{"User-Agent": nil, "traceparent": {"lowercase, not canonical"}},
+		} {
+			before := h.Clone()
+			ctx := trace.ContextWithSpanContext(context.Background(), sc)
+			want := h.Clone()
+			propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(want))
+			got := withTraceParentRoom(h, sc.IsValid())
+			propagation.TraceContext{}.Inject(ctx, traceHeader(got))
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("span context %v, header %v: sent %v, want %v", sc, h, got, want)
+			}
+			if !reflect.DeepEqual(h, before) {
+				t.Errorf("span context %v: the caller's header changed: %v, was %v", sc, h, before)
+			}
+		}
+	}
 }
