@@ -106,3 +106,14 @@ func BenchmarkParseImportResult(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkParameters is the kick-off body alone (validation and encoding).
+func BenchmarkParameters(b *testing.B) {
+	req := ImportRequest{ExportURL: "http://127.0.0.1:40000/source/fhir", SaveMode: SaveModeMerge, Types: []string{"Patient", "Observation"}}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := req.Parameters(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -106,8 +106,16 @@ func (r ImportRequest) Parameters() ([]byte, error) {
 	if err := r.validate(); err != nil {
 		return nil, err
 	}
-	str := func(s string) *string { return &s }
-	params := []fhirParameter{{Name: "exportUrl", ValueURL: str(r.ExportURL)}}
+	// One array for the parameters and one for their values (rather than
+	// an allocation for each value and for each growth).
+	n := 7 + len(r.Types) + len(r.Elements) + len(r.TypeFilters) + len(r.IncludeAssociatedData)
+	values := make([]string, 0, n)
+	str := func(s string) *string {
+		values = append(values, s) // never grows: n counts every value
+		return &values[len(values)-1]
+	}
+	params := make([]fhirParameter, 0, n)
+	params = append(params, fhirParameter{Name: "exportUrl", ValueURL: str(r.ExportURL)})
 	code := func(name, v string) {
 		if v != "" {
 			params = append(params, fhirParameter{Name: name, ValueCode: str(v)})
