@@ -481,6 +481,27 @@ func (a replyAcks) DoubleAck(ctx context.Context) error {
 	return err
 }
 
+// doubleAckWithin is DoubleAck under a timeout alone, as settle uses it, without a context (and
+// its timer) per message: the request's timer comes from nats.go's pool. A timeout reads as
+// DoubleAck's under a deadline does (context.DeadlineExceeded), for the log.
+func (a replyAcks) doubleAckWithin(d time.Duration) error {
+	_, err := a.nc.Request(a.reply, []byte("+ACK"), d)
+	if errors.Is(err, nats.ErrTimeout) {
+		return context.DeadlineExceeded
+	}
+	return err
+}
+
+// doubleAck acks with the server's confirmation within settleTimeout, whatever becomes of ctx.
+func doubleAck(ctx context.Context, a acks) error {
+	if ra, ok := a.(replyAcks); ok {
+		return ra.doubleAckWithin(settleTimeout)
+	}
+	ackCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+	defer cancel()
+	return a.DoubleAck(ackCtx)
+}
+
 func (a replyAcks) NakWithDelay(delay time.Duration) error {
 	if delay > 0 {
 		return a.nc.Publish(a.reply, fmt.Appendf(nil, `-NAK {"delay": %d}`, delay.Nanoseconds()))
@@ -515,9 +536,7 @@ func (c *Consumer) settle(ctx context.Context, msg settled, disp handlers.Dispos
 	case handlers.Ack:
 		// DoubleAck waits for the server's confirmation: the caller has published the outcome
 		// and only a confirmed ack prevents a redelivery.
-		ackCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
-		err = msg.DoubleAck(ackCtx)
-		cancel()
+		err = doubleAck(ctx, msg.acks)
 	case handlers.Term:
 		err = c.term(msg, termReason)
 	case handlers.Nak:
