@@ -135,3 +135,47 @@ func FuzzParseHTTPDate(f *testing.F) {
 		}
 	})
 }
+
+// Bodies are read into pooled buffers: what a call returns must be its own
+// response's, whatever other calls read meanwhile (run with -race).
+func TestConcurrentCallsKeepTheirOwnBodies(t *testing.T) {
+	srv := newFakeServer(t, func(w http.ResponseWriter, r *http.Request, n int) {
+		id := r.URL.Query().Get("id")
+		if strings.HasPrefix(id, "f") {
+			writeFHIR(w, http.StatusBadRequest, errorOutcome("invalid", "failed "+id+strings.Repeat(".", len(id)*300)))
+			return
+		}
+		writeFHIR(w, http.StatusOK, `{"resourceType":"Parameters","parameter":[{"name":"request","valueString":"`+id+
+			strings.Repeat("x", len(id)*500)+`"}]}`)
+	})
+	c := newClient(t, srv.URL+"/fhir")
+	errs := make(chan error, 8)
+	for g := range 8 {
+		go func() {
+			for i := range 40 {
+				id := strings.Repeat("j", 1+(g+i)%7) + string(rune('a'+g)) + time.Duration(i).String()
+				if g%2 == 1 {
+					id = "f" + id
+				}
+				st, err := c.Status(context.Background(), srv.URL+"/fhir/$job?id="+id)
+				switch {
+				case err != nil:
+				case g%2 == 0 && (st.Result == nil || st.Result.Request != id+strings.Repeat("x", len(id)*500)):
+					err = errors.New("result of another call: " + id)
+				case g%2 == 1 && (st.Failure == nil || !strings.HasPrefix(st.Failure.Message, "failed "+id+".")):
+					err = errors.New("failure of another call: " + id)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
