@@ -92,6 +92,19 @@ func DecodeRequested(body []byte) (SyncRequested, error) {
 	if err := checkBody(body); err != nil {
 		return req, ValidationErrors{err}
 	}
+	if json.Valid(body) { // a single object: no syntax error to report
+		if present, errs, ok := scanValidRequest(body, &req); ok {
+			return decoded(body, req, present, errs)
+		}
+	}
+	return decodeRequestedJSON(body)
+}
+
+// decodeRequestedJSON is DecodeRequested after checkBody with encoding/json's Decoder: the
+// reference scanValidRequest must agree with, and the reader of bodies it leaves (invalid JSON,
+// escaped keys), whose syntax errors it reports as the Decoder words them.
+func decodeRequestedJSON(body []byte) (SyncRequested, error) {
+	var req SyncRequested
 	present, errs, syntax := scanRequestObject(body)
 	if syntax != nil {
 		return req, ValidationErrors{syntax}
@@ -105,6 +118,16 @@ func DecodeRequested(body []byte) (SyncRequested, error) {
 	if err := dec.Decode(&req); err != nil {
 		// scanRequestObject has checked names and JSON types; this is a safety net.
 		return req, ValidationErrors{invalid("", "body does not decode: %v", err)}
+	}
+	return decoded(body, req, present, nil)
+}
+
+// decoded finishes DecodeRequested for a request read without syntax errors.
+func decoded(body []byte, req SyncRequested, present map[string]bool, errs ValidationErrors) (SyncRequested, error) {
+	if len(errs) > 0 {
+		var echo SyncRequested          // not req: its address would move it to the heap on every call
+		_ = json.Unmarshal(body, &echo) // best effort, for echoing in SyncFailed
+		return echo, errs
 	}
 	req.normalize()
 	if errs := req.validate(present); len(errs) > 0 {
@@ -345,12 +368,11 @@ func (r SyncRequested) validate(present map[string]bool) ValidationErrors {
 	}
 	seen := make(map[string]bool, len(r.Types))
 	for i, t := range r.Types {
-		field := fmt.Sprintf("types[%d]", i)
 		switch {
 		case !resourceTypePattern.MatchString(t):
-			add(invalid(field, "%s is not a FHIR resource type name", quote(t)))
+			add(invalid(indexed("types", i), "%s is not a FHIR resource type name", quote(t)))
 		case seen[t]:
-			add(invalid(field, "%s is listed more than once", quote(t)))
+			add(invalid(indexed("types", i), "%s is listed more than once", quote(t)))
 		}
 		seen[t] = true
 	}
@@ -368,22 +390,21 @@ func (r SyncRequested) validate(present map[string]bool) ValidationErrors {
 		}
 	}
 	for i, f := range r.TypeFilters {
-		field := fmt.Sprintf("typeFilters[%d]", i)
 		switch {
 		case strings.Contains(f, ","):
-			add(invalid(field, "%s contains a comma, which Pathling would read as a list separator", quote(f)))
+			add(invalid(indexed("typeFilters", i), "%s contains a comma, which Pathling would read as a list separator", quote(f)))
 		case !typeFilterPattern.MatchString(f):
-			add(invalid(field, "%s is not of the form <ResourceType>?<search parameters>", quote(f)))
+			add(invalid(indexed("typeFilters", i), "%s is not of the form <ResourceType>?<search parameters>", quote(f)))
 		}
 	}
 	for i, e := range r.Elements {
 		if !elementPattern.MatchString(e) {
-			add(invalid(fmt.Sprintf("elements[%d]", i), "%s is not an element name ([ResourceType.]element)", quote(e)))
+			add(invalid(indexed("elements", i), "%s is not an element name ([ResourceType.]element)", quote(e)))
 		}
 	}
 	for i, c := range r.IncludeAssociatedData {
 		if !codePattern.MatchString(c) {
-			add(invalid(fmt.Sprintf("includeAssociatedData[%d]", i), "%s is not a code (no spaces or commas)", quote(c)))
+			add(invalid(indexed("includeAssociatedData", i), "%s is not a code (no spaces or commas)", quote(c)))
 		}
 	}
 	if present["concurrency"] && !slices.Contains(ConcurrencyPolicies(), r.Concurrency) {
@@ -396,6 +417,9 @@ func (r SyncRequested) validate(present map[string]bool) ValidationErrors {
 	add(validateLabel("requestedBy", r.RequestedBy))
 	return errs
 }
+
+// indexed names a list element's field, "types[1]" (built only for an error).
+func indexed(name string, i int) string { return fmt.Sprintf("%s[%d]", name, i) }
 
 func validateExportURL(s string) *ValidationError {
 	shown := quote(RedactURL(s)) // never echo a credential

@@ -409,34 +409,52 @@ func (c *Consumer) work(ctx context.Context, msg jetstream.Msg, md *jetstream.Ms
 		NumDelivered: md.NumDelivered,
 		Published:    md.Timestamp,
 	}
-	m := settled{acks: replyAcks{nc: c.js.Conn(), subject: d.Subject, reply: msg.Reply()}, seq: d.StreamSeq}
-	hb := c.beats.start(m.acks)
-	var once atomic.Bool
-	done := func(disp handlers.Disposition, termReason string) {
-		if !once.CompareAndSwap(false, true) {
-			c.log.Error("delivery settled twice; ignoring the second", "action", disp.Action.String(),
-				"subject", m.acks.Subject(), "stream_seq", m.seq)
-			return
-		}
-		c.beats.stop(hb)
-		c.settle(ctx, m, disp, termReason)
-		c.inFlight.Add(-1)
-		wg.Done()
-		c.signalFreed()
-	}
-	d.Settle = func(disp handlers.Disposition) {
-		if disp.Action == handlers.Parked {
-			disp = handlers.Disposition{Action: handlers.Leave}
-		}
-		done(disp, termReasonHandler)
-	}
+	f := &inflight{c: c, ctx: ctx, wg: wg, acks: replyAcks{nc: c.js.Conn(), subject: d.Subject, reply: msg.Reply()}, seq: d.StreamSeq}
+	f.hb.msg = &f.acks
+	c.beats.add(&f.hb)
+	d.Settle = f.settle
 	disp, termReason := c.call(ctx, d)
 	c.active.Add(-1)
 	if disp.Action == handlers.Parked {
 		c.signalFreed() // an active slot, not the worker
 		return          // settled (or to be) through d.Settle
 	}
-	done(disp, termReason)
+	f.done(disp, termReason)
+}
+
+// inflight is what the consumer keeps of a message from its start until it is settled, in one
+// allocation (its heartbeat entry included).
+type inflight struct {
+	c    *Consumer
+	ctx  context.Context
+	wg   *sync.WaitGroup
+	acks replyAcks
+	seq  uint64 // stream sequence, for logs
+	hb   heartbeat
+	once atomic.Bool
+}
+
+// settle is the delivery's Settle, for a handler that parked it.
+func (f *inflight) settle(disp handlers.Disposition) {
+	if disp.Action == handlers.Parked {
+		disp = handlers.Disposition{Action: handlers.Leave}
+	}
+	f.done(disp, termReasonHandler)
+}
+
+// done settles the message once, and frees its worker.
+func (f *inflight) done(disp handlers.Disposition, termReason string) {
+	c := f.c
+	if !f.once.CompareAndSwap(false, true) {
+		c.log.Error("delivery settled twice; ignoring the second", "action", disp.Action.String(),
+			"subject", f.acks.Subject(), "stream_seq", f.seq)
+		return
+	}
+	c.beats.stop(&f.hb)
+	c.settle(f.ctx, settled{acks: &f.acks, seq: f.seq}, disp, termReason)
+	c.inFlight.Add(-1)
+	f.wg.Done()
+	c.signalFreed()
 }
 
 // signalFreed wakes a fetch loop waiting for a free slot (never blocking).
@@ -481,6 +499,30 @@ func (a replyAcks) DoubleAck(ctx context.Context) error {
 	return err
 }
 
+// doubleAckWithin is DoubleAck under a timeout alone, as settle uses it, without a context (and
+// its timer) per message: the request's timer comes from nats.go's pool. A timeout reads as
+// DoubleAck's under a deadline does (context.DeadlineExceeded), for the log.
+func (a replyAcks) doubleAckWithin(d time.Duration) error {
+	_, err := a.nc.Request(a.reply, []byte("+ACK"), d)
+	if errors.Is(err, nats.ErrTimeout) {
+		return context.DeadlineExceeded
+	}
+	return err
+}
+
+// doubleAck acks with the server's confirmation within settleTimeout, whatever becomes of ctx.
+func doubleAck(ctx context.Context, a acks) error {
+	switch ra := a.(type) {
+	case *replyAcks:
+		return ra.doubleAckWithin(settleTimeout)
+	case replyAcks:
+		return ra.doubleAckWithin(settleTimeout)
+	}
+	ackCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+	defer cancel()
+	return a.DoubleAck(ackCtx)
+}
+
 func (a replyAcks) NakWithDelay(delay time.Duration) error {
 	if delay > 0 {
 		return a.nc.Publish(a.reply, fmt.Appendf(nil, `-NAK {"delay": %d}`, delay.Nanoseconds()))
@@ -515,9 +557,7 @@ func (c *Consumer) settle(ctx context.Context, msg settled, disp handlers.Dispos
 	case handlers.Ack:
 		// DoubleAck waits for the server's confirmation: the caller has published the outcome
 		// and only a confirmed ack prevents a redelivery.
-		ackCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
-		err = msg.DoubleAck(ackCtx)
-		cancel()
+		err = doubleAck(ctx, msg.acks)
 	case handlers.Term:
 		err = c.term(msg, termReason)
 	case handlers.Nak:
@@ -570,10 +610,16 @@ func newHeartbeats(interval time.Duration, log *slog.Logger) *heartbeats {
 // start registers msg: its first InProgress goes out about interval from now.
 func (h *heartbeats) start(msg acks) *heartbeat {
 	hb := &heartbeat{msg: msg}
+	h.add(hb)
+	return hb
+}
+
+// add registers hb (its msg set, never started before): its first InProgress goes out about
+// interval from now.
+func (h *heartbeats) add(hb *heartbeat) {
 	h.mu.Lock()
 	h.due[hb] = time.Now().Add(h.interval)
 	h.mu.Unlock()
-	return hb
 }
 
 // stop ends hb's beats; no InProgress is sent for it after stop returns.

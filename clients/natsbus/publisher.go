@@ -93,13 +93,9 @@ func PublishRequest(ctx context.Context, js jetstream.JetStream, subject string,
 		return nil, fmt.Errorf("natsbus: publish %s %s: %w", subject, env.ID, err)
 	}
 	msg := nats.NewMsg(subject)
-	env.WriteTo(msg.Header)
+	env.WriteTo(msg.Header) // Nats-Msg-Id included: jetstream.WithMsgID would only set it again
 	msg.Data = body
-	var opts []jetstream.PublishOpt
-	if env.ID != "" {
-		opts = append(opts, jetstream.WithMsgID(env.ID))
-	}
-	ack, err := js.PublishMsg(ctx, msg, opts...)
+	ack, err := js.PublishMsg(ctx, msg)
 	if err != nil {
 		return nil, fmt.Errorf("natsbus: publish %s %s: %w", subject, env.ID, err)
 	}

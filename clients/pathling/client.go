@@ -9,8 +9,10 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/pathling-sync/pathling-sync/clients/auth"
@@ -47,7 +49,10 @@ type Client struct {
 	tokens     auth.TokenSource
 	timeout    time.Duration
 	userAgent  string
-	clock      clock.Clock // for HTTP-date Retry-After
+	// headers are the request header templates for userAgent (shared by
+	// all clients with the default one: 10,000 targets hold no copies).
+	headers *requestHeaders
+	clock   clock.Clock // for HTTP-date Retry-After
 	// exportStyle is what this Pathling expects in exportUrl.
 	exportStyle ExportURLStyle
 }
@@ -145,8 +150,31 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 	if c.httpClient == nil {
 		c.httpClient = &http.Client{Transport: newTransport()}
 	}
+	c.headers = defaultHeaders
+	if c.userAgent != defaultUserAgent {
+		c.headers = newRequestHeaders(c.userAgent)
+	}
 	return c, nil
 }
+
+// requestHeaders are the constant headers of each kind of request, cloned
+// for each request (one map and one value array) rather than built one Set
+// at a time. They are never modified after newRequestHeaders.
+type requestHeaders struct {
+	get  http.Header // GET and DELETE
+	post http.Header // the kick-off
+}
+
+func newRequestHeaders(userAgent string) *requestHeaders {
+	return &requestHeaders{
+		get: http.Header{"Accept": {fhirJSON}, "User-Agent": {userAgent}},
+		post: http.Header{"Accept": {fhirJSON}, "User-Agent": {userAgent},
+			"Content-Type": {fhirJSON}, "Prefer": {"respond-async"}},
+	}
+}
+
+// defaultHeaders are the templates for the default user agent; read only.
+var defaultHeaders = newRequestHeaders(defaultUserAgent)
 
 // BaseURL returns the Pathling FHIR base URL the client talks to.
 func (c *Client) BaseURL() string { return strings.TrimSuffix(c.kickOffURL, kickOffPath) }
@@ -165,25 +193,57 @@ func newTransport() *http.Transport {
 	return t
 }
 
-// response is a fully read HTTP response.
+// response is a fully read HTTP response. Its body is a pooled buffer:
+// callers release it once done with the body (whatever they keep of it, the
+// JSON decoding has copied).
 type response struct {
 	status int
 	header http.Header
 	body   []byte
 	date   time.Time // the Date header (the server's clock, whole seconds); zero when absent or unparsable
+	buf    *[]byte   // body's pooled buffer
 }
+
+// release returns the body's buffer to the pool; r.body is unusable after.
+func (r *response) release() {
+	if r.buf == nil {
+		return
+	}
+	if cap(*r.buf) <= maxPooledBody {
+		*r.buf = (*r.buf)[:0]
+		bodyBuffers.Put(r.buf)
+	}
+	r.buf, r.body = nil, nil
+}
+
+// bodyBuffers holds read buffers for response bodies, so that each response
+// (all of Pathling's answers are small) is read without allocating. A pool
+// holds no state anyone can observe: it only recycles free memory.
+var bodyBuffers = sync.Pool{New: func() any {
+	b := make([]byte, 0, initialBodyBuffer)
+	return &b
+}}
+
+const (
+	// initialBodyBuffer fits Pathling's OperationOutcomes and import results.
+	initialBodyBuffer = 2 << 10
+	// maxPooledBody: a buffer grown larger by an unusual body goes to the
+	// GC rather than being kept for small ones.
+	maxPooledBody = 64 << 10
+)
 
 // send performs one logical request: it attaches a token, and after a 401
 // invalidates that token and tries once more with a fresh one. It returns the
 // last response (a 401 included) or an *Error for transport and token
-// problems.
-func (c *Client) send(ctx context.Context, op, method, target string, body []byte, header http.Header) (*response, error) {
+// problems. target must have come from url.Parse and stays the caller's;
+// header is one of c.headers' templates (cloned, never modified).
+func (c *Client) send(ctx context.Context, op, method string, target *url.URL, body []byte, header http.Header) (response, error) {
 	for attempt := 0; ; attempt++ {
 		var tok string
 		if c.tokens != nil {
 			var err error
 			if tok, err = c.tokens.Token(ctx); err != nil {
-				return nil, tokenError(ctx, op, err)
+				return response{}, tokenError(ctx, op, err)
 			}
 		}
 		reqCtx := ctx
@@ -192,9 +252,10 @@ func (c *Client) send(ctx context.Context, op, method, target string, body []byt
 		}
 		resp, err := c.once(reqCtx, op, method, target, body, header, tok)
 		if err != nil {
-			return nil, err
+			return response{}, err
 		}
 		if resp.status == http.StatusUnauthorized && c.tokens != nil && attempt == 0 {
+			resp.release()
 			c.tokens.Invalidate(tok)
 			continue
 		}
@@ -214,48 +275,96 @@ func ResendCount(ctx context.Context) int {
 	return n
 }
 
+// parseTarget parses a request URL as http.NewRequest does, so that it is
+// parsed once per call.
+func parseTarget(raw string) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, err
+	}
+	removeEmptyPort(u)
+	return u, nil
+}
+
+// removeEmptyPort drops an empty port ("host:") as http.NewRequest does.
+func removeEmptyPort(u *url.URL) {
+	if strings.LastIndex(u.Host, ":") > strings.LastIndex(u.Host, "]") {
+		u.Host = strings.TrimSuffix(u.Host, ":")
+	}
+}
+
+// newRequest builds the request http.NewRequestWithContext would for an
+// already parsed URL, with a clone of the header template.
+func newRequest(ctx context.Context, method string, u *url.URL, body []byte, header http.Header, tok string) *http.Request {
+	h := header.Clone()
+	if tok != "" {
+		h["Authorization"] = []string{"Bearer " + tok}
+	}
+	req := http.Request{Method: method, URL: u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Header: h, Host: u.Host}
+	if body != nil {
+		// A NopCloser'd *bytes.Reader, as NewRequest makes: the transport
+		// recognises it as in memory and sends headers and body together.
+		req.Body = io.NopCloser(bytes.NewReader(body))
+		req.ContentLength = int64(len(body))
+		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+		if len(body) == 0 {
+			req.Body, req.GetBody = http.NoBody, func() (io.ReadCloser, error) { return http.NoBody, nil }
+		}
+	}
+	return req.WithContext(ctx)
+}
+
 // once sends a single HTTP request under the per-request deadline and reads
 // its body (capped), always closing it.
-func (c *Client) once(ctx context.Context, op, method, target string, body []byte, header http.Header, tok string) (*response, error) {
+func (c *Client) once(ctx context.Context, op, method string, target *url.URL, body []byte, header http.Header, tok string) (response, error) {
 	reqCtx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(reqCtx, method, target, rd)
+	resp, err := c.httpClient.Do(newRequest(reqCtx, method, target, body, header, tok))
 	if err != nil {
-		return nil, &Error{Op: op, Kind: KindProtocol, Message: "cannot build request", Err: err}
+		return response{}, transportError(ctx, op, err)
 	}
-	for k, vs := range header {
-		req.Header[k] = vs
-	}
-	req.Header.Set("Accept", fhirJSON)
-	req.Header.Set("User-Agent", c.userAgent)
-	if tok != "" {
-		req.Header.Set("Authorization", "Bearer "+tok)
-	}
-	resp, err := c.httpClient.Do(req)
-	if err != nil {
-		return nil, transportError(ctx, op, err)
-	}
+	r := response{status: resp.StatusCode, header: resp.Header}
+	eof := false
 	defer func() {
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, drainBytes))
+		if !eof { // a body read to its end needs no draining
+			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, drainBytes))
+		}
 		_ = resp.Body.Close()
 	}()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxBodyBytes+1))
+	r.buf = bodyBuffers.Get().(*[]byte)
+	*r.buf, eof, err = readBody((*r.buf)[:0], resp.Body, maxBodyBytes+1)
+	r.body = *r.buf
 	if err != nil {
-		return nil, transportError(ctx, op, err)
+		r.release()
+		return response{}, transportError(ctx, op, err)
 	}
-	if len(data) > maxBodyBytes {
-		return nil, &Error{Op: op, Kind: KindProtocol, HTTPStatus: resp.StatusCode,
+	if len(r.body) > maxBodyBytes {
+		r.release()
+		return response{}, &Error{Op: op, Kind: KindProtocol, HTTPStatus: resp.StatusCode,
 			Message: fmt.Sprintf("response body larger than %d bytes", maxBodyBytes)}
 	}
-	r := &response{status: resp.StatusCode, header: resp.Header, body: data}
-	if d, err := http.ParseTime(resp.Header.Get("Date")); err == nil {
-		r.date = d
-	}
+	r.date = parseHTTPDate(resp.Header.Get("Date"))
 	return r, nil
+}
+
+// readBody appends at most limit bytes of rd to buf, as
+// io.ReadAll(io.LimitReader(rd, limit)) would. eof tells whether rd's end
+// was reached.
+func readBody(buf []byte, rd io.Reader, limit int) (_ []byte, eof bool, _ error) {
+	for len(buf) < limit {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)] // grow
+		}
+		n, err := rd.Read(buf[len(buf):min(cap(buf), limit)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, true, nil
+		}
+		if err != nil {
+			return buf, false, err
+		}
+	}
+	return buf, false, nil
 }
 
 // transportError wraps a failure to get a response. It is retryable unless
@@ -295,7 +404,7 @@ func tokenError(ctx context.Context, op string, err error) *Error {
 
 // statusError maps the statuses every endpoint shares: 401, 403, 408, 429
 // and 5xx. It returns nil for other statuses.
-func (c *Client) statusError(op string, r *response) *Error {
+func (c *Client) statusError(op string, r response) *Error {
 	e := &Error{Op: op, HTTPStatus: r.status}
 	switch {
 	case r.status == http.StatusUnauthorized:
@@ -313,7 +422,7 @@ func (c *Client) statusError(op string, r *response) *Error {
 }
 
 // describe fills Outcome and Message from a response body.
-func describe(e *Error, r *response) {
+func describe(e *Error, r response) {
 	if oo, err := ParseOperationOutcome(r.body); err == nil {
 		e.Outcome = oo
 		e.Message = oo.Diagnostics()
@@ -353,3 +462,64 @@ var _ interface {
 	Status(context.Context, string) (JobStatus, error)
 	Delete(context.Context, string) error
 } = (*Client)(nil)
+
+// parseHTTPDate parses a Date header as http.ParseTime does, zero when it
+// fails. The IMF-fixdate every server sends is read without time.Parse,
+// which allocates a "GMT" zone for each value; the time is then in UTC (the
+// same instant).
+func parseHTTPDate(v string) time.Time {
+	if t, ok := parseIMFFixdate(v); ok {
+		return t
+	}
+	t, err := http.ParseTime(v)
+	if err != nil {
+		return time.Time{}
+	}
+	return t
+}
+
+// parseIMFFixdate reads "Mon, 02 Jan 2006 15:04:05 GMT" (http.TimeFormat);
+// false for anything else, including out-of-range fields (which
+// http.ParseTime then rejects).
+func parseIMFFixdate(v string) (time.Time, bool) {
+	// Mon, 02 Jan 2006 15:04:05 GMT
+	// 0123456789012345678901234567
+	if len(v) != len(http.TimeFormat) || v[3] != ',' || v[4] != ' ' || v[7] != ' ' || v[11] != ' ' ||
+		v[16] != ' ' || v[19] != ':' || v[22] != ':' || v[25:] != " GMT" {
+		return time.Time{}, false
+	}
+	if !slices.Contains(weekdays, v[:3]) {
+		return time.Time{}, false
+	}
+	month := slices.Index(months, v[8:11])
+	day, ok1 := digits(v[5:7])
+	year, ok2 := digits(v[12:16])
+	hour, ok3 := digits(v[17:19])
+	minute, ok4 := digits(v[20:22])
+	sec, ok5 := digits(v[23:25])
+	if month < 0 || !ok1 || !ok2 || !ok3 || !ok4 || !ok5 || hour > 23 || minute > 59 || sec > 59 || day < 1 {
+		return time.Time{}, false
+	}
+	t := time.Date(year, time.Month(month+1), day, hour, minute, sec, 0, time.UTC)
+	if t.Day() != day { // beyond the month's last day: time.Date moved it on
+		return time.Time{}, false
+	}
+	return t, true
+}
+
+var (
+	weekdays = []string{"Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"}
+	months   = []string{"Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"}
+)
+
+// digits parses a run of ASCII digits.
+func digits(s string) (int, bool) {
+	n := 0
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return 0, false
+		}
+		n = n*10 + int(s[i]-'0')
+	}
+	return n, true
+}

@@ -106,8 +106,16 @@ func (r ImportRequest) Parameters() ([]byte, error) {
 	if err := r.validate(); err != nil {
 		return nil, err
 	}
-	str := func(s string) *string { return &s }
-	params := []fhirParameter{{Name: "exportUrl", ValueURL: str(r.ExportURL)}}
+	// One array for the parameters and one for their values (rather than
+	// an allocation for each value and for each growth).
+	n := 7 + len(r.Types) + len(r.Elements) + len(r.TypeFilters) + len(r.IncludeAssociatedData)
+	values := make([]string, 0, n)
+	str := func(s string) *string {
+		values = append(values, s) // never grows: n counts every value
+		return &values[len(values)-1]
+	}
+	params := make([]fhirParameter, 0, n)
+	params = append(params, fhirParameter{Name: "exportUrl", ValueURL: str(r.ExportURL)})
 	code := func(name, v string) {
 		if v != "" {
 			params = append(params, fhirParameter{Name: name, ValueCode: str(v)})
@@ -181,14 +189,15 @@ func (c *Client) Start(ctx context.Context, req ImportRequest) (Accepted, error)
 	if err != nil {
 		return Accepted{}, &Error{Op: op, Kind: KindRejected, Message: err.Error()}
 	}
-	header := http.Header{
-		"Content-Type": {fhirJSON},
-		"Prefer":       {"respond-async"},
+	target, err := parseTarget(c.kickOffURL) // built from a parsed URL in New
+	if err != nil {
+		return Accepted{}, &Error{Op: op, Kind: KindProtocol, Message: "cannot build request", Err: err}
 	}
-	r, err := c.send(ctx, op, http.MethodPost, c.kickOffURL, body, header)
+	r, err := c.send(ctx, op, http.MethodPost, target, body, c.headers.post)
 	if err != nil {
 		return Accepted{}, err
 	}
+	defer r.release()
 	switch {
 	case r.status == http.StatusAccepted:
 		url, err := c.statusURL(op, r)
@@ -215,7 +224,7 @@ func (c *Client) Start(ctx context.Context, req ImportRequest) (Accepted, error)
 
 // statusURL reads Content-Location from a 202, resolving a relative value
 // against the kick-off URL (the effective request URI, RFC 9110 §8.7).
-func (c *Client) statusURL(op string, r *response) (string, error) {
+func (c *Client) statusURL(op string, r response) (string, error) {
 	loc := r.header.Get("Content-Location")
 	if loc == "" {
 		return "", &Error{Op: op, Kind: KindProtocol, HTTPStatus: r.status, Message: "202 without Content-Location"}

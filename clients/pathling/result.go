@@ -67,12 +67,22 @@ func firstSet(values ...*string) (string, bool) {
 // The shape is told by the content (a resourceType means FHIR); contentType
 // only has to be a JSON media type or empty. Unknown parameters are ignored.
 func ParseImportResult(b []byte, contentType string) (*ImportResult, error) {
-	if contentType != "" {
+	// The two media types Pathling sends need no parsing.
+	if contentType != "" && contentType != fhirJSON && contentType != "application/json" {
 		mt, _, err := mime.ParseMediaType(contentType)
 		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
 			return nil, fmt.Errorf("pathling: import result: unexpected Content-Type %q", clip(contentType, 64))
 		}
 	}
+	if r, ok := parseParametersFast(b); ok {
+		return r, nil
+	}
+	return parseImportResultJSON(b)
+}
+
+// parseImportResultJSON is ParseImportResult after the Content-Type check,
+// with encoding/json: the reference parseParametersFast must agree with.
+func parseImportResultJSON(b []byte) (*ImportResult, error) {
 	var probe struct {
 		ResourceType *string `json:"resourceType"`
 	}

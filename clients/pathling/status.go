@@ -91,13 +91,15 @@ type JobStatus struct {
 // A 404 is StateLost with Failure KindJobLost, Retryable (kick off again).
 func (c *Client) Status(ctx context.Context, statusURL string) (JobStatus, error) {
 	const op = "status"
-	if err := checkStatusURL(op, statusURL); err != nil {
-		return JobStatus{}, err
-	}
-	r, err := c.send(ctx, op, http.MethodGet, statusURL, nil, nil)
+	target, err := checkStatusURL(op, statusURL)
 	if err != nil {
 		return JobStatus{}, err
 	}
+	r, err := c.send(ctx, op, http.MethodGet, target, nil, c.headers.get)
+	if err != nil {
+		return JobStatus{}, err
+	}
+	defer r.release()
 	st := JobStatus{
 		HTTPStatus: r.status,
 		ServerDate: r.date,
@@ -146,13 +148,15 @@ func (c *Client) Status(ctx context.Context, statusURL string) (JobStatus, error
 // (retryable) and KindProtocol as for Status.
 func (c *Client) Delete(ctx context.Context, statusURL string) error {
 	const op = "delete"
-	if err := checkStatusURL(op, statusURL); err != nil {
-		return err
-	}
-	r, err := c.send(ctx, op, http.MethodDelete, statusURL, nil, nil)
+	target, err := checkStatusURL(op, statusURL)
 	if err != nil {
 		return err
 	}
+	r, err := c.send(ctx, op, http.MethodDelete, target, nil, c.headers.get)
+	if err != nil {
+		return err
+	}
+	defer r.release()
 	if r.status/100 == 2 || r.status == http.StatusNotFound {
 		return nil
 	}
@@ -164,12 +168,14 @@ func (c *Client) Delete(ctx context.Context, statusURL string) error {
 	return e
 }
 
-func checkStatusURL(op, statusURL string) error {
+// checkStatusURL parses statusURL for the request (once per call).
+func checkStatusURL(op, statusURL string) (*url.URL, error) {
 	u, err := url.Parse(statusURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil {
-		return &Error{Op: op, Kind: KindProtocol, Message: "status URL must be an absolute http(s) URL without userinfo"}
+		return nil, &Error{Op: op, Kind: KindProtocol, Message: "status URL must be an absolute http(s) URL without userinfo"}
 	}
-	return nil
+	removeEmptyPort(u) // after the check, as before the request was built from the string
+	return u, nil
 }
 
 var (
