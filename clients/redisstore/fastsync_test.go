@@ -1,0 +1,138 @@
+package redisstore_test
+
+import (
+	"context"
+	"encoding/json"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/pathling-sync/pathling-sync/clients/redisstore"
+	"github.com/pathling-sync/pathling-sync/handlers"
+	"github.com/pathling-sync/pathling-sync/messages"
+)
+
+// fastSync runs the store calls of one sync whose job is done at the first
+// poll, as handlers makes them (sync.go, driver.go): Begin with the new
+// record, the kick-off's job and polling record, the terminal record with the
+// watermark and a duration sample, the release forgetting the deleted job.
+func fastSync(tb testing.TB, s *redisstore.Store, request string) {
+	tb.Helper()
+	ctx := context.Background()
+	now := time.Now().UTC()
+	key := "wm-key"
+	r := &handlers.Run{
+		RunID: "run-" + request, RequestID: request, Target: "tgt", Driver: "host-1234",
+		Request:      messages.SyncRequested{ExportURL: "https://source.example/fhir", SaveMode: "merge", Types: []string{"Patient", "Observation"}},
+		Params:       handlers.ImportParams{ExportURL: "https://source.example/fhir", SaveMode: "merge", Types: []string{"Patient", "Observation"}},
+		WatermarkKey: key, State: handlers.RunKicking, Attempts: 1,
+		StartedAt: now, FirstKickOff: now, UpdatedAt: now, Deadline: now.Add(2 * time.Hour),
+	}
+	b, err := s.Begin(ctx, handlers.BeginRequest{
+		AcquireRequest: handlers.AcquireRequest{Target: "tgt", RequestID: request, TTL: time.Minute},
+		WatermarkKey:   key, UndeletedJobs: 10, NewRun: r,
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	r.State, r.StatusURL = handlers.RunPolling, "https://pathling.example/fhir/$job?id="+request
+	if _, err := s.RecordKickOff(ctx, b.Lease, r); err != nil {
+		tb.Fatal(err)
+	}
+	end := time.Now().UTC()
+	body, _ := json.Marshal(map[string]any{"requestId": request, "runId": r.RunID, "target": "tgt", "watermark": end.Format(time.RFC3339Nano)})
+	r.State, r.Polls, r.FinishedAt, r.UpdatedAt = handlers.RunCompleted, 1, end, end
+	r.Outcome = &handlers.Event{Subject: "pathling.sync.completed.tgt", Body: body,
+		Envelope: messages.Envelope{ID: "evt-" + request, Source: "pathling-sync/host-1234", Type: "pathling.sync.completed", Subject: "tgt", Time: end,
+			TraceParent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}
+	f := &handlers.Finish{Run: r, Duration: &handlers.DurationSample{Shape: "merge/2", D: time.Second},
+		Watermark: &handlers.WatermarkUpdate{Key: key, Stored: b.Watermark, HasStored: b.HasWatermark, Commit: now}}
+	if err := s.Finish(ctx, b.Lease, f); err != nil {
+		tb.Fatal(err)
+	}
+	if err := s.Finish(ctx, b.Lease, &handlers.Finish{Release: true, ForgetJob: r.StatusURL}); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// commandStats are Redis' per-command call counters (INFO commandstats),
+// without INFO's own.
+func commandStats(tb testing.TB, c *redis.Client) map[string]int64 {
+	tb.Helper()
+	info, err := c.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	out := map[string]int64{}
+	for _, line := range strings.Split(info, "\n") {
+		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":calls=")
+		if !ok || name == "cmdstat_info" {
+			continue
+		}
+		calls, _, _ := strings.Cut(rest, ",")
+		n, err := strconv.ParseInt(calls, 10, 64)
+		if err != nil {
+			tb.Fatalf("commandstats line %q: %v", line, err)
+		}
+		out[strings.TrimPrefix(name, "cmdstat_")] = n
+	}
+	return out
+}
+
+// commandsSince are the commands Redis ran since before, in total and per
+// command ("hset 2 zadd 3 ...").
+func commandsSince(tb testing.TB, c *redis.Client, before map[string]int64) (int64, string) {
+	tb.Helper()
+	var total int64
+	var names []string
+	delta := map[string]int64{}
+	for name, n := range commandStats(tb, c) {
+		if d := n - before[name]; d > 0 {
+			total += d
+			delta[name] = d
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	var sb strings.Builder
+	for _, name := range names {
+		sb.WriteString(name + " " + strconv.FormatInt(delta[name], 10) + " ")
+	}
+	return total, strings.TrimSpace(sb.String())
+}
+
+// The commands Redis runs for one fast sync's store calls: a ceiling, so
+// that a script does not grow back its housekeeping unnoticed.
+func TestFastSyncRedisCommands(t *testing.T) {
+	s, c := newStore(t)
+	fastSync(t, s, "warm-up") // loads the scripts (EVALSHA misses, then EVAL)
+	fastSync(t, s, "second")  // a target with records and jobs already
+	before := commandStats(t, c)
+	fastSync(t, s, "measured")
+	n, per := commandsSince(t, c, before)
+	t.Logf("%d Redis commands for one fast sync: %s", n, per)
+	const ceiling = 1000
+	if n > ceiling {
+		t.Errorf("%d Redis commands for one fast sync, want at most %d", n, ceiling)
+	}
+}
+
+// BenchmarkFastSyncStore is one fast sync's store calls; redis-cmds/op are
+// the commands Redis ran (scripts' inner commands included).
+func BenchmarkFastSyncStore(b *testing.B) {
+	s, c := newStore(b)
+	fastSync(b, s, "warm-up")
+	before := commandStats(b, c)
+	n := 0
+	for b.Loop() {
+		n++
+		fastSync(b, s, "req-"+strconv.Itoa(n))
+	}
+	b.StopTimer()
+	cmds, _ := commandsSince(b, c, before)
+	b.ReportMetric(float64(cmds)/float64(n), "redis-cmds/op")
+}
