@@ -42,14 +42,22 @@ end
 -- Granted (fresh, or a takeover by the same request): the fence only moves on a grant.
 -- A missing fence (a new target, or a Redis that lost its data) starts from Redis' clock in
 -- microseconds, so that tokens keep growing across a data loss and never repeat.
-if redis.call("EXISTS", KEYS[2]) == 0 then
+-- INCR answers 1 only on a missing counter (a live one is far past 1): then seed and INCR again,
+-- which spares an EXISTS on every grant.
+local token = redis.call("INCR", KEYS[2])
+if token == 1 then
   local now = redis.call("TIME")
   redis.call("SET", KEYS[2], string.format("%d", tonumber(now[1]) * 1000000 + tonumber(now[2])))
+  token = redis.call("INCR", KEYS[2])
 end
-local token = redis.call("INCR", KEYS[2])
-redis.call("DEL", KEYS[1])
+if holder then -- a takeover: the old lock goes whole (a free lock has no key)
+  redis.call("DEL", KEYS[1])
+end
 redis.call("HSET", KEYS[1], "request", req, "token", string.format("%d", token))
 redis.call("PEXPIRE", KEYS[1], ARGV[2])
-redis.call("ZREM", KEYS[3], req)
-redis.call("HDEL", KEYS[4], req)
+-- A ticket and its deadline come and go together (here, release*.lua, reacquire.lua): no ticket,
+-- no deadline to drop.
+if redis.call("ZREM", KEYS[3], req) == 1 then
+  redis.call("HDEL", KEYS[4], req)
+end
 return {1, token}
