@@ -63,6 +63,7 @@ func (s *Store) RecordKickOff(ctx context.Context, l handlers.Lease, r *handlers
 	v, err := scriptKickedOff.Run(ctx, s.client, []string{k.jobs(), k.lock(), k.run(l.RequestID), k.runs()},
 		r.StatusURL, r.FirstKickOff.UnixMilli(), cutoff, maxJobs,
 		l.RequestID, l.Token, rec.data, rec.retention, rec.score, rec.now, rec.done).Result()
+	s.recycle(rec)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("redisstore: record kick-off: %w", err)
 	}

@@ -129,6 +129,7 @@ func (s *Store) Begin(ctx context.Context, req handlers.BeginRequest) (handlers.
 	}
 	args = append(args, rec.data, rec.retention, rec.score, rec.now, auto)
 	v, err := scriptBegin.Run(ctx, s.client, keys, args...).Result()
+	s.recycle(rec)
 	if err != nil {
 		return handlers.Begun{}, fmt.Errorf("redisstore: begin: %w", err)
 	}

@@ -70,11 +70,12 @@ func parseMillis(ms string) (time.Time, error) {
 // savedRecord is a run record ready for save_run.lua (ARGV[3..7]) or
 // finish.lua: r under the lease's token, as JSON, with its retention.
 type savedRecord struct {
-	data      []byte
-	retention int64  // ms, 0 = forever
-	score     string // runs index: expiry unix ms or "+inf"
-	now       int64  // unix ms
-	done      string // "1" when terminal
+	data      []byte  // in buf when buf is set
+	buf       *[]byte // from Store.bufs: back to it once the script ran (Store.recycle)
+	retention int64   // ms, 0 = forever
+	score     string  // runs index: expiry unix ms or "+inf"
+	now       int64   // unix ms
+	done      string  // "1" when terminal
 }
 
 func (s *Store) record(l handlers.Lease, r *handlers.Run) (savedRecord, error) {
@@ -88,14 +89,26 @@ func (s *Store) record(l handlers.Lease, r *handlers.Run) (savedRecord, error) {
 		return savedRecord{}, fmt.Errorf("%w: run of %q on %q under a lease of %q on %q",
 			ErrInvalidArgument, r.RequestID, r.Target, l.RequestID, l.Target)
 	}
-	rec := *r
-	rec.Token = l.Token
-	data, err := json.Marshal(&rec)
-	if err != nil {
-		return savedRecord{}, err
+	out := savedRecord{score: "+inf", done: "0"}
+	buf, _ := s.bufs.Get().(*[]byte)
+	if buf == nil {
+		buf = new([]byte)
+	}
+	if data, ok := appendRun((*buf)[:0], r, l.Token); ok {
+		*buf = data
+		out.data, out.buf = data, buf
+	} else {
+		s.bufs.Put(buf)
+		rec := *r
+		rec.Token = l.Token
+		data, err := json.Marshal(&rec)
+		if err != nil {
+			return savedRecord{}, err
+		}
+		out.data = data
 	}
 	now := s.clock.Now()
-	out := savedRecord{data: data, score: "+inf", now: now.UnixMilli(), done: "0"}
+	out.now = now.UnixMilli()
 	if s.retention > 0 {
 		out.retention = max(s.retention.Milliseconds(), 1)
 		out.score = strconv.FormatInt(now.Add(s.retention).UnixMilli(), 10)
@@ -104,6 +117,18 @@ func (s *Store) record(l handlers.Lease, r *handlers.Run) (savedRecord, error) {
 		out.done = "1"
 	}
 	return out, nil
+}
+
+// maxPooledRecord bounds the buffers kept for reuse: a record that large is
+// rare, and its buffer is not worth holding on to.
+const maxPooledRecord = 64 << 10
+
+// recycle hands rec's buffer back for reuse. Call it once the script that
+// took rec.data returned: go-redis has written the argument by then.
+func (s *Store) recycle(rec savedRecord) {
+	if rec.buf != nil && cap(*rec.buf) <= maxPooledRecord {
+		s.bufs.Put(rec.buf)
+	}
 }
 
 // SaveRun writes r under the lease: the lease must still hold the target's
@@ -127,6 +152,7 @@ func (s *Store) SaveRun(ctx context.Context, l handlers.Lease, r *handlers.Run) 
 	k := s.keys(l.Target)
 	n, err := scriptSaveRun.Run(ctx, s.client, []string{k.lock(), k.run(l.RequestID), k.runs()},
 		l.RequestID, l.Token, rec.data, rec.retention, rec.score, rec.now, rec.done).Int64()
+	s.recycle(rec)
 	if err != nil {
 		return fmt.Errorf("redisstore: save run: %w", err)
 	}
@@ -163,6 +189,7 @@ func (s *Store) Finish(ctx context.Context, l handlers.Lease, f *handlers.Finish
 	if err != nil {
 		return fmt.Errorf("redisstore: finish: %w", err)
 	}
+	defer s.recycle(rec)
 	k := s.keys(l.Target)
 	keys := []string{k.lock(), k.run(l.RequestID), k.runs(), k.watermarks(), k.jobs()}
 	wmKey, wmStored, wmCommit := "", "", ""

@@ -53,6 +53,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -159,6 +160,7 @@ type Store struct {
 	retention time.Duration
 	clock     clock.Clock
 	outcomes  *outcomeBatcher // RecordOutcome's batches (outcomes.go)
+	bufs      sync.Pool       // *[]byte: run records' JSON (runs.go: record, recycle)
 }
 
 var (
