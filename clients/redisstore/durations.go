@@ -41,7 +41,9 @@ var (
 
 var _ handlers.Durations = (*Store)(nil)
 
-func (k targetKeys) durations(shape string) string { return k.base + "dur:" + shape }
+const keyDurations = "dur:" // + shape
+
+func (k targetKeys) durations(shape string) string { return k.base + keyDurations + shape }
 
 func checkShape(target, shape string) error {
 	if err := checkTarget(target); err != nil {

@@ -219,3 +219,21 @@ func TestQueueDeadlinesGoWithTickets(t *testing.T) {
 		t.Errorf("%d deadlines left after the ticket's grant", n)
 	}
 }
+
+// A Redis that lost its script cache (a restart, SCRIPT FLUSH) is sent the
+// scripts' source: the steps go on.
+func TestFastSyncAfterScriptFlush(t *testing.T) {
+	s, c := newStore(t)
+	fastSync(t, s, "before")
+	if err := c.ScriptFlush(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	before := commandStats(t, c)
+	fastSync(t, s, "after")
+	if _, per := commandsSince(t, c, before); !strings.Contains(per, "eval 4 ") {
+		t.Errorf("commands after the flush: %s, want 4 EVALs", per)
+	}
+	if r, err := s.LoadRun(context.Background(), "tgt", "after"); err != nil || r.State != handlers.RunCompleted {
+		t.Fatalf("record after the flush: %+v, %v", r, err)
+	}
+}

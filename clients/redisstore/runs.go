@@ -190,43 +190,52 @@ func (s *Store) Finish(ctx context.Context, l handlers.Lease, f *handlers.Finish
 		return fmt.Errorf("redisstore: finish: %w", err)
 	}
 	defer s.recycle(rec)
-	k := s.keys(l.Target)
-	keys := []string{k.lock(), k.run(l.RequestID), k.runs(), k.watermarks(), k.jobs()}
-	wmKey, wmStored, wmCommit := "", "", ""
+	// Numbers go as numbers: go-redis writes them in decimal, as the
+	// strings the script compares them with.
+	var wmKey, wmStored, wmCommit any = "", "", ""
 	if w := f.Watermark; w != nil {
 		if w.Key == "" {
 			return fmt.Errorf("redisstore: finish: %w: empty watermark key", ErrInvalidArgument)
 		}
 		wmKey = w.Key
 		if w.HasStored {
-			wmStored = strconv.FormatInt(w.Stored.UnixMilli(), 10)
+			wmStored = w.Stored.UnixMilli()
 		}
 		if !w.Commit.IsZero() {
-			wmCommit = strconv.FormatInt(w.Commit.Truncate(time.Millisecond).UnixMilli(), 10)
+			wmCommit = w.Commit.Truncate(time.Millisecond).UnixMilli()
 		}
 	}
-	jobURL, kicked := "", f.Run.FirstKickOff.UnixMilli()
+	var jobURL any = ""
 	if f.RecordJob {
 		if err := checkJob(l.Target, f.Run.StatusURL); err != nil {
 			return fmt.Errorf("redisstore: finish: %w", err)
 		}
 		jobURL = f.Run.StatusURL
 	}
-	cutoff := s.clock.Now().Add(-s.jobRetention()).UnixMilli()
-	args := []any{l.RequestID, l.Token, rec.data, rec.retention, rec.score, rec.now,
-		wmKey, wmStored, wmCommit, jobURL, kicked, cutoff, maxJobs}
+	var durationMs int64
 	if d := f.Duration; d != nil {
 		if err := checkShape(l.Target, d.Shape); err != nil {
 			return fmt.Errorf("redisstore: finish: %w", err)
 		}
-		ms := d.D.Milliseconds()
-		if ms < 1 {
+		if durationMs = d.D.Milliseconds(); durationMs < 1 {
 			return fmt.Errorf("redisstore: finish: %w: duration %s under 1ms", ErrInvalidArgument, d.D)
 		}
-		keys = append(keys, k.durations(d.Shape))
-		args = append(args, ms, DurationSamples, DurationRetention.Milliseconds())
 	}
-	v, err := scriptFinish.Run(ctx, s.client, keys, args...).Result()
+	base := s.keys(l.Target).base
+	cmd := scriptFinish.call(6, 16)
+	if f.Duration != nil {
+		cmd = appendKeys(cmd, base, keyLock, keyRun+l.RequestID, keyRuns, keyWatermarks, keyJobs, keyDurations+f.Duration.Shape)
+	} else {
+		cmd = appendKeys(cmd, base, keyLock, keyRun+l.RequestID, keyRuns, keyWatermarks, keyJobs)
+	}
+	cmd[2] = len(cmd) - 3
+	cutoff := s.clock.Now().Add(-s.jobRetention()).UnixMilli()
+	cmd = append(cmd, l.RequestID, l.Token, rec.data, rec.retention, rec.score, rec.now,
+		wmKey, wmStored, wmCommit, jobURL, f.Run.FirstKickOff.UnixMilli(), cutoff, maxJobs)
+	if f.Duration != nil {
+		cmd = append(cmd, durationMs, DurationSamples, DurationRetention.Milliseconds())
+	}
+	v, err := scriptFinish.run(ctx, s.client, cmd).Result()
 	if err != nil {
 		return fmt.Errorf("redisstore: finish: %w", err)
 	}
@@ -264,10 +273,10 @@ func (s *Store) releaseRun(ctx context.Context, l handlers.Lease, forget string)
 	if err := checkLease(l); err != nil {
 		return fmt.Errorf("redisstore: release run: %w", err)
 	}
-	k := s.keys(l.Target)
-	err := scriptReleaseRun.Run(ctx, s.client,
-		[]string{k.lock(), k.queue(), k.queueDeadlines(), k.jobs(), k.undeletedJobs()},
-		l.RequestID, l.Token, forget, s.releasedChannel(), l.Target).Err()
+	cmd := scriptReleaseRun.call(5, 5)
+	cmd = appendKeys(cmd, s.keys(l.Target).base, keyLock, keyQueue, keyQueueDeadlines, keyJobs, keyUndeletedJobs)
+	cmd = append(cmd, l.RequestID, l.Token, forget, s.releasedChannel(), l.Target)
+	err := scriptReleaseRun.run(ctx, s.client, cmd).Err()
 	if err != nil {
 		return fmt.Errorf("redisstore: release run: %w", err)
 	}

@@ -83,6 +83,7 @@ type RedisClient interface {
 	ZRange(ctx context.Context, key string, start, stop int64) *redis.StringSliceCmd
 	Pipelined(ctx context.Context, fn func(redis.Pipeliner) error) ([]redis.Cmder, error)
 	TxPipelined(ctx context.Context, fn func(redis.Pipeliner) error) ([]redis.Cmder, error)
+	Do(ctx context.Context, args ...any) *redis.Cmd // a script's command built whole (luaScript)
 }
 
 var _ RedisClient = (redis.UniversalClient)(nil)
@@ -119,7 +120,7 @@ var (
 	//go:embed lua/release_run.lua
 	releaseRunLua string
 
-	scriptAcquire         = redis.NewScript(acquireLua)
+	scriptAcquire         = newLuaScript(acquireLua)
 	scriptRenew           = redis.NewScript(renewLua)
 	scriptRelease         = redis.NewScript(releaseLua)
 	scriptReleaseFinished = redis.NewScript(releaseFinishedLua)
@@ -132,12 +133,12 @@ var (
 	// The scripts of a run's life run the one-operation scripts above as
 	// functions of their own KEYS and ARGV (asFunction), so that each
 	// operation has one definition.
-	scriptBegin     = redis.NewScript(asFunction("acquire", acquireLua) + beginLua)
-	scriptKickedOff = redis.NewScript(asFunction("recordJob", recordJobLua) + runWriteFunctions +
+	scriptBegin     = newLuaScript(asFunction("acquire", acquireLua) + beginLua)
+	scriptKickedOff = newLuaScript(asFunction("recordJob", recordJobLua) + runWriteFunctions +
 		asFunction("saveRun", saveRunLua) + kickedOffLua)
-	scriptFinish = redis.NewScript(asFunction("recordJob", recordJobLua) + runWriteFunctions +
+	scriptFinish = newLuaScript(asFunction("recordJob", recordJobLua) + runWriteFunctions +
 		asFunction("recordDuration", recordDurationLua) + finishLua)
-	scriptReleaseRun = redis.NewScript(releaseRunLua)
+	scriptReleaseRun = newLuaScript(releaseRunLua)
 )
 
 // runWriteFunctions are the fence and the write of a run record, for the
@@ -160,6 +161,7 @@ type Store struct {
 	retention time.Duration
 	clock     clock.Clock
 	outcomes  *outcomeBatcher // RecordOutcome's batches (outcomes.go)
+	released  string          // the release channel (releasedChannel), built once
 	bufs      sync.Pool       // *[]byte: run records' JSON (runs.go: record, recycle)
 }
 
@@ -192,6 +194,7 @@ func New(c RedisClient, opts ...Option) *Store {
 	for _, o := range opts {
 		o(s)
 	}
+	s.released = ReleaseChannel(s.prefix)
 	return s
 }
 
@@ -204,15 +207,28 @@ func (s *Store) keys(target string) targetKeys {
 	return targetKeys{base: s.prefix + "{" + target + "}:"}
 }
 
-func (k targetKeys) lock() string              { return k.base + "lock" }
-func (k targetKeys) fence() string             { return k.base + "fence" }
-func (k targetKeys) run(request string) string { return k.base + "run:" + request }
-func (k targetKeys) runs() string              { return k.base + "runs" }
-func (k targetKeys) watermarks() string        { return k.base + "wm" }
-func (k targetKeys) queue() string             { return k.base + "queue" }
-func (k targetKeys) queueDeadlines() string    { return k.base + "queue:deadline" }
-func (k targetKeys) jobs() string              { return k.base + "jobs" }
-func (k targetKeys) undeletedJobs() string     { return k.base + "jobs:undeleted" }
+// Suffixes of the keys after <prefix>{<target>}:, for appendKeys.
+const (
+	keyLock           = "lock"
+	keyFence          = "fence"
+	keyRun            = "run:" // + request id
+	keyRuns           = "runs"
+	keyWatermarks     = "wm"
+	keyQueue          = "queue"
+	keyQueueDeadlines = "queue:deadline"
+	keyJobs           = "jobs"
+	keyUndeletedJobs  = "jobs:undeleted"
+)
+
+func (k targetKeys) lock() string              { return k.base + keyLock }
+func (k targetKeys) fence() string             { return k.base + keyFence }
+func (k targetKeys) run(request string) string { return k.base + keyRun + request }
+func (k targetKeys) runs() string              { return k.base + keyRuns }
+func (k targetKeys) watermarks() string        { return k.base + keyWatermarks }
+func (k targetKeys) queue() string             { return k.base + keyQueue }
+func (k targetKeys) queueDeadlines() string    { return k.base + keyQueueDeadlines }
+func (k targetKeys) jobs() string              { return k.base + keyJobs }
+func (k targetKeys) undeletedJobs() string     { return k.base + keyUndeletedJobs }
 
 // checkTarget refuses targets that would break the hash tag. Configured
 // target names match [A-Za-z0-9_-]{1,64}; this only guards the key layout.
