@@ -30,7 +30,10 @@ import (
 const (
 	DurationSamples   = 64
 	DurationRetention = 90 * 24 * time.Hour
-	maxShapeLen       = 128
+	// durationRetentionMs is DurationRetention as the scripts take it: a
+	// constant, which an interface holds without an allocation.
+	durationRetentionMs = int64(DurationRetention / time.Millisecond)
+	maxShapeLen         = 128
 )
 
 var (
@@ -68,7 +71,7 @@ func (s *Store) RecordDuration(ctx context.Context, target, shape string, d time
 		return fmt.Errorf("redisstore: record duration: %w: %s under 1ms", ErrInvalidArgument, d)
 	}
 	err := scriptRecordDuration.Run(ctx, s.client, []string{s.keys(target).durations(shape)},
-		ms, DurationSamples, DurationRetention.Milliseconds()).Err()
+		ms, DurationSamples, durationRetentionMs).Err()
 	if err != nil {
 		return fmt.Errorf("redisstore: record duration: %w", err)
 	}

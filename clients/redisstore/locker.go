@@ -111,7 +111,7 @@ func (s *Store) Begin(ctx context.Context, req handlers.BeginRequest) (handlers.
 	if err != nil {
 		return handlers.Begun{}, fmt.Errorf("redisstore: begin: %w", err)
 	}
-	rec := savedRecord{score: "+inf"}
+	rec := newSavedRecord()
 	if r := req.NewRun; r != nil {
 		if r.RequestID != req.RequestID || r.Target != req.Target {
 			return handlers.Begun{}, fmt.Errorf("redisstore: begin: %w: new run of %q on %q for %q on %q",

@@ -70,12 +70,20 @@ func parseMillis(ms string) (time.Time, error) {
 // savedRecord is a run record ready for save_run.lua (ARGV[3..7]) or
 // finish.lua: r under the lease's token, as JSON, with its retention.
 type savedRecord struct {
-	data      []byte  // in buf when buf is set
-	buf       *[]byte // from Store.bufs: back to it once the script ran (Store.recycle)
-	retention int64   // ms, 0 = forever
-	score     string  // runs index: expiry unix ms or "+inf"
-	now       int64   // unix ms
-	done      string  // "1" when terminal
+	data []byte  // in buf when buf is set
+	buf  *[]byte // from Store.bufs: back to it once the script ran (Store.recycle)
+	// The script's arguments as they go to go-redis, which writes numbers
+	// in decimal: an interface made here once, and from constants where it
+	// can, is not allocated again when the command is built.
+	retention any   // ms (int64), 0 = forever
+	score     any   // runs index: expiry unix ms (int64) or "+inf"
+	now       int64 // unix ms
+	done      any   // "1" when terminal, else "0"
+}
+
+// newSavedRecord is a savedRecord without a record (Begin without a new run).
+func newSavedRecord() savedRecord {
+	return savedRecord{retention: int64(0), score: "+inf", done: "0"}
 }
 
 func (s *Store) record(l handlers.Lease, r *handlers.Run) (savedRecord, error) {
@@ -89,7 +97,7 @@ func (s *Store) record(l handlers.Lease, r *handlers.Run) (savedRecord, error) {
 		return savedRecord{}, fmt.Errorf("%w: run of %q on %q under a lease of %q on %q",
 			ErrInvalidArgument, r.RequestID, r.Target, l.RequestID, l.Target)
 	}
-	out := savedRecord{score: "+inf", done: "0"}
+	out := newSavedRecord()
 	buf, _ := s.bufs.Get().(*[]byte)
 	if buf == nil {
 		buf = new([]byte)
@@ -110,8 +118,8 @@ func (s *Store) record(l handlers.Lease, r *handlers.Run) (savedRecord, error) {
 	now := s.clock.Now()
 	out.now = now.UnixMilli()
 	if s.retention > 0 {
-		out.retention = max(s.retention.Milliseconds(), 1)
-		out.score = strconv.FormatInt(now.Add(s.retention).UnixMilli(), 10)
+		out.retention = s.retentionMs
+		out.score = now.Add(s.retention).UnixMilli()
 	}
 	if r.State.Terminal() {
 		out.done = "1"
@@ -233,7 +241,7 @@ func (s *Store) Finish(ctx context.Context, l handlers.Lease, f *handlers.Finish
 	cmd = append(cmd, l.RequestID, l.Token, rec.data, rec.retention, rec.score, rec.now,
 		wmKey, wmStored, wmCommit, jobURL, f.Run.FirstKickOff.UnixMilli(), cutoff, maxJobs)
 	if f.Duration != nil {
-		cmd = append(cmd, durationMs, DurationSamples, DurationRetention.Milliseconds())
+		cmd = append(cmd, durationMs, DurationSamples, durationRetentionMs)
 	}
 	v, err := scriptFinish.run(ctx, s.client, cmd).Result()
 	if err != nil {

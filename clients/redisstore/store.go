@@ -156,13 +156,14 @@ func asFunction(name, script string) string {
 // Store implements the store ports of handlers (Locker, LockRecovery, Runs,
 // Watermarks; Jobs in jobs.go) on Redis. It is safe for concurrent use.
 type Store struct {
-	client    RedisClient
-	prefix    string
-	retention time.Duration
-	clock     clock.Clock
-	outcomes  *outcomeBatcher // RecordOutcome's batches (outcomes.go)
-	released  string          // the release channel (releasedChannel), built once
-	bufs      sync.Pool       // *[]byte: run records' JSON (runs.go: record, recycle)
+	client      RedisClient
+	prefix      string
+	retention   time.Duration
+	clock       clock.Clock
+	outcomes    *outcomeBatcher // RecordOutcome's batches (outcomes.go)
+	released    string          // the release channel (releasedChannel), built once
+	retentionMs any             // the retention in ms (int64), made an interface once (savedRecord)
+	bufs        sync.Pool       // *[]byte: run records' JSON (runs.go: record, recycle)
 }
 
 var (
@@ -195,6 +196,10 @@ func New(c RedisClient, opts ...Option) *Store {
 		o(s)
 	}
 	s.released = ReleaseChannel(s.prefix)
+	s.retentionMs = int64(0)
+	if s.retention > 0 {
+		s.retentionMs = max(s.retention.Milliseconds(), 1)
+	}
 	return s
 }
 
