@@ -24,6 +24,12 @@ import (
 // watermark and a duration sample, the release forgetting the deleted job.
 func fastSync(tb testing.TB, s *redisstore.Store, request string) {
 	tb.Helper()
+	fastSyncOf(tb, s, request, nil)
+}
+
+// fastSyncOf is fastSync with a queue ticket (nil: concurrency forbid).
+func fastSyncOf(tb testing.TB, s *redisstore.Store, request string, queue *handlers.QueueTicket) {
+	tb.Helper()
 	ctx := context.Background()
 	now := time.Now().UTC()
 	key := "wm-key"
@@ -35,7 +41,7 @@ func fastSync(tb testing.TB, s *redisstore.Store, request string) {
 		StartedAt: now, FirstKickOff: now, UpdatedAt: now, Deadline: now.Add(2 * time.Hour),
 	}
 	b, err := s.Begin(ctx, handlers.BeginRequest{
-		AcquireRequest: handlers.AcquireRequest{Target: "tgt", RequestID: request, TTL: time.Minute},
+		AcquireRequest: handlers.AcquireRequest{Target: "tgt", RequestID: request, TTL: time.Minute, Queue: queue},
 		WatermarkKey:   key, UndeletedJobs: 10, NewRun: r,
 	})
 	if err != nil {
@@ -120,6 +126,16 @@ func TestFastSyncRedisCommands(t *testing.T) {
 	const ceiling = 39 // 50 before the scripts spared their redundant commands
 	if n > ceiling {
 		t.Errorf("%d Redis commands for one fast sync, want at most %d", n, ceiling)
+	}
+
+	// With a queue ticket (concurrency queue), granted at once.
+	before = commandStats(t, c)
+	fastSyncOf(t, s, "queued", &handlers.QueueTicket{Seq: 7, Deadline: time.Now().Add(time.Hour)})
+	n, per = commandsSince(t, c, before)
+	t.Logf("%d Redis commands for one queued fast sync: %s", n, per)
+	const queuedCeiling = 43 // 54 before
+	if n > queuedCeiling {
+		t.Errorf("%d Redis commands for one queued fast sync, want at most %d", n, queuedCeiling)
 	}
 }
 

@@ -8,6 +8,7 @@
 -- Returns {1, token} granted | {0, holder} held by another request | {2, head} not your turn.
 local req = ARGV[1]
 local queued = ARGV[3] == "1"
+local head = nil -- the queue's head once expired tickets are dropped
 
 if queued then
   -- NX: a redelivery keeps its original place.
@@ -19,7 +20,7 @@ if queued then
   -- Drop expired tickets at the head (never the caller's own: it decides on its timeout).
   local now = tonumber(ARGV[6])
   while true do
-    local head = redis.call("ZRANGE", KEYS[3], 0, 0)[1]
+    head = redis.call("ZRANGE", KEYS[3], 0, 0)[1]
     if not head or head == req then break end
     local dl = tonumber(redis.call("HGET", KEYS[4], head) or "-1") -- no deadline entry: orphan, drop
     if dl == 0 or dl > now then break end
@@ -32,11 +33,9 @@ local holder = redis.call("HGET", KEYS[1], "request")
 if holder and holder ~= req then
   return {0, holder}
 end
-if queued and not holder then
-  local head = redis.call("ZRANGE", KEYS[3], 0, 0)[1]
-  if head and head ~= req then
-    return {2, head}
-  end
+-- The head read above is still the head: nothing touched the queue since.
+if queued and not holder and head and head ~= req then
+  return {2, head}
 end
 
 -- Granted (fresh, or a takeover by the same request): the fence only moves on a grant.
