@@ -39,7 +39,7 @@ const (
 var (
 	//go:embed lua/record_duration.lua
 	recordDurationLua    string
-	scriptRecordDuration = redis.NewScript(recordDurationLua)
+	scriptRecordDuration = newLuaScript(recordDurationLua)
 )
 
 var _ handlers.Durations = (*Store)(nil)
@@ -70,8 +70,9 @@ func (s *Store) RecordDuration(ctx context.Context, target, shape string, d time
 	if ms < 1 {
 		return fmt.Errorf("redisstore: record duration: %w: %s under 1ms", ErrInvalidArgument, d)
 	}
-	err := scriptRecordDuration.Run(ctx, s.client, []string{s.keys(target).durations(shape)},
-		ms, DurationSamples, durationRetentionMs).Err()
+	cmd := scriptRecordDuration.call(1, 3)
+	cmd = appendKeys(cmd, s.keys(target).base, keyDurations+shape)
+	err := scriptRecordDuration.run(ctx, s.client, append(cmd, ms, DurationSamples, durationRetentionMs)).Err()
 	if err != nil {
 		return fmt.Errorf("redisstore: record duration: %w", err)
 	}

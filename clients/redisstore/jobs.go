@@ -36,8 +36,9 @@ func (s *Store) RecordJob(ctx context.Context, target, statusURL string, kickedO
 		return time.Time{}, fmt.Errorf("redisstore: record job: %w", err)
 	}
 	cutoff := s.clock.Now().Add(-s.jobRetention()).UnixMilli()
-	ms, err := scriptRecordJob.Run(ctx, s.client, []string{s.keys(target).jobs()},
-		statusURL, kickedOffAt.UnixMilli(), cutoff, maxJobs).Int64()
+	cmd := scriptRecordJob.call(1, 4)
+	cmd = appendKeys(cmd, s.keys(target).base, keyJobs)
+	ms, err := scriptRecordJob.run(ctx, s.client, append(cmd, statusURL, kickedOffAt.UnixMilli(), cutoff, maxJobs)).Int64()
 	if err != nil {
 		return time.Time{}, fmt.Errorf("redisstore: record job: %w", err)
 	}

@@ -202,8 +202,9 @@ func (s *Store) Renew(ctx context.Context, l handlers.Lease, ttl time.Duration) 
 		return fmt.Errorf("redisstore: renew: %w", err)
 	}
 	k := s.keys(l.Target)
-	n, err := scriptRenew.Run(ctx, s.client, []string{k.lock(), k.run(l.RequestID)},
-		l.RequestID, l.Token, ms).Int64()
+	cmd := scriptRenew.call(2, 3)
+	cmd = appendKeys(cmd, k.base, keyLock, keyRun+l.RequestID)
+	n, err := scriptRenew.run(ctx, s.client, append(cmd, l.RequestID, l.Token, ms)).Int64()
 	if err != nil {
 		return fmt.Errorf("redisstore: renew: %w", err)
 	}
@@ -237,9 +238,9 @@ func (s *Store) Reacquire(ctx context.Context, l handlers.Lease, ttl time.Durati
 		return handlers.Lease{}, fmt.Errorf("redisstore: reacquire: %w", err)
 	}
 	k := s.keys(l.Target)
-	v, err := scriptReacquire.Run(ctx, s.client,
-		[]string{k.lock(), k.fence(), k.run(l.RequestID), k.queue(), k.queueDeadlines()},
-		l.RequestID, l.Token, ms).Result()
+	cmd := scriptReacquire.call(5, 3)
+	cmd = appendKeys(cmd, k.base, keyLock, keyFence, keyRun+l.RequestID, keyQueue, keyQueueDeadlines)
+	v, err := scriptReacquire.run(ctx, s.client, append(cmd, l.RequestID, l.Token, ms)).Result()
 	if err != nil {
 		return handlers.Lease{}, fmt.Errorf("redisstore: reacquire: %w", err)
 	}
@@ -272,8 +273,9 @@ func (s *Store) Release(ctx context.Context, l handlers.Lease) error {
 		return fmt.Errorf("redisstore: release: %w", err)
 	}
 	k := s.keys(l.Target)
-	err := scriptRelease.Run(ctx, s.client, []string{k.lock(), k.queue(), k.queueDeadlines()},
-		l.RequestID, l.Token, s.releasedChannel(), l.Target).Err()
+	cmd := scriptRelease.call(3, 4)
+	cmd = appendKeys(cmd, k.base, keyLock, keyQueue, keyQueueDeadlines)
+	err := scriptRelease.run(ctx, s.client, append(cmd, l.RequestID, l.Token, s.releasedChannel(), l.Target)).Err()
 	if err != nil {
 		return fmt.Errorf("redisstore: release: %w", err)
 	}
@@ -293,8 +295,9 @@ func (s *Store) ReleaseFinished(ctx context.Context, target, requestID string) e
 		return fmt.Errorf("redisstore: release finished: %w: empty request id", ErrInvalidArgument)
 	}
 	k := s.keys(target)
-	err := scriptReleaseFinished.Run(ctx, s.client, []string{k.lock(), k.queue(), k.queueDeadlines()},
-		requestID, s.releasedChannel(), target).Err()
+	cmd := scriptReleaseFinished.call(3, 3)
+	cmd = appendKeys(cmd, k.base, keyLock, keyQueue, keyQueueDeadlines)
+	err := scriptReleaseFinished.run(ctx, s.client, append(cmd, requestID, s.releasedChannel(), target)).Err()
 	if err != nil {
 		return fmt.Errorf("redisstore: release finished: %w", err)
 	}

@@ -158,8 +158,10 @@ func (s *Store) SaveRun(ctx context.Context, l handlers.Lease, r *handlers.Run) 
 		return fmt.Errorf("redisstore: save run: %w", err)
 	}
 	k := s.keys(l.Target)
-	n, err := scriptSaveRun.Run(ctx, s.client, []string{k.lock(), k.run(l.RequestID), k.runs()},
-		l.RequestID, l.Token, rec.data, rec.retention, rec.score, rec.now, rec.done).Int64()
+	cmd := scriptSaveRun.call(3, 7)
+	cmd = appendKeys(cmd, k.base, keyLock, keyRun+l.RequestID, keyRuns)
+	cmd = append(cmd, l.RequestID, l.Token, rec.data, rec.retention, rec.score, rec.now, rec.done)
+	n, err := scriptSaveRun.run(ctx, s.client, cmd).Int64()
 	s.recycle(rec)
 	if err != nil {
 		return fmt.Errorf("redisstore: save run: %w", err)
@@ -360,8 +362,9 @@ func (s *Store) CommitWatermark(ctx context.Context, l handlers.Lease, key strin
 	}
 	ms := t.Truncate(time.Millisecond).UnixMilli()
 	k := s.keys(l.Target)
-	n, err := scriptCommitWatermark.Run(ctx, s.client, []string{k.lock(), k.watermarks(), k.run(l.RequestID)},
-		l.RequestID, l.Token, key, ms).Int64()
+	cmd := scriptCommitWatermark.call(3, 4)
+	cmd = appendKeys(cmd, k.base, keyLock, keyWatermarks, keyRun+l.RequestID)
+	n, err := scriptCommitWatermark.run(ctx, s.client, append(cmd, l.RequestID, l.Token, key, ms)).Int64()
 	if err != nil {
 		return fmt.Errorf("redisstore: commit watermark: %w", err)
 	}

@@ -11,10 +11,11 @@ import (
 )
 
 // luaScript is a Lua script run as redis.Script.Run runs one (EVALSHA, then
-// EVAL after a NOSCRIPT), for the scripts of a sync's steps: the caller
-// builds the whole command in one slice (call), where Script.Run takes the
-// keys and arguments in two and go-redis copies them into a third, boxing
-// the command's name, the hash and every key once more.
+// EVAL after a NOSCRIPT): the caller builds the whole command in one slice
+// (call), where Script.Run takes the keys and arguments in two and go-redis
+// copies them into a third, boxing the command's name, the hash and every
+// key once more. Every script but record_outcome.lua (sent in pipelines, as
+// a redis.Script) runs so.
 type luaScript struct {
 	sha, src any // boxed once, shared by every call
 }

@@ -121,14 +121,14 @@ var (
 	releaseRunLua string
 
 	scriptAcquire         = newLuaScript(acquireLua)
-	scriptRenew           = redis.NewScript(renewLua)
-	scriptRelease         = redis.NewScript(releaseLua)
-	scriptReleaseFinished = redis.NewScript(releaseFinishedLua)
-	scriptSaveRun         = redis.NewScript(runWriteFunctions + saveRunLua)
-	scriptCommitWatermark = redis.NewScript(commitWatermarkLua)
+	scriptRenew           = newLuaScript(renewLua)
+	scriptRelease         = newLuaScript(releaseLua)
+	scriptReleaseFinished = newLuaScript(releaseFinishedLua)
+	scriptSaveRun         = newLuaScript(runWriteFunctions + saveRunLua)
+	scriptCommitWatermark = newLuaScript(commitWatermarkLua)
 	scriptRecordOutcome   = redis.NewScript(recordOutcomeLua)
-	scriptRecordJob       = redis.NewScript(recordJobLua)
-	scriptReacquire       = redis.NewScript(reacquireLua)
+	scriptRecordJob       = newLuaScript(recordJobLua)
+	scriptReacquire       = newLuaScript(reacquireLua)
 
 	// The scripts of a run's life run the one-operation scripts above as
 	// functions of their own KEYS and ARGV (asFunction), so that each
@@ -226,7 +226,6 @@ const (
 )
 
 func (k targetKeys) lock() string              { return k.base + keyLock }
-func (k targetKeys) fence() string             { return k.base + keyFence }
 func (k targetKeys) run(request string) string { return k.base + keyRun + request }
 func (k targetKeys) runs() string              { return k.base + keyRuns }
 func (k targetKeys) watermarks() string        { return k.base + keyWatermarks }
