@@ -71,24 +71,44 @@ func fastSyncOf(tb testing.TB, s *redisstore.Store, request string, queue *handl
 // without INFO's own.
 func commandStats(tb testing.TB, c *redis.Client) map[string]int64 {
 	tb.Helper()
+	calls, _ := commandStatsUsec(tb, c)
+	return calls
+}
+
+// scriptUsec is the time Redis spent running scripts (EVAL and EVALSHA,
+// with the commands they ran), in microseconds, from INFO commandstats.
+func scriptUsec(tb testing.TB, c *redis.Client) int64 {
+	tb.Helper()
+	_, usec := commandStatsUsec(tb, c)
+	return usec["eval"] + usec["evalsha"]
+}
+
+// commandStatsUsec are INFO commandstats' calls and usec per command,
+// without INFO's own.
+func commandStatsUsec(tb testing.TB, c *redis.Client) (map[string]int64, map[string]int64) {
+	tb.Helper()
 	info, err := c.Info(context.Background(), "commandstats").Result()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	out := map[string]int64{}
+	calls, usec := map[string]int64{}, map[string]int64{}
 	for _, line := range strings.Split(info, "\n") {
 		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":calls=")
 		if !ok || name == "cmdstat_info" {
 			continue
 		}
-		calls, _, _ := strings.Cut(rest, ",")
-		n, err := strconv.ParseInt(calls, 10, 64)
+		name = strings.TrimPrefix(name, "cmdstat_")
+		n, rest, _ := strings.Cut(rest, ",usec=")
+		u, _, _ := strings.Cut(rest, ",")
+		var err error
+		if calls[name], err = strconv.ParseInt(n, 10, 64); err == nil {
+			usec[name], err = strconv.ParseInt(u, 10, 64)
+		}
 		if err != nil {
 			tb.Fatalf("commandstats line %q: %v", line, err)
 		}
-		out[strings.TrimPrefix(name, "cmdstat_")] = n
 	}
-	return out
+	return calls, usec
 }
 
 // commandsSince are the commands Redis ran since before, in total and per
@@ -140,19 +160,22 @@ func TestFastSyncRedisCommands(t *testing.T) {
 }
 
 // BenchmarkFastSyncStore is one fast sync's store calls; redis-cmds/op are
-// the commands Redis ran (scripts' inner commands included).
+// the commands Redis ran (scripts' inner commands included), redis-script-us/op
+// the time Redis spent in the scripts.
 func BenchmarkFastSyncStore(b *testing.B) {
 	s, c := newStore(b)
 	fastSync(b, s, "warm-up")
-	before := commandStats(b, c)
+	before, usecBefore := commandStats(b, c), scriptUsec(b, c)
 	n := 0
 	for b.Loop() {
 		n++
 		fastSync(b, s, "req-"+strconv.Itoa(n))
 	}
 	b.StopTimer()
+	usec := scriptUsec(b, c) - usecBefore
 	cmds, _ := commandsSince(b, c, before)
 	b.ReportMetric(float64(cmds)/float64(n), "redis-cmds/op")
+	b.ReportMetric(float64(usec)/float64(n), "redis-script-us/op")
 }
 
 // The runs index is swept of entries whose records expired when it gains an
