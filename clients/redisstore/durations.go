@@ -30,18 +30,23 @@ import (
 const (
 	DurationSamples   = 64
 	DurationRetention = 90 * 24 * time.Hour
-	maxShapeLen       = 128
+	// durationRetentionMs is DurationRetention as the scripts take it: a
+	// constant, which an interface holds without an allocation.
+	durationRetentionMs = int64(DurationRetention / time.Millisecond)
+	maxShapeLen         = 128
 )
 
 var (
 	//go:embed lua/record_duration.lua
 	recordDurationLua    string
-	scriptRecordDuration = redis.NewScript(recordDurationLua)
+	scriptRecordDuration = newLuaScript(recordDurationLua)
 )
 
 var _ handlers.Durations = (*Store)(nil)
 
-func (k targetKeys) durations(shape string) string { return k.base + "dur:" + shape }
+const keyDurations = "dur:" // + shape
+
+func (k targetKeys) durations(shape string) string { return k.base + keyDurations + shape }
 
 func checkShape(target, shape string) error {
 	if err := checkTarget(target); err != nil {
@@ -65,8 +70,9 @@ func (s *Store) RecordDuration(ctx context.Context, target, shape string, d time
 	if ms < 1 {
 		return fmt.Errorf("redisstore: record duration: %w: %s under 1ms", ErrInvalidArgument, d)
 	}
-	err := scriptRecordDuration.Run(ctx, s.client, []string{s.keys(target).durations(shape)},
-		ms, DurationSamples, DurationRetention.Milliseconds()).Err()
+	cmd := scriptRecordDuration.call(1, 3)
+	cmd = appendKeys(cmd, s.keys(target).base, keyDurations+shape)
+	err := scriptRecordDuration.run(ctx, s.client, append(cmd, ms, DurationSamples, durationRetentionMs)).Err()
 	if err != nil {
 		return fmt.Errorf("redisstore: record duration: %w", err)
 	}

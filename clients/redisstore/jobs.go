@@ -36,8 +36,9 @@ func (s *Store) RecordJob(ctx context.Context, target, statusURL string, kickedO
 		return time.Time{}, fmt.Errorf("redisstore: record job: %w", err)
 	}
 	cutoff := s.clock.Now().Add(-s.jobRetention()).UnixMilli()
-	ms, err := scriptRecordJob.Run(ctx, s.client, []string{s.keys(target).jobs()},
-		statusURL, kickedOffAt.UnixMilli(), cutoff, maxJobs).Int64()
+	cmd := scriptRecordJob.call(1, 4)
+	cmd = appendKeys(cmd, s.keys(target).base, keyJobs)
+	ms, err := scriptRecordJob.run(ctx, s.client, append(cmd, statusURL, kickedOffAt.UnixMilli(), cutoff, maxJobs)).Int64()
 	if err != nil {
 		return time.Time{}, fmt.Errorf("redisstore: record job: %w", err)
 	}
@@ -58,11 +59,13 @@ func (s *Store) RecordKickOff(ctx context.Context, l handlers.Lease, r *handlers
 	if err := checkJob(l.Target, r.StatusURL); err != nil {
 		return time.Time{}, fmt.Errorf("redisstore: record kick-off: %w", err)
 	}
-	k := s.keys(l.Target)
 	cutoff := s.clock.Now().Add(-s.jobRetention()).UnixMilli()
-	v, err := scriptKickedOff.Run(ctx, s.client, []string{k.jobs(), k.lock(), k.run(l.RequestID), k.runs()},
-		r.StatusURL, r.FirstKickOff.UnixMilli(), cutoff, maxJobs,
-		l.RequestID, l.Token, rec.data, rec.retention, rec.score, rec.now, rec.done).Result()
+	cmd := scriptKickedOff.call(4, 11)
+	cmd = appendKeys(cmd, s.keys(l.Target).base, keyJobs, keyLock, keyRun+l.RequestID, keyRuns)
+	cmd = append(cmd, r.StatusURL, r.FirstKickOff.UnixMilli(), cutoff, maxJobs,
+		l.RequestID, l.Token, rec.data, rec.retention, rec.score, rec.now, rec.done)
+	v, err := scriptKickedOff.run(ctx, s.client, cmd).Result()
+	s.recycle(rec)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("redisstore: record kick-off: %w", err)
 	}

@@ -107,3 +107,33 @@ func TestUndeletedJobs(t *testing.T) {
 		t.Fatalf("other target: %v %v", got, err)
 	}
 }
+
+// A job recorded again once its entry is past the retention is answered with
+// its recorded time (as before) and its entry goes, as the sweep of every
+// call dropped it: the next record starts afresh. The sweep itself runs only
+// when the registry gains a job.
+func TestRecordJobAgainPastTheRetention(t *testing.T) {
+	clk := testenv.NewClock(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
+	s, rdb := newStore(t, redisstore.WithClock(clock.Func(clk.Now)), redisstore.WithRetention(48*time.Hour))
+	ctx := context.Background()
+	key := testPrefix + "{t1}:jobs"
+	t0 := clk.Now()
+	for _, u := range []string{"http://p/a", "http://p/b"} {
+		if _, err := s.RecordJob(ctx, "t1", u, t0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clk.Advance(72 * time.Hour)
+	if got, err := s.RecordJob(ctx, "t1", "http://p/a", clk.Now()); err != nil || !got.Equal(t0) {
+		t.Fatalf("stale job recorded again: %v %v, want %v", got, err, t0)
+	}
+	if ids := rdb.ZRange(ctx, key, 0, -1).Val(); !slices.Equal(ids, []string{"http://p/b"}) {
+		t.Fatalf("registry %v, want [http://p/b]: the stale entry read goes, no sweep otherwise", ids)
+	}
+	if got, err := s.RecordJob(ctx, "t1", "http://p/a", clk.Now()); err != nil || !got.Equal(clk.Now()) {
+		t.Fatalf("after the stale entry went: %v %v, want %v", got, err, clk.Now())
+	}
+	if ids := rdb.ZRange(ctx, key, 0, -1).Val(); !slices.Equal(ids, []string{"http://p/a"}) {
+		t.Fatalf("registry %v, want [http://p/a]: a new entry sweeps the stale ones", ids)
+	}
+}

@@ -3,7 +3,6 @@ package redisstore
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/pathling-sync/pathling-sync/handlers"
@@ -26,11 +25,14 @@ import (
 // earlier queued request goes first, ErrInvalidArgument, or a wrapped Redis
 // error.
 func (s *Store) Acquire(ctx context.Context, req handlers.AcquireRequest) (handlers.Lease, error) {
-	keys, args, err := s.acquireArgs(req)
+	ttl, err := checkAcquire(req)
 	if err != nil {
 		return handlers.Lease{}, fmt.Errorf("redisstore: acquire: %w", err)
 	}
-	v, err := scriptAcquire.Run(ctx, s.client, keys, args...).Result()
+	cmd := scriptAcquire.call(4, 7)
+	cmd = appendKeys(cmd, s.keys(req.Target).base, keyLock, keyFence, keyQueue, keyQueueDeadlines)
+	cmd = s.appendAcquireArgs(cmd, req, ttl)
+	v, err := scriptAcquire.run(ctx, s.client, cmd).Result()
 	if err != nil {
 		return handlers.Lease{}, fmt.Errorf("redisstore: acquire: %w", err)
 	}
@@ -45,32 +47,34 @@ func (s *Store) Acquire(ctx context.Context, req handlers.AcquireRequest) (handl
 	return l, nil
 }
 
-// acquireArgs are acquire.lua's KEYS and ARGV for req.
-func (s *Store) acquireArgs(req handlers.AcquireRequest) ([]string, []any, error) {
+// checkAcquire checks req and returns its TTL in milliseconds.
+func checkAcquire(req handlers.AcquireRequest) (int64, error) {
 	if err := checkTarget(req.Target); err != nil {
-		return nil, nil, err
+		return 0, err
 	}
 	if req.RequestID == "" {
-		return nil, nil, fmt.Errorf("%w: empty request id", ErrInvalidArgument)
+		return 0, fmt.Errorf("%w: empty request id", ErrInvalidArgument)
 	}
-	ttl, err := ttlMillis(req.TTL)
-	if err != nil {
-		return nil, nil, err
-	}
-	queued, seq, deadline, settle := "0", "0", "0", "0"
+	return ttlMillis(req.TTL)
+}
+
+// appendAcquireArgs appends acquire.lua's ARGV for req (KEYS: lock, fence,
+// queue, queue deadlines).
+func (s *Store) appendAcquireArgs(cmd []any, req handlers.AcquireRequest, ttl int64) []any {
+	// Constants in an interface are not allocated; numbers go as numbers
+	// (go-redis writes them in decimal, as the strings they replace).
+	var queued, seq, deadline, settle any = "0", "0", "0", "0"
 	if q := req.Queue; q != nil {
 		queued = "1"
 		if q.Settle {
 			settle = "1"
 		}
-		seq = strconv.FormatUint(q.Seq, 10)
+		seq = q.Seq
 		if !q.Deadline.IsZero() {
-			deadline = strconv.FormatInt(max(q.Deadline.UnixMilli(), 1), 10)
+			deadline = max(q.Deadline.UnixMilli(), 1)
 		}
 	}
-	k := s.keys(req.Target)
-	return []string{k.lock(), k.fence(), k.queue(), k.queueDeadlines()},
-		[]any{req.RequestID, ttl, queued, seq, deadline, s.clock.Now().UnixMilli(), settle}, nil
+	return append(cmd, req.RequestID, ttl, queued, seq, deadline, s.clock.Now().UnixMilli(), settle)
 }
 
 // acquireReply maps acquire.lua's reply codes other than a grant to errors.
@@ -103,14 +107,11 @@ func acquireReply(req handlers.AcquireRequest, code int64, val any) (handlers.Le
 // caller finds them terminal in Begun.Run. Errors: those of Acquire, or a
 // wrapped decoding error.
 func (s *Store) Begin(ctx context.Context, req handlers.BeginRequest) (handlers.Begun, error) {
-	keys, args, err := s.acquireArgs(req.AcquireRequest)
+	ttl, err := checkAcquire(req.AcquireRequest)
 	if err != nil {
 		return handlers.Begun{}, fmt.Errorf("redisstore: begin: %w", err)
 	}
-	k := s.keys(req.Target)
-	keys = append(keys, k.run(req.RequestID), k.watermarks(), k.undeletedJobs(), k.runs())
-	args = append(args, req.WatermarkKey, max(req.UndeletedJobs, 0))
-	rec := savedRecord{score: "+inf"}
+	rec := newSavedRecord()
 	if r := req.NewRun; r != nil {
 		if r.RequestID != req.RequestID || r.Target != req.Target {
 			return handlers.Begun{}, fmt.Errorf("redisstore: begin: %w: new run of %q on %q for %q on %q",
@@ -123,12 +124,18 @@ func (s *Store) Begin(ctx context.Context, req handlers.BeginRequest) (handlers.
 			return handlers.Begun{}, fmt.Errorf("redisstore: begin: %w", err)
 		}
 	}
-	auto := "0"
-	if req.NewRun != nil && req.NewRun.Request.Since == "auto" {
-		auto = "1"
+	auto := req.NewRun != nil && req.NewRun.Request.Since == "auto"
+	var autoArg any = "0"
+	if auto {
+		autoArg = "1"
 	}
-	args = append(args, rec.data, rec.retention, rec.score, rec.now, auto)
-	v, err := scriptBegin.Run(ctx, s.client, keys, args...).Result()
+	cmd := scriptBegin.call(8, 14)
+	cmd = appendKeys(cmd, s.keys(req.Target).base, keyLock, keyFence, keyQueue, keyQueueDeadlines,
+		keyRun+req.RequestID, keyWatermarks, keyUndeletedJobs, keyRuns)
+	cmd = s.appendAcquireArgs(cmd, req.AcquireRequest, ttl)
+	cmd = append(cmd, req.WatermarkKey, max(req.UndeletedJobs, 0), rec.data, rec.retention, rec.score, rec.now, autoArg)
+	v, err := scriptBegin.run(ctx, s.client, cmd).Result()
+	s.recycle(rec)
 	if err != nil {
 		return handlers.Begun{}, fmt.Errorf("redisstore: begin: %w", err)
 	}
@@ -166,7 +173,7 @@ func (s *Store) Begin(ctx context.Context, req handlers.BeginRequest) (handlers.
 	if created, _ := arr[5].(int64); created == 1 {
 		b.Created = true
 		req.NewRun.Token = lease.Token
-		if auto == "1" && b.HasWatermark {
+		if auto && b.HasWatermark {
 			since := b.Watermark
 			req.NewRun.Params.Since = &since
 		}
@@ -195,8 +202,9 @@ func (s *Store) Renew(ctx context.Context, l handlers.Lease, ttl time.Duration) 
 		return fmt.Errorf("redisstore: renew: %w", err)
 	}
 	k := s.keys(l.Target)
-	n, err := scriptRenew.Run(ctx, s.client, []string{k.lock(), k.run(l.RequestID)},
-		l.RequestID, l.Token, ms).Int64()
+	cmd := scriptRenew.call(2, 3)
+	cmd = appendKeys(cmd, k.base, keyLock, keyRun+l.RequestID)
+	n, err := scriptRenew.run(ctx, s.client, append(cmd, l.RequestID, l.Token, ms)).Int64()
 	if err != nil {
 		return fmt.Errorf("redisstore: renew: %w", err)
 	}
@@ -230,9 +238,9 @@ func (s *Store) Reacquire(ctx context.Context, l handlers.Lease, ttl time.Durati
 		return handlers.Lease{}, fmt.Errorf("redisstore: reacquire: %w", err)
 	}
 	k := s.keys(l.Target)
-	v, err := scriptReacquire.Run(ctx, s.client,
-		[]string{k.lock(), k.fence(), k.run(l.RequestID), k.queue(), k.queueDeadlines()},
-		l.RequestID, l.Token, ms).Result()
+	cmd := scriptReacquire.call(5, 3)
+	cmd = appendKeys(cmd, k.base, keyLock, keyFence, keyRun+l.RequestID, keyQueue, keyQueueDeadlines)
+	v, err := scriptReacquire.run(ctx, s.client, append(cmd, l.RequestID, l.Token, ms)).Result()
 	if err != nil {
 		return handlers.Lease{}, fmt.Errorf("redisstore: reacquire: %w", err)
 	}
@@ -265,8 +273,9 @@ func (s *Store) Release(ctx context.Context, l handlers.Lease) error {
 		return fmt.Errorf("redisstore: release: %w", err)
 	}
 	k := s.keys(l.Target)
-	err := scriptRelease.Run(ctx, s.client, []string{k.lock(), k.queue(), k.queueDeadlines()},
-		l.RequestID, l.Token, s.releasedChannel(), l.Target).Err()
+	cmd := scriptRelease.call(3, 4)
+	cmd = appendKeys(cmd, k.base, keyLock, keyQueue, keyQueueDeadlines)
+	err := scriptRelease.run(ctx, s.client, append(cmd, l.RequestID, l.Token, s.releasedChannel(), l.Target)).Err()
 	if err != nil {
 		return fmt.Errorf("redisstore: release: %w", err)
 	}
@@ -286,8 +295,9 @@ func (s *Store) ReleaseFinished(ctx context.Context, target, requestID string) e
 		return fmt.Errorf("redisstore: release finished: %w: empty request id", ErrInvalidArgument)
 	}
 	k := s.keys(target)
-	err := scriptReleaseFinished.Run(ctx, s.client, []string{k.lock(), k.queue(), k.queueDeadlines()},
-		requestID, s.releasedChannel(), target).Err()
+	cmd := scriptReleaseFinished.call(3, 3)
+	cmd = appendKeys(cmd, k.base, keyLock, keyQueue, keyQueueDeadlines)
+	err := scriptReleaseFinished.run(ctx, s.client, append(cmd, requestID, s.releasedChannel(), target)).Err()
 	if err != nil {
 		return fmt.Errorf("redisstore: release finished: %w", err)
 	}

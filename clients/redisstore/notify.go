@@ -21,7 +21,7 @@ const releasedSuffix = "released"
 // and a subscriber on any node hears every target.
 func ReleaseChannel(prefix string) string { return prefix + releasedSuffix }
 
-func (s *Store) releasedChannel() string { return ReleaseChannel(s.prefix) }
+func (s *Store) releasedChannel() string { return s.released }
 
 // Subscriber opens a PUBLISH/SUBSCRIBE connection. A redis.UniversalClient
 // (single node, Sentinel or Cluster) is one.

@@ -70,11 +70,20 @@ func parseMillis(ms string) (time.Time, error) {
 // savedRecord is a run record ready for save_run.lua (ARGV[3..7]) or
 // finish.lua: r under the lease's token, as JSON, with its retention.
 type savedRecord struct {
-	data      []byte
-	retention int64  // ms, 0 = forever
-	score     string // runs index: expiry unix ms or "+inf"
-	now       int64  // unix ms
-	done      string // "1" when terminal
+	data []byte  // in buf when buf is set
+	buf  *[]byte // from Store.bufs: back to it once the script ran (Store.recycle)
+	// The script's arguments as they go to go-redis, which writes numbers
+	// in decimal: an interface made here once, and from constants where it
+	// can, is not allocated again when the command is built.
+	retention any   // ms (int64), 0 = forever
+	score     any   // runs index: expiry unix ms (int64) or "+inf"
+	now       int64 // unix ms
+	done      any   // "1" when terminal, else "0"
+}
+
+// newSavedRecord is a savedRecord without a record (Begin without a new run).
+func newSavedRecord() savedRecord {
+	return savedRecord{retention: int64(0), score: "+inf", done: "0"}
 }
 
 func (s *Store) record(l handlers.Lease, r *handlers.Run) (savedRecord, error) {
@@ -88,22 +97,46 @@ func (s *Store) record(l handlers.Lease, r *handlers.Run) (savedRecord, error) {
 		return savedRecord{}, fmt.Errorf("%w: run of %q on %q under a lease of %q on %q",
 			ErrInvalidArgument, r.RequestID, r.Target, l.RequestID, l.Target)
 	}
-	rec := *r
-	rec.Token = l.Token
-	data, err := json.Marshal(&rec)
-	if err != nil {
-		return savedRecord{}, err
+	out := newSavedRecord()
+	buf, _ := s.bufs.Get().(*[]byte)
+	if buf == nil {
+		buf = new([]byte)
+	}
+	if data, ok := appendRun((*buf)[:0], r, l.Token); ok {
+		*buf = data
+		out.data, out.buf = data, buf
+	} else {
+		s.bufs.Put(buf)
+		rec := *r
+		rec.Token = l.Token
+		data, err := json.Marshal(&rec)
+		if err != nil {
+			return savedRecord{}, err
+		}
+		out.data = data
 	}
 	now := s.clock.Now()
-	out := savedRecord{data: data, score: "+inf", now: now.UnixMilli(), done: "0"}
+	out.now = now.UnixMilli()
 	if s.retention > 0 {
-		out.retention = max(s.retention.Milliseconds(), 1)
-		out.score = strconv.FormatInt(now.Add(s.retention).UnixMilli(), 10)
+		out.retention = s.retentionMs
+		out.score = now.Add(s.retention).UnixMilli()
 	}
 	if r.State.Terminal() {
 		out.done = "1"
 	}
 	return out, nil
+}
+
+// maxPooledRecord bounds the buffers kept for reuse: a record that large is
+// rare, and its buffer is not worth holding on to.
+const maxPooledRecord = 64 << 10
+
+// recycle hands rec's buffer back for reuse. Call it once the script that
+// took rec.data returned: go-redis has written the argument by then.
+func (s *Store) recycle(rec savedRecord) {
+	if rec.buf != nil && cap(*rec.buf) <= maxPooledRecord {
+		s.bufs.Put(rec.buf)
+	}
 }
 
 // SaveRun writes r under the lease: the lease must still hold the target's
@@ -125,8 +158,11 @@ func (s *Store) SaveRun(ctx context.Context, l handlers.Lease, r *handlers.Run) 
 		return fmt.Errorf("redisstore: save run: %w", err)
 	}
 	k := s.keys(l.Target)
-	n, err := scriptSaveRun.Run(ctx, s.client, []string{k.lock(), k.run(l.RequestID), k.runs()},
-		l.RequestID, l.Token, rec.data, rec.retention, rec.score, rec.now, rec.done).Int64()
+	cmd := scriptSaveRun.call(3, 7)
+	cmd = appendKeys(cmd, k.base, keyLock, keyRun+l.RequestID, keyRuns)
+	cmd = append(cmd, l.RequestID, l.Token, rec.data, rec.retention, rec.score, rec.now, rec.done)
+	n, err := scriptSaveRun.run(ctx, s.client, cmd).Int64()
+	s.recycle(rec)
 	if err != nil {
 		return fmt.Errorf("redisstore: save run: %w", err)
 	}
@@ -163,43 +199,53 @@ func (s *Store) Finish(ctx context.Context, l handlers.Lease, f *handlers.Finish
 	if err != nil {
 		return fmt.Errorf("redisstore: finish: %w", err)
 	}
-	k := s.keys(l.Target)
-	keys := []string{k.lock(), k.run(l.RequestID), k.runs(), k.watermarks(), k.jobs()}
-	wmKey, wmStored, wmCommit := "", "", ""
+	defer s.recycle(rec)
+	// Numbers go as numbers: go-redis writes them in decimal, as the
+	// strings the script compares them with.
+	var wmKey, wmStored, wmCommit any = "", "", ""
 	if w := f.Watermark; w != nil {
 		if w.Key == "" {
 			return fmt.Errorf("redisstore: finish: %w: empty watermark key", ErrInvalidArgument)
 		}
 		wmKey = w.Key
 		if w.HasStored {
-			wmStored = strconv.FormatInt(w.Stored.UnixMilli(), 10)
+			wmStored = w.Stored.UnixMilli()
 		}
 		if !w.Commit.IsZero() {
-			wmCommit = strconv.FormatInt(w.Commit.Truncate(time.Millisecond).UnixMilli(), 10)
+			wmCommit = w.Commit.Truncate(time.Millisecond).UnixMilli()
 		}
 	}
-	jobURL, kicked := "", f.Run.FirstKickOff.UnixMilli()
+	var jobURL any = ""
 	if f.RecordJob {
 		if err := checkJob(l.Target, f.Run.StatusURL); err != nil {
 			return fmt.Errorf("redisstore: finish: %w", err)
 		}
 		jobURL = f.Run.StatusURL
 	}
-	cutoff := s.clock.Now().Add(-s.jobRetention()).UnixMilli()
-	args := []any{l.RequestID, l.Token, rec.data, rec.retention, rec.score, rec.now,
-		wmKey, wmStored, wmCommit, jobURL, kicked, cutoff, maxJobs}
+	var durationMs int64
 	if d := f.Duration; d != nil {
 		if err := checkShape(l.Target, d.Shape); err != nil {
 			return fmt.Errorf("redisstore: finish: %w", err)
 		}
-		ms := d.D.Milliseconds()
-		if ms < 1 {
+		if durationMs = d.D.Milliseconds(); durationMs < 1 {
 			return fmt.Errorf("redisstore: finish: %w: duration %s under 1ms", ErrInvalidArgument, d.D)
 		}
-		keys = append(keys, k.durations(d.Shape))
-		args = append(args, ms, DurationSamples, DurationRetention.Milliseconds())
 	}
-	v, err := scriptFinish.Run(ctx, s.client, keys, args...).Result()
+	base := s.keys(l.Target).base
+	cmd := scriptFinish.call(6, 16)
+	if f.Duration != nil {
+		cmd = appendKeys(cmd, base, keyLock, keyRun+l.RequestID, keyRuns, keyWatermarks, keyJobs, keyDurations+f.Duration.Shape)
+	} else {
+		cmd = appendKeys(cmd, base, keyLock, keyRun+l.RequestID, keyRuns, keyWatermarks, keyJobs)
+	}
+	cmd[2] = len(cmd) - 3
+	cutoff := s.clock.Now().Add(-s.jobRetention()).UnixMilli()
+	cmd = append(cmd, l.RequestID, l.Token, rec.data, rec.retention, rec.score, rec.now,
+		wmKey, wmStored, wmCommit, jobURL, f.Run.FirstKickOff.UnixMilli(), cutoff, maxJobs)
+	if f.Duration != nil {
+		cmd = append(cmd, durationMs, DurationSamples, durationRetentionMs)
+	}
+	v, err := scriptFinish.run(ctx, s.client, cmd).Result()
 	if err != nil {
 		return fmt.Errorf("redisstore: finish: %w", err)
 	}
@@ -237,10 +283,10 @@ func (s *Store) releaseRun(ctx context.Context, l handlers.Lease, forget string)
 	if err := checkLease(l); err != nil {
 		return fmt.Errorf("redisstore: release run: %w", err)
 	}
-	k := s.keys(l.Target)
-	err := scriptReleaseRun.Run(ctx, s.client,
-		[]string{k.lock(), k.queue(), k.queueDeadlines(), k.jobs(), k.undeletedJobs()},
-		l.RequestID, l.Token, forget, s.releasedChannel(), l.Target).Err()
+	cmd := scriptReleaseRun.call(5, 5)
+	cmd = appendKeys(cmd, s.keys(l.Target).base, keyLock, keyQueue, keyQueueDeadlines, keyJobs, keyUndeletedJobs)
+	cmd = append(cmd, l.RequestID, l.Token, forget, s.releasedChannel(), l.Target)
+	err := scriptReleaseRun.run(ctx, s.client, cmd).Err()
 	if err != nil {
 		return fmt.Errorf("redisstore: release run: %w", err)
 	}
@@ -316,8 +362,9 @@ func (s *Store) CommitWatermark(ctx context.Context, l handlers.Lease, key strin
 	}
 	ms := t.Truncate(time.Millisecond).UnixMilli()
 	k := s.keys(l.Target)
-	n, err := scriptCommitWatermark.Run(ctx, s.client, []string{k.lock(), k.watermarks(), k.run(l.RequestID)},
-		l.RequestID, l.Token, key, ms).Int64()
+	cmd := scriptCommitWatermark.call(3, 4)
+	cmd = appendKeys(cmd, k.base, keyLock, keyWatermarks, keyRun+l.RequestID)
+	n, err := scriptCommitWatermark.run(ctx, s.client, append(cmd, l.RequestID, l.Token, key, ms)).Int64()
 	if err != nil {
 		return fmt.Errorf("redisstore: commit watermark: %w", err)
 	}

@@ -53,6 +53,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -82,6 +83,7 @@ type RedisClient interface {
 	ZRange(ctx context.Context, key string, start, stop int64) *redis.StringSliceCmd
 	Pipelined(ctx context.Context, fn func(redis.Pipeliner) error) ([]redis.Cmder, error)
 	TxPipelined(ctx context.Context, fn func(redis.Pipeliner) error) ([]redis.Cmder, error)
+	Do(ctx context.Context, args ...any) *redis.Cmd // a script's command built whole (luaScript)
 }
 
 var _ RedisClient = (redis.UniversalClient)(nil)
@@ -118,25 +120,25 @@ var (
 	//go:embed lua/release_run.lua
 	releaseRunLua string
 
-	scriptAcquire         = redis.NewScript(acquireLua)
-	scriptRenew           = redis.NewScript(renewLua)
-	scriptRelease         = redis.NewScript(releaseLua)
-	scriptReleaseFinished = redis.NewScript(releaseFinishedLua)
-	scriptSaveRun         = redis.NewScript(runWriteFunctions + saveRunLua)
-	scriptCommitWatermark = redis.NewScript(commitWatermarkLua)
+	scriptAcquire         = newLuaScript(acquireLua)
+	scriptRenew           = newLuaScript(renewLua)
+	scriptRelease         = newLuaScript(releaseLua)
+	scriptReleaseFinished = newLuaScript(releaseFinishedLua)
+	scriptSaveRun         = newLuaScript(runWriteFunctions + saveRunLua)
+	scriptCommitWatermark = newLuaScript(commitWatermarkLua)
 	scriptRecordOutcome   = redis.NewScript(recordOutcomeLua)
-	scriptRecordJob       = redis.NewScript(recordJobLua)
-	scriptReacquire       = redis.NewScript(reacquireLua)
+	scriptRecordJob       = newLuaScript(recordJobLua)
+	scriptReacquire       = newLuaScript(reacquireLua)
 
 	// The scripts of a run's life run the one-operation scripts above as
 	// functions of their own KEYS and ARGV (asFunction), so that each
 	// operation has one definition.
-	scriptBegin     = redis.NewScript(asFunction("acquire", acquireLua) + beginLua)
-	scriptKickedOff = redis.NewScript(asFunction("recordJob", recordJobLua) + runWriteFunctions +
+	scriptBegin     = newLuaScript(asFunction("acquire", acquireLua) + beginLua)
+	scriptKickedOff = newLuaScript(asFunction("recordJob", recordJobLua) + runWriteFunctions +
 		asFunction("saveRun", saveRunLua) + kickedOffLua)
-	scriptFinish = redis.NewScript(asFunction("recordJob", recordJobLua) + runWriteFunctions +
+	scriptFinish = newLuaScript(asFunction("recordJob", recordJobLua) + runWriteFunctions +
 		asFunction("recordDuration", recordDurationLua) + finishLua)
-	scriptReleaseRun = redis.NewScript(releaseRunLua)
+	scriptReleaseRun = newLuaScript(releaseRunLua)
 )
 
 // runWriteFunctions are the fence and the write of a run record, for the
@@ -154,11 +156,14 @@ func asFunction(name, script string) string {
 // Store implements the store ports of handlers (Locker, LockRecovery, Runs,
 // Watermarks; Jobs in jobs.go) on Redis. It is safe for concurrent use.
 type Store struct {
-	client    RedisClient
-	prefix    string
-	retention time.Duration
-	clock     clock.Clock
-	outcomes  *outcomeBatcher // RecordOutcome's batches (outcomes.go)
+	client      RedisClient
+	prefix      string
+	retention   time.Duration
+	clock       clock.Clock
+	outcomes    *outcomeBatcher // RecordOutcome's batches (outcomes.go)
+	released    string          // the release channel (releasedChannel), built once
+	retentionMs any             // the retention in ms (int64), made an interface once (savedRecord)
+	bufs        sync.Pool       // *[]byte: run records' JSON (runs.go: record, recycle)
 }
 
 var (
@@ -190,6 +195,11 @@ func New(c RedisClient, opts ...Option) *Store {
 	for _, o := range opts {
 		o(s)
 	}
+	s.released = ReleaseChannel(s.prefix)
+	s.retentionMs = int64(0)
+	if s.retention > 0 {
+		s.retentionMs = max(s.retention.Milliseconds(), 1)
+	}
 	return s
 }
 
@@ -202,15 +212,27 @@ func (s *Store) keys(target string) targetKeys {
 	return targetKeys{base: s.prefix + "{" + target + "}:"}
 }
 
-func (k targetKeys) lock() string              { return k.base + "lock" }
-func (k targetKeys) fence() string             { return k.base + "fence" }
-func (k targetKeys) run(request string) string { return k.base + "run:" + request }
-func (k targetKeys) runs() string              { return k.base + "runs" }
-func (k targetKeys) watermarks() string        { return k.base + "wm" }
-func (k targetKeys) queue() string             { return k.base + "queue" }
-func (k targetKeys) queueDeadlines() string    { return k.base + "queue:deadline" }
-func (k targetKeys) jobs() string              { return k.base + "jobs" }
-func (k targetKeys) undeletedJobs() string     { return k.base + "jobs:undeleted" }
+// Suffixes of the keys after <prefix>{<target>}:, for appendKeys.
+const (
+	keyLock           = "lock"
+	keyFence          = "fence"
+	keyRun            = "run:" // + request id
+	keyRuns           = "runs"
+	keyWatermarks     = "wm"
+	keyQueue          = "queue"
+	keyQueueDeadlines = "queue:deadline"
+	keyJobs           = "jobs"
+	keyUndeletedJobs  = "jobs:undeleted"
+)
+
+func (k targetKeys) lock() string              { return k.base + keyLock }
+func (k targetKeys) run(request string) string { return k.base + keyRun + request }
+func (k targetKeys) runs() string              { return k.base + keyRuns }
+func (k targetKeys) watermarks() string        { return k.base + keyWatermarks }
+func (k targetKeys) queue() string             { return k.base + keyQueue }
+func (k targetKeys) queueDeadlines() string    { return k.base + keyQueueDeadlines }
+func (k targetKeys) jobs() string              { return k.base + keyJobs }
+func (k targetKeys) undeletedJobs() string     { return k.base + keyUndeletedJobs }
 
 // checkTarget refuses targets that would break the hash tag. Configured
 // target names match [A-Za-z0-9_-]{1,64}; this only guards the key layout.

@@ -16,8 +16,11 @@
 --         {1, token, record JSON or false, watermark unix ms or false, {undeleted status URLs},
 --          1 when ARGV[10] was written (the record returned is then false) else 0,
 --          the record's field since or false}.
-if redis.call("HGET", KEYS[5], "done") == "1" then
-  return {4, redis.call("HGET", KEYS[5], "run")}
+-- One read of the record serves both the finished check and, after the grant, the run: acquire
+-- writes none of the record's key, and nothing else runs between (a script is atomic).
+local stored = redis.call("HMGET", KEYS[5], "done", "run", "since")
+if stored[1] == "1" then
+  return {4, stored[2]}
 end
 local granted = acquire(KEYS, ARGV)
 if granted[1] ~= 1 then
@@ -32,9 +35,8 @@ local n = tonumber(ARGV[9])
 if n > 0 then
   undeleted = redis.call("ZRANGE", KEYS[7], 0, n - 1)
 end
-local stored = redis.call("HMGET", KEYS[5], "run", "since")
-if stored[1] or ARGV[10] == "" then
-  return {1, granted[2], stored[1], wm, undeleted, 0, stored[2]}
+if stored[2] or ARGV[10] == "" then
+  return {1, granted[2], stored[2], wm, undeleted, 0, stored[3]}
 end
 -- A new run: its record, written under the new token (as save_run.lua would).
 local token = string.format("%d", granted[2])
@@ -43,13 +45,16 @@ if not i then
   return redis.error_reply("begin: the new record has no \"token\":-1, placeholder")
 end
 local rec = string.sub(ARGV[10], 1, i - 1) .. '"token":' .. token .. ',' .. string.sub(ARGV[10], j + 1)
-redis.call("HSET", KEYS[5], "token", token, "run", rec)
 if ARGV[14] == "1" and wm then
-  redis.call("HSET", KEYS[5], "since", wm)
+  redis.call("HSET", KEYS[5], "token", token, "run", rec, "since", wm)
+else
+  redis.call("HSET", KEYS[5], "token", token, "run", rec)
 end
 if tonumber(ARGV[11]) > 0 then
   redis.call("PEXPIRE", KEYS[5], ARGV[11])
 end
-redis.call("ZADD", KEYS[8], ARGV[12], ARGV[1])
-redis.call("ZREMRANGEBYSCORE", KEYS[8], "-inf", "(" .. ARGV[13])
+-- As write_run.lua: the index is swept of expired entries when it gains one.
+if redis.call("ZADD", KEYS[8], ARGV[12], ARGV[1]) == 1 then
+  redis.call("ZREMRANGEBYSCORE", KEYS[8], "-inf", "(" .. ARGV[13])
+end
 return {1, granted[2], false, wm, undeleted, 1, false}

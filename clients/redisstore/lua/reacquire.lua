@@ -17,14 +17,21 @@ if stored and tonumber(stored) ~= old then
   return {3, ""}
 end
 -- As in acquire.lua: a missing fence starts from Redis' clock in microseconds.
-if redis.call("EXISTS", KEYS[2]) == 0 then
+-- INCR answers 1 only on a missing counter (a live one is far past 1): then seed and INCR again,
+-- which spares an EXISTS on every grant.
+local token = redis.call("INCR", KEYS[2])
+if token == 1 then
   local now = redis.call("TIME")
   redis.call("SET", KEYS[2], string.format("%d", tonumber(now[1]) * 1000000 + tonumber(now[2])))
+  token = redis.call("INCR", KEYS[2])
 end
-local token = redis.call("INCR", KEYS[2])
-redis.call("DEL", KEYS[1])
+if v[1] then -- the lease's own lock goes whole (a free lock has no key)
+  redis.call("DEL", KEYS[1])
+end
 redis.call("HSET", KEYS[1], "request", req, "token", string.format("%d", token))
 redis.call("PEXPIRE", KEYS[1], ARGV[3])
-redis.call("ZREM", KEYS[4], req)
-redis.call("HDEL", KEYS[5], req)
+-- A ticket and its deadline come and go together (as in acquire.lua).
+if redis.call("ZREM", KEYS[4], req) == 1 then
+  redis.call("HDEL", KEYS[5], req)
+end
 return {1, token}

@@ -4,9 +4,14 @@
 -- The body needs nothing but its key and these three arguments, so it can be folded into another
 -- script of the target (the run's finish) by appending the key and the arguments to that script's.
 -- Returns the number of entries kept.
-redis.call("LPUSH", KEYS[1], ARGV[1])
-redis.call("LTRIM", KEYS[1], 0, tonumber(ARGV[2]) - 1)
+-- LPUSH answers the length: the trim runs only when it is over the bound, and LLEN is not needed.
+local n = redis.call("LPUSH", KEYS[1], ARGV[1])
+local most = tonumber(ARGV[2])
+if most > 0 and n > most then
+  redis.call("LTRIM", KEYS[1], 0, most - 1)
+  n = most
+end
 if tonumber(ARGV[3]) > 0 then
   redis.call("PEXPIRE", KEYS[1], ARGV[3])
 end
-return redis.call("LLEN", KEYS[1])
+return n

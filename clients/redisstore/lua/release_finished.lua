@@ -8,8 +8,11 @@ if redis.call("HGET", KEYS[1], "request") == ARGV[1] then
   redis.call("DEL", KEYS[1])
   released = 1
 end
+-- A ticket and its deadline come and go together (as in acquire.lua).
 local dropped = redis.call("ZREM", KEYS[2], ARGV[1])
-redis.call("HDEL", KEYS[3], ARGV[1])
+if dropped == 1 then
+  redis.call("HDEL", KEYS[3], ARGV[1])
+end
 if released == 1 or dropped == 1 then
   redis.call("PUBLISH", ARGV[2], ARGV[3])
 end

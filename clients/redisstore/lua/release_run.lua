@@ -16,6 +16,8 @@ if v[1] == ARGV[1] and tonumber(v[2]) == tonumber(ARGV[2]) then
   redis.call("PUBLISH", ARGV[4], ARGV[5])
   released = 1
 end
-redis.call("ZREM", KEYS[2], ARGV[1])
-redis.call("HDEL", KEYS[3], ARGV[1])
+-- A ticket and its deadline come and go together (as in acquire.lua).
+if redis.call("ZREM", KEYS[2], ARGV[1]) == 1 then
+  redis.call("HDEL", KEYS[3], ARGV[1])
+end
 return released
