@@ -32,8 +32,10 @@ func BenchmarkOutcomeBuild(b *testing.B) {
 	res := completion("http://p/fhir/$job?id=1", JobStatus{Outputs: 4, TransactionTime: "2026-01-15T02:00:01Z"}, false, "2026-01-15T01:58:00Z")
 	for name, tr := range benchTracers(b) {
 		b.Run(name, func(b *testing.B) {
-			o := &outcomes{subjects: messages.Subjects{Prefix: messages.DefaultSubjectPrefix}, source: "pathling-sync",
-				clock: clock.Or(nil), prop: propagation.TraceContext{}, tracer: tr}
+			subjects := messages.Subjects{Prefix: messages.DefaultSubjectPrefix}
+			o := &outcomes{subjects: subjects, source: "pathling-sync",
+				clock: clock.Or(nil), prop: propagation.TraceContext{}, tracer: tr,
+				names: map[string]*targetNames{"t1": newTargetNames(subjects, "t1")}}
 			ctx, parent := tr.Start(context.Background(), "parent")
 			defer parent.End()
 			for b.Loop() {
@@ -56,9 +58,13 @@ func BenchmarkStartConsume(b *testing.B) {
 	in := intake{requestID: "req-123456", target: "t1"}
 	for name, tr := range benchTracers(b) {
 		b.Run(name, func(b *testing.B) {
-			s := &Syncer{deps: deps{tracer: tr}, consumerGroup: "pathling-sync"}
+			s := &Syncer{deps: deps{tracer: tr, outcomes: &outcomes{names: map[string]*targetNames{
+				"t1": newTargetNames(messages.Subjects{Prefix: messages.DefaultSubjectPrefix}, "t1")}}},
+				consumerGroup: "pathling-sync"}
 			for b.Loop() {
-				_, span := s.startConsume(context.Background(), d, h, in)
+				// The envelope as Handle reads it (once, for intake and span).
+				env, ok := messages.ReadEnvelope(h)
+				_, span := s.startConsume(context.Background(), d, env, ok, in)
 				span.End()
 			}
 		})
