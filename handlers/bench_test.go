@@ -98,6 +98,13 @@ func BenchmarkWatermarkKey(b *testing.B) {
 			sinkString = handlers.WatermarkKey(p)
 		}
 	})
+	b.Run("unsorted", func(b *testing.B) {
+		q := p
+		q.Types = []string{"Patient", "Observation"}
+		for b.Loop() {
+			sinkString = handlers.WatermarkKey(q)
+		}
+	})
 }
 
 func BenchmarkDurationShape(b *testing.B) {
@@ -108,6 +115,12 @@ func BenchmarkDurationShape(b *testing.B) {
 	})
 	b.Run("types", func(b *testing.B) {
 		p := handlers.ImportParams{Types: []string{"Patient", "Observation"}}
+		for b.Loop() {
+			sinkString = handlers.DurationShape(p)
+		}
+	})
+	b.Run("sorted", func(b *testing.B) {
+		p := handlers.ImportParams{Types: []string{"Observation", "Patient"}}
 		for b.Loop() {
 			sinkString = handlers.DurationShape(p)
 		}
