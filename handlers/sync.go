@@ -55,7 +55,8 @@ func endDelivery(span trace.Span, disp Disposition) {
 }
 
 func (s *Syncer) handle(ctx context.Context, d Delivery, in intake, settle func(Disposition)) Disposition {
-	log := s.logger.With("target", in.target, "request_id", in.requestID, "delivery", d.NumDelivered)
+	log := lazyLogger(s.logger, slog.String("target", in.target), slog.String("request_id", in.requestID),
+		slog.Uint64("delivery", d.NumDelivered))
 	if d.NumDelivered > 1 {
 		s.observe(ctx, RunEvent{Kind: EventRedelivered, Target: in.knownTarget(), RequestID: in.requestID})
 	}
@@ -95,7 +96,8 @@ func (s *Syncer) handle(ctx context.Context, d Delivery, in intake, settle func(
 	}
 	run, lease := dr.run, dr.lease
 	trace.SpanFromContext(ctx).SetAttributes(AttrRunID.String(run.RunID))
-	// One derived logger (each With formats its attributes again).
+	// One derived logger (log's attributes and these are formatted
+	// together, when it first logs: lazyAttrs).
 	dr.log = log.With("token", lease.Token, "run_id", run.RunID)
 	s.observe(ctx, RunEvent{Kind: EventStarted, Target: t.Name, RequestID: in.requestID, RunID: run.RunID})
 	dr.settle = settle
