@@ -96,9 +96,10 @@ func (s *Syncer) handle(ctx context.Context, d Delivery, in intake, settle func(
 	}
 	run, lease := dr.run, dr.lease
 	trace.SpanFromContext(ctx).SetAttributes(AttrRunID.String(run.RunID))
-	// One derived logger (log's attributes and these are formatted
-	// together, when it first logs: lazyAttrs).
-	dr.log = log.With("token", lease.Token, "run_id", run.RunID)
+	// log's attributes and the run's, formatted together when it first
+	// logs (lazyAttrs): what log.With("token", ..., "run_id", ...) logs.
+	dr.log = lazyLogger(s.logger, slog.String("target", in.target), slog.String("request_id", in.requestID),
+		slog.Uint64("delivery", d.NumDelivered), slog.Int64("token", lease.Token), slog.String("run_id", run.RunID))
 	s.observe(ctx, RunEvent{Kind: EventStarted, Target: t.Name, RequestID: in.requestID, RunID: run.RunID})
 	dr.settle = settle
 	dr.finally = func(ctx context.Context) {
