@@ -738,22 +738,24 @@ func (dr *driver) complete(ctx context.Context, st JobStatus, empty bool) error 
 			wu.Commit = after
 		}
 		markOutcome(ctx, false, "")
-		err := dr.finish(ctx, RunCompleted, completion(r.StatusURL, st, empty, formatWatermark(after, stored)), wu)
-		var moved *WatermarkMovedError
-		var earlier *EarlierJobError
-		switch {
-		case errors.As(err, &moved) && tries < 3:
-			// Changed by someone other than this lease (an operator's reset?):
-			// decide again on what is stored now.
-			dr.log.WarnContext(ctx, "the stored watermark changed during the run; deciding again",
-				"read", dr.wm.at, "stored", moved.Stored, "present", moved.HasStored)
-			dr.wm = storedWatermark{at: moved.Stored, ok: moved.HasStored, known: true}
-			continue
-		case errors.As(err, &earlier) && tries < 3:
-			dr.jobPending = false // recorded now
-			dr.earlierJob(ctx, earlier.KickedOffAt)
-			continue
-		case err != nil:
+		if err := dr.finish(ctx, RunCompleted, completion(r.StatusURL, st, empty, formatWatermark(after, stored)), wu); err != nil {
+			// Declared here: errors.As's targets escape, and most finishes
+			// succeed.
+			var moved *WatermarkMovedError
+			var earlier *EarlierJobError
+			switch {
+			case errors.As(err, &moved) && tries < 3:
+				// Changed by someone other than this lease (an operator's reset?):
+				// decide again on what is stored now.
+				dr.log.WarnContext(ctx, "the stored watermark changed during the run; deciding again",
+					"read", dr.wm.at, "stored", moved.Stored, "present", moved.HasStored)
+				dr.wm = storedWatermark{at: moved.Stored, ok: moved.HasStored, known: true}
+				continue
+			case errors.As(err, &earlier) && tries < 3:
+				dr.jobPending = false // recorded now
+				dr.earlierJob(ctx, earlier.KickedOffAt)
+				continue
+			}
 			endSpan(span, err)
 			return err
 		}

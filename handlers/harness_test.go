@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/pathling-sync/pathling-sync/clients/natsbus"
 	"github.com/pathling-sync/pathling-sync/clients/pathling"
@@ -30,7 +31,7 @@ import (
 // env is one test's world: a real JetStream server, a real redis-server,
 // the Pathling emulator and (in pull mode) the bulk-data source emulator.
 type env struct {
-	t        *testing.T
+	t        testing.TB
 	natsURL  string
 	nc       *nats.Conn
 	js       jetstream.JetStream
@@ -54,7 +55,7 @@ type envOptions struct {
 	clockSkew time.Duration // Pathling's clock minus the real one
 }
 
-func newEnv(t *testing.T, o envOptions) *env {
+func newEnv(t testing.TB, o envOptions) *env {
 	t.Helper()
 	e := &env{t: t, subjects: messages.Subjects{Prefix: messages.DefaultSubjectPrefix}}
 	ns := testenv.NATS(t)
@@ -150,7 +151,7 @@ func (e *env) pathlingUp() {
 	e.emuSrv = srv
 }
 
-func connect(t *testing.T, url string) *nats.Conn {
+func connect(t testing.TB, url string) *nats.Conn {
 	t.Helper()
 	nc, err := nats.Connect(url)
 	if err != nil {
@@ -207,6 +208,8 @@ type syncerOptions struct {
 	// precedence is Ports.Precedence (default none: every new queued
 	// request settles first).
 	precedence handlers.Precedence
+	// tp is Config.TracerProvider (default none: no-op spans).
+	tp trace.TracerProvider
 }
 
 func (e *env) syncer(o syncerOptions, targets ...handlers.Target) *handlers.Syncer {
@@ -232,6 +235,7 @@ func (e *env) syncer(o syncerOptions, targets ...handlers.Target) *handlers.Sync
 		QueueRetry: o.queueRetry, StoreRetry: 50 * time.Millisecond,
 		QueueWaiters: o.queueWaiters, QueueWaitersPerTarget: o.queueWaitersPerTarget,
 		Driver: o.driver, Observer: o.observer, Clock: o.clock, Logger: o.log,
+		TracerProvider: o.tp,
 	}, ports)
 	if err != nil {
 		e.t.Fatal(err)
@@ -357,7 +361,7 @@ type outcomeLog struct {
 	all []outcome
 }
 
-func followOutcomes(t *testing.T, js jetstream.JetStream, subj messages.Subjects) *outcomeLog {
+func followOutcomes(t testing.TB, js jetstream.JetStream, subj messages.Subjects) *outcomeLog {
 	t.Helper()
 	l := &outcomeLog{}
 	features, err := natsbus.Features(js.Conn())

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"strings"
 	"time"
 )
 
@@ -34,17 +35,25 @@ type DurationNoter interface {
 // long an import takes most. The key is short and stable: the sorted types,
 // hashed when they would make it longer than 64 bytes.
 func DurationShape(p ImportParams) string {
-	kind := "full"
-	if p.Since != nil {
-		kind = "incr"
+	full := p.Since == nil
+	if len(p.Types) == 0 { // the common case: no concatenation
+		if full {
+			return "full:*"
+		}
+		return "incr:*"
 	}
-	types := sortedJoin(p.Types, ",")
-	if types == "" {
-		types = "*"
+	kind := "full:"
+	if !full {
+		kind = "incr:"
 	}
-	if len(kind)+1+len(types) > 64 {
-		sum := sha256.Sum256([]byte(types))
-		types = "h" + hex.EncodeToString(sum[:12])
+	if n := len(kind) + joinedLen(p.Types); n <= 64 {
+		var b strings.Builder
+		b.Grow(n)
+		b.WriteString(kind)
+		writeSorted(&b, p.Types, ',')
+		return b.String()
 	}
-	return kind + ":" + types
+	types := strings.Join(sorted(p.Types), ",")
+	sum := sha256.Sum256([]byte(types))
+	return kind + "h" + hex.EncodeToString(sum[:12])
 }

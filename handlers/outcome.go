@@ -27,6 +27,7 @@ type outcomes struct {
 	clock    clock.Clock
 	prop     propagation.TextMapPropagator
 	tracer   trace.Tracer
+	names    map[string]*targetNames // by configured target; read-only after New
 }
 
 // echo is what an outcome repeats of its request: who asked for what. A run
@@ -114,9 +115,13 @@ func failure(reason messages.Reason, retryable bool, msg string, pe *PathlingErr
 // finishedAt, and its producer span: the event's traceparent, so consumers
 // of the outcome continue the trace from it. publish ends the span.
 func (o *outcomes) build(ctx context.Context, e echo, res result, finishedAt time.Time) (Event, trace.Span, error) {
-	typ, subject, id := messages.TypeCompleted, o.subjects.Completed(e.target), messages.CompletedID(e.requestID)
+	n := o.names[e.target]
+	if n == nil { // a refusal for a target that is not configured
+		n = newTargetNames(o.subjects, e.target)
+	}
+	typ, subject, id := messages.TypeCompleted, n.completed, messages.CompletedID(e.requestID)
 	if res.failed {
-		typ, subject, id = messages.TypeFailed, o.subjects.Failed(e.target), messages.FailedID(e.requestID)
+		typ, subject, id = messages.TypeFailed, n.failed, messages.FailedID(e.requestID)
 	}
 	body, err := outcomeBody(e, res, finishedAt)
 	if err != nil {
@@ -187,8 +192,8 @@ func outcomeBody(e echo, res result, finishedAt time.Time) ([]byte, error) {
 
 // envelope builds an outcome's CloudEvents envelope, continuing the trace in ctx.
 func (o *outcomes) envelope(ctx context.Context, id, typ, target string) messages.Envelope {
-	h := natsHeader{}
-	o.prop.Inject(ctx, h)
+	var tc traceCarrier
+	o.prop.Inject(ctx, &tc)
 	return messages.Envelope{
 		ID:          id,
 		Source:      o.source,
@@ -196,9 +201,36 @@ func (o *outcomes) envelope(ctx context.Context, id, typ, target string) message
 		Subject:     target,
 		ContentType: "application/json",
 		Time:        o.clock.Now().UTC(),
-		TraceParent: h.Get("traceparent"),
-		TraceState:  h.Get("tracestate"),
+		TraceParent: tc.parent,
+		TraceState:  tc.state,
 	}
+}
+
+// traceCarrier takes what a propagator injects into an envelope: the
+// traceparent and tracestate headers, without a map of slices for them.
+type traceCarrier struct{ parent, state string }
+
+func (c *traceCarrier) Get(k string) string {
+	switch k {
+	case messages.HeaderTraceParent:
+		return c.parent
+	case messages.HeaderTraceState:
+		return c.state
+	}
+	return ""
+}
+
+func (c *traceCarrier) Set(k, v string) {
+	switch k {
+	case messages.HeaderTraceParent:
+		c.parent = v
+	case messages.HeaderTraceState:
+		c.state = v
+	}
+}
+
+func (c *traceCarrier) Keys() []string {
+	return []string{messages.HeaderTraceParent, messages.HeaderTraceState}
 }
 
 // publish publishes ev under its producer span from build, or under a

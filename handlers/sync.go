@@ -28,31 +28,35 @@ import (
 func (s *Syncer) Handle(ctx context.Context, d Delivery) Disposition {
 	h := natsHeader(d.Header)
 	ctx = s.prop.Extract(ctx, h)
-	in := s.intake(d, h)
-	ctx, span := s.startConsume(ctx, d, h, in)
-	end := func(disp Disposition) {
-		span.SetAttributes(AttrDisposition.String(disp.Action.String()))
-		span.End()
-	}
+	env, hasEnv := messages.ReadEnvelope(h)
+	in := s.intake(d, h, env, hasEnv)
+	ctx, span := s.startConsume(ctx, d, env, hasEnv, in)
 	var settle func(Disposition)
 	if deliver := d.Settle; deliver != nil {
 		// A run parked between its steps settles when it ends: the delivery's
 		// span ends then, as when the handler returns. (Not d itself: a
 		// parked run keeps no body or headers.)
 		settle = func(disp Disposition) {
-			end(disp)
+			endDelivery(span, disp)
 			deliver(disp)
 		}
 	}
 	disp := s.handle(ctx, d, in, settle)
 	if disp.Action != Parked {
-		end(disp)
+		endDelivery(span, disp)
 	}
 	return disp
 }
 
+// endDelivery ends a delivery's consumer span with its disposition.
+func endDelivery(span trace.Span, disp Disposition) {
+	span.SetAttributes(AttrDisposition.String(disp.Action.String()))
+	span.End()
+}
+
 func (s *Syncer) handle(ctx context.Context, d Delivery, in intake, settle func(Disposition)) Disposition {
-	log := s.logger.With("target", in.target, "request_id", in.requestID, "delivery", d.NumDelivered)
+	log := lazyLogger(s.logger, slog.String("target", in.target), slog.String("request_id", in.requestID),
+		slog.Uint64("delivery", d.NumDelivered))
 	if d.NumDelivered > 1 {
 		s.observe(ctx, RunEvent{Kind: EventRedelivered, Target: in.knownTarget(), RequestID: in.requestID})
 	}
@@ -92,8 +96,10 @@ func (s *Syncer) handle(ctx context.Context, d Delivery, in intake, settle func(
 	}
 	run, lease := dr.run, dr.lease
 	trace.SpanFromContext(ctx).SetAttributes(AttrRunID.String(run.RunID))
-	// One derived logger (each With formats its attributes again).
-	dr.log = log.With("token", lease.Token, "run_id", run.RunID)
+	// log's attributes and the run's, formatted together when it first
+	// logs (lazyAttrs): what log.With("token", ..., "run_id", ...) logs.
+	dr.log = lazyLogger(s.logger, slog.String("target", in.target), slog.String("request_id", in.requestID),
+		slog.Uint64("delivery", d.NumDelivered), slog.Int64("token", lease.Token), slog.String("run_id", run.RunID))
 	s.observe(ctx, RunEvent{Kind: EventStarted, Target: t.Name, RequestID: in.requestID, RunID: run.RunID})
 	dr.settle = settle
 	dr.finally = func(ctx context.Context) {
@@ -248,9 +254,9 @@ func (in intake) knownTarget() string {
 	return in.t.Name
 }
 
-func (s *Syncer) intake(d Delivery, h natsHeader) intake {
+// intake decodes d; env and hasEnv are its headers' envelope (ReadEnvelope).
+func (s *Syncer) intake(d Delivery, h natsHeader, env messages.Envelope, hasEnv bool) intake {
 	var in intake
-	env, hasEnv := messages.ReadEnvelope(h)
 	in.requestID = messages.RequestID(h, d.Stream, d.StreamSeq)
 	in.requestedAt = d.Published
 	if hasEnv && !env.Time.IsZero() {

@@ -250,6 +250,10 @@ func New(cfg Config, p Ports) (*Syncer, error) {
 		}
 		s.targets[t.Name] = &t
 	}
+	s.outcomes.names = make(map[string]*targetNames, len(s.targets))
+	for name := range s.targets {
+		s.outcomes.names[name] = newTargetNames(s.subjects, name)
+	}
 	return s, nil
 }
 

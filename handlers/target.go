@@ -38,6 +38,12 @@ type Target struct {
 	DeleteRetry  Backoff // between tries of a job's DELETE; default 1s ×2 ≤ 4s
 	MaxJobLosses int     // 404s of our job before job_lost; default 3
 	KeepJobs     bool    // false: DELETE the Pathling job after its final result
+
+	// allowed are the allowed source URLs parsed (those that parse), set
+	// by New: a request's export URL is checked against them without
+	// parsing them again.
+	allowed       []*url.URL
+	allowedParsed bool
 }
 
 // Poll policies (Target.PollPolicy).
@@ -102,6 +108,7 @@ func (t *Target) setDefaults() {
 	if t.PollFloor <= 0 {
 		t.PollFloor = time.Second
 	}
+	t.allowed, t.allowedParsed = t.parseAllowed(), true
 }
 
 func (t *Target) validate() error {
@@ -121,19 +128,15 @@ func (t *Target) validate() error {
 // URLs: same scheme, host and port, and a path equal to an allowed prefix or
 // extending it at a "/" boundary.
 func (t *Target) exportURLAllowed(u string) bool {
-	allowed := t.AllowedExportURLs
-	if len(allowed) == 0 && t.Defaults.ExportURL != "" {
-		allowed = []string{t.Defaults.ExportURL}
-	}
 	pu, err := url.Parse(u)
 	if err != nil || pu.User != nil {
 		return false
 	}
-	for _, a := range allowed {
-		pa, err := url.Parse(a)
-		if err != nil {
-			continue
-		}
+	allowed := t.allowed
+	if !t.allowedParsed {
+		allowed = t.parseAllowed()
+	}
+	for _, pa := range allowed {
 		if !strings.EqualFold(pa.Scheme, pu.Scheme) || !strings.EqualFold(pa.Hostname(), pu.Hostname()) ||
 			effectivePort(pa) != effectivePort(pu) {
 			continue
@@ -145,6 +148,22 @@ func (t *Target) exportURLAllowed(u string) bool {
 		}
 	}
 	return false
+}
+
+// parseAllowed parses the allowed source URLs (the default export URL
+// when none are set), skipping those that do not parse.
+func (t *Target) parseAllowed() []*url.URL {
+	allowed := t.AllowedExportURLs
+	if len(allowed) == 0 && t.Defaults.ExportURL != "" {
+		allowed = []string{t.Defaults.ExportURL}
+	}
+	parsed := make([]*url.URL, 0, len(allowed))
+	for _, a := range allowed {
+		if pa, err := url.Parse(a); err == nil {
+			parsed = append(parsed, pa)
+		}
+	}
+	return parsed
 }
 
 func effectivePort(u *url.URL) string {

@@ -69,10 +69,55 @@ const (
 
 const messagingSystemNATS = "nats"
 
+// Span kinds as start options, made once (each call would box one).
+var (
+	consumerKind = trace.WithSpanKind(trace.SpanKindConsumer)
+	producerKind = trace.WithSpanKind(trace.SpanKindProducer)
+)
+
+// targetNames are the subjects of a configured target and the names of the
+// spans on them, made once (at New) rather than concatenated per delivery.
+type targetNames struct {
+	requested, process     string // SyncRequested subject, "process <subject>"
+	completed, publishDone string // SyncCompleted subject, "publish <subject>"
+	failed, publishFailed  string // SyncFailed subject, "publish <subject>"
+}
+
+func newTargetNames(subjects messages.Subjects, target string) *targetNames {
+	n := &targetNames{requested: subjects.Requested(target), completed: subjects.Completed(target), failed: subjects.Failed(target)}
+	n.process, n.publishDone, n.publishFailed = "process "+n.requested, "publish "+n.completed, "publish "+n.failed
+	return n
+}
+
+// processName is the consumer span's name: "process <subject>".
+func (s *Syncer) processName(subject, target string) string {
+	if n := s.outcomes.names[target]; n != nil && n.requested == subject {
+		return n.process
+	}
+	return "process " + subject
+}
+
+// publishName is the producer span's name: "publish <subject>".
+func (o *outcomes) publishName(subject, target string) string {
+	if n := o.names[target]; n != nil {
+		switch subject {
+		case n.completed:
+			return n.publishDone
+		case n.failed:
+			return n.publishFailed
+		}
+	}
+	return "publish " + subject
+}
+
 // startConsume starts the consumer span of a delivery, a child of the
-// request's traceparent (already extracted into ctx).
-func (s *Syncer) startConsume(ctx context.Context, d Delivery, h natsHeader, in intake) (context.Context, trace.Span) {
-	attrs := []attribute.KeyValue{
+// request's traceparent (already extracted into ctx). env is the delivery's
+// envelope, when it has one (hasEnv).
+func (s *Syncer) startConsume(ctx context.Context, d Delivery, env messages.Envelope, hasEnv bool, in intake) (context.Context, trace.Span) {
+	// One slice, sized for every attribute: 8 below, a consumer group, a
+	// target and 5 CloudEvents attributes.
+	attrs := make([]attribute.KeyValue, 0, 8+2+cloudEventAttrsMax)
+	attrs = append(attrs,
 		semconv.MessagingSystemKey.String(messagingSystemNATS),
 		semconv.MessagingOperationTypeProcess,
 		semconv.MessagingOperationName("process"),
@@ -81,36 +126,36 @@ func (s *Syncer) startConsume(ctx context.Context, d Delivery, h natsHeader, in 
 		semconv.MessagingMessageBodySize(len(d.Data)),
 		AttrRequestID.String(in.requestID),
 		AttrDelivery.Int64(int64(d.NumDelivered)),
-	}
+	)
 	if s.consumerGroup != "" {
 		attrs = append(attrs, semconv.MessagingConsumerGroupName(s.consumerGroup))
 	}
 	if in.target != "" {
 		attrs = append(attrs, AttrTarget.String(in.target))
 	}
-	if env, ok := messages.ReadEnvelope(h); ok {
-		attrs = append(attrs, cloudEventAttrs(env)...)
+	if hasEnv {
+		attrs = appendCloudEventAttrs(attrs, env)
 	}
-	return s.tracer.Start(ctx, "process "+d.Subject, trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attrs...))
+	return s.tracer.Start(ctx, s.processName(d.Subject, in.target), consumerKind, trace.WithAttributes(attrs...))
 }
 
 // startPublish starts the producer span of an outcome event. The event's
 // envelope must be built from the returned context: its traceparent is this
 // span, so consumers of the outcome continue the trace from it.
 func (o *outcomes) startPublish(ctx context.Context, subject, id, typ, target string) (context.Context, trace.Span) {
-	attrs := append(publishAttrs(subject, id), cloudEventAttrs(messages.Envelope{
-		ID: id, Source: o.source, Type: typ, Subject: target,
-	})...)
-	return o.tracer.Start(ctx, "publish "+subject, trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(attrs...))
+	attrs := appendPublishAttrs(make([]attribute.KeyValue, 0, publishAttrsLen+cloudEventAttrsMax), subject, id)
+	attrs = appendCloudEventAttrs(attrs, messages.Envelope{ID: id, Source: o.source, Type: typ, Subject: target})
+	return o.tracer.Start(ctx, o.publishName(subject, target), producerKind, trace.WithAttributes(attrs...))
 }
 
 // startRepublish starts the producer span of a stored outcome published
 // again. Its traceparent is the one stored with it, so the span links to
 // that context rather than being it.
 func (o *outcomes) startRepublish(ctx context.Context, ev Event) (context.Context, trace.Span) {
-	attrs := append(publishAttrs(ev.Subject, ev.Envelope.ID), cloudEventAttrs(ev.Envelope)...)
+	attrs := appendPublishAttrs(make([]attribute.KeyValue, 0, publishAttrsLen+cloudEventAttrsMax+1), ev.Subject, ev.Envelope.ID)
+	attrs = appendCloudEventAttrs(attrs, ev.Envelope)
 	attrs = append(attrs, AttrRepublished.Bool(true))
-	opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(attrs...)}
+	opts := []trace.SpanStartOption{producerKind, trace.WithAttributes(attrs...)}
 	if ev.Envelope.TraceParent != "" {
 		h := natsHeader{}
 		h.Set(messages.HeaderTraceParent, ev.Envelope.TraceParent)
@@ -121,30 +166,42 @@ func (o *outcomes) startRepublish(ctx context.Context, ev Event) (context.Contex
 			opts = append(opts, trace.WithLinks(trace.Link{SpanContext: sc}))
 		}
 	}
-	return o.tracer.Start(ctx, "publish "+ev.Subject, opts...)
+	return o.tracer.Start(ctx, o.publishName(ev.Subject, ev.Envelope.Subject), opts...)
 }
 
-func publishAttrs(subject, id string) []attribute.KeyValue {
-	return []attribute.KeyValue{
+// publishAttrsLen is how many attributes appendPublishAttrs appends.
+const publishAttrsLen = 5
+
+func appendPublishAttrs(attrs []attribute.KeyValue, subject, id string) []attribute.KeyValue {
+	return append(attrs,
 		semconv.MessagingSystemKey.String(messagingSystemNATS),
 		semconv.MessagingOperationTypeSend,
 		semconv.MessagingOperationName("publish"),
 		semconv.MessagingDestinationName(subject),
 		semconv.MessagingMessageID(id),
-	}
+	)
 }
 
-func cloudEventAttrs(env messages.Envelope) []attribute.KeyValue {
-	attrs := []attribute.KeyValue{semconv.CloudEventsEventSpecVersion(messages.SpecVersion)}
-	add := func(kv func(string) attribute.KeyValue, v string) {
-		if v != "" {
-			attrs = append(attrs, kv(v))
-		}
+// cloudEventAttrsMax is how many attributes appendCloudEventAttrs appends
+// at most.
+const cloudEventAttrsMax = 5
+
+// appendCloudEventAttrs appends an envelope's CloudEvents attributes: the
+// spec version, then id, source, type and subject when set.
+func appendCloudEventAttrs(attrs []attribute.KeyValue, env messages.Envelope) []attribute.KeyValue {
+	attrs = append(attrs, semconv.CloudEventsEventSpecVersion(messages.SpecVersion))
+	if env.ID != "" {
+		attrs = append(attrs, semconv.CloudEventsEventID(env.ID))
 	}
-	add(semconv.CloudEventsEventID, env.ID)
-	add(semconv.CloudEventsEventSource, env.Source)
-	add(semconv.CloudEventsEventType, env.Type)
-	add(semconv.CloudEventsEventSubject, env.Subject)
+	if env.Source != "" {
+		attrs = append(attrs, semconv.CloudEventsEventSource(env.Source))
+	}
+	if env.Type != "" {
+		attrs = append(attrs, semconv.CloudEventsEventType(env.Type))
+	}
+	if env.Subject != "" {
+		attrs = append(attrs, semconv.CloudEventsEventSubject(env.Subject))
+	}
 	return attrs
 }
 

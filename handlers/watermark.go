@@ -17,20 +17,65 @@ import (
 // only when set, so the keys of syncs without them are those written before
 // they were part of the key.
 func WatermarkKey(p ImportParams) string {
-	key := p.ExportURL + "|types=" + sortedJoin(p.Types, ",") + "|filters=" + sortedJoin(p.TypeFilters, "&")
+	n := len(p.ExportURL) + len("|types=") + joinedLen(p.Types) + len("|filters=") + joinedLen(p.TypeFilters)
 	if len(p.Elements) > 0 {
-		key += "|elements=" + sortedJoin(p.Elements, ",")
+		n += len("|elements=") + joinedLen(p.Elements)
 	}
 	if len(p.IncludeAssociatedData) > 0 {
-		key += "|associated=" + sortedJoin(p.IncludeAssociatedData, ",")
+		n += len("|associated=") + joinedLen(p.IncludeAssociatedData)
 	}
-	return key
+	// One allocation: the key, built in place (it is made for every request).
+	var b strings.Builder
+	b.Grow(n)
+	b.WriteString(p.ExportURL)
+	b.WriteString("|types=")
+	writeSorted(&b, p.Types, ',')
+	b.WriteString("|filters=")
+	writeSorted(&b, p.TypeFilters, '&')
+	if len(p.Elements) > 0 {
+		b.WriteString("|elements=")
+		writeSorted(&b, p.Elements, ',')
+	}
+	if len(p.IncludeAssociatedData) > 0 {
+		b.WriteString("|associated=")
+		writeSorted(&b, p.IncludeAssociatedData, ',')
+	}
+	return b.String()
 }
 
-func sortedJoin(values []string, sep string) string {
+// joinedLen is the length of values joined with a one-byte separator.
+func joinedLen(values []string) int {
+	if len(values) == 0 {
+		return 0
+	}
+	n := len(values) - 1
+	for _, v := range values {
+		n += len(v)
+	}
+	return n
+}
+
+// writeSorted writes values sorted, joined with sep. Values usually come
+// sorted (or one): they are copied for sorting only when they are not.
+func writeSorted(b *strings.Builder, values []string, sep byte) {
+	values = sorted(values)
+	for i, v := range values {
+		if i > 0 {
+			b.WriteByte(sep)
+		}
+		b.WriteString(v)
+	}
+}
+
+// sorted is values when they are sorted, else a sorted copy (values are
+// the request's and stay as they are).
+func sorted(values []string) []string {
+	if slices.IsSorted(values) {
+		return values
+	}
 	v := slices.Clone(values)
 	slices.Sort(v)
-	return strings.Join(v, sep)
+	return v
 }
 
 // watermarkMoves reports whether a finished run may move its key's stored

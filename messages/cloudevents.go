@@ -152,14 +152,29 @@ func headerValue(h Header, key string) string {
 	if v := h.Get(key); v != "" {
 		return v
 	}
-	rv := reflect.ValueOf(h)
-	if rv.Kind() != reflect.Map || rv.Type().Key().Kind() != reflect.String {
-		return ""
-	}
 	var keys []string
-	for iter := rv.MapRange(); iter.Next(); {
-		if k := iter.Key().String(); k != key && strings.EqualFold(k, key) {
-			keys = append(keys, k)
+	switch m := asStringMap(h).(type) {
+	case map[string][]string:
+		for k := range m {
+			if k != key && strings.EqualFold(k, key) {
+				keys = append(keys, k)
+			}
+		}
+	case map[string]string:
+		for k := range m {
+			if k != key && strings.EqualFold(k, key) {
+				keys = append(keys, k)
+			}
+		}
+	default:
+		rv := reflect.ValueOf(h)
+		if rv.Kind() != reflect.Map || rv.Type().Key().Kind() != reflect.String {
+			return ""
+		}
+		for iter := rv.MapRange(); iter.Next(); {
+			if k := iter.Key().String(); k != key && strings.EqualFold(k, key) {
+				keys = append(keys, k)
+			}
 		}
 	}
 	slices.Sort(keys)
@@ -169,6 +184,31 @@ func headerValue(h Header, key string) string {
 		}
 	}
 	return ""
+}
+
+// Map types of the usual headers (nats.Header, http.Header; watermill's
+// message.Metadata), for asStringMap.
+var (
+	stringSlicesMap = reflect.TypeFor[map[string][]string]()
+	stringMap       = reflect.TypeFor[map[string]string]()
+)
+
+// asStringMap returns h as a plain map[string][]string or map[string]string
+// when its type is one of those maps under another name, else h: ranging
+// over a plain map copies no keys, where a reflect.MapIter allocates each
+// one (headerValue looks up most names of a header that lacks them).
+func asStringMap(h Header) any {
+	rv := reflect.ValueOf(h)
+	if rv.Kind() != reflect.Map {
+		return h
+	}
+	switch t := rv.Type(); {
+	case t.ConvertibleTo(stringSlicesMap):
+		return rv.Convert(stringSlicesMap).Interface()
+	case t.ConvertibleTo(stringMap):
+		return rv.Convert(stringMap).Interface()
+	}
+	return h
 }
 
 // isNil reports whether h is nil or a nil pointer; a nil map is a usable (empty) header.
