@@ -21,7 +21,7 @@ type bus struct {
 	stream jetstream.Stream
 }
 
-func newBus(t *testing.T) *bus {
+func newBus(t testing.TB) *bus {
 	t.Helper()
 	s := testenv.NATS(t)
 	nc, err := nats.Connect(s.ClientURL())
@@ -41,7 +41,7 @@ func newBus(t *testing.T) *bus {
 }
 
 // request publishes a SyncRequested for target with ce-id id and returns its stream sequence.
-func (b *bus) request(t *testing.T, target, id string) uint64 {
+func (b *bus) request(t testing.TB, target, id string) uint64 {
 	t.Helper()
 	env := messages.Envelope{ID: id, Source: "test", Type: messages.TypeRequested, Subject: target, Time: time.Now()}
 	ack, err := PublishRequest(context.Background(), b.js, messages.Subjects{}.Requested(target), env, []byte(`{}`))
