@@ -25,9 +25,9 @@ const (
 // backoff) parked: its handler returns Parked, the consumer keeps the
 // delivery alive, and a timer hands the run to a resume worker (a
 // long-lived goroutine whose stack earlier steps have grown), which drives
-// it on and settles the delivery (Delivery.Settle) when the run ends. Each wait also
-// ends when the delivery's context does (shutdown), so that a parked run
-// stops as a running one would.
+// it on and settles the delivery (Delivery.Settle) when the run ends. Each
+// wait also ends when the delivery's context does (shutdown), so that a
+// parked run stops as a running one would.
 
 // park is the wait before the next step of a run whose delivery can be
 // settled later (settle): until the step, the lease's next renewal or the
