@@ -8,14 +8,26 @@ import (
 	"time"
 
 	"github.com/pathling-sync/pathling-sync/internal/clock"
+	"github.com/pathling-sync/pathling-sync/internal/workers"
+)
+
+const (
+	// resumeWorkers bounds the long-lived goroutines that run resumed steps
+	// (the consumer's default MaxWorkers): more steps due at once each run on
+	// a goroutine of their own, as they all did before.
+	resumeWorkers = 256
+	// resumeIdle is how long such a worker waits for the next step before
+	// it exits (between one and two of it).
+	resumeIdle = 2 * time.Second
 )
 
 // This file lets a run wait for its next step (a poll, a kick-off after a
 // backoff) parked: its handler returns Parked, the consumer keeps the
-// delivery alive, and a timer resumes the run in a new goroutine, which
-// settles the delivery (Delivery.Settle) when the run ends. Each wait also
-// ends when the delivery's context does (shutdown), so that a parked run
-// stops as a running one would.
+// delivery alive, and a timer hands the run to a resume worker (a
+// long-lived goroutine whose stack earlier steps have grown), which drives
+// it on and settles the delivery (Delivery.Settle) when the run ends. Each
+// wait also ends when the delivery's context does (shutdown), so that a
+// parked run stops as a running one would.
 
 // park is the wait before the next step of a run whose delivery can be
 // settled later (settle): until the step, the lease's next renewal or the
@@ -51,7 +63,8 @@ func (dr *driver) park(ctx context.Context) (bool, error) {
 }
 
 // parkedWait resumes a parked run once, when its timer fires or its context
-// ends (shutdown), in the goroutine that fired.
+// ends (shutdown), on a resume worker: the goroutine that fired (the
+// timer's, new and with a small stack) only hands it over.
 type parkedWait struct {
 	dr  *driver
 	ctx context.Context
@@ -75,7 +88,7 @@ func (w *parkedWait) wake() {
 		stopTimer()
 	}
 	w.dr.parked.remove(w.ctx, w)
-	w.dr.resume(w.ctx)
+	w.dr.parked.resumes.Go(w)
 }
 
 // resume drives a parked run on until it is parked again or ends, then settles
@@ -110,10 +123,15 @@ func (dr *driver) settleParked(ctx context.Context, disp Disposition) {
 type parkedRuns struct {
 	mu     sync.Mutex
 	byDone map[<-chan struct{}]map[*parkedWait]struct{}
+	// resumes run the woken runs' next steps.
+	resumes *workers.Pool[*parkedWait]
 }
 
 func newParkedRuns() *parkedRuns {
-	return &parkedRuns{byDone: map[<-chan struct{}]map[*parkedWait]struct{}{}}
+	return &parkedRuns{
+		byDone:  map[<-chan struct{}]map[*parkedWait]struct{}{},
+		resumes: workers.New(resumeWorkers, resumeIdle, func(w *parkedWait) { w.dr.resume(w.ctx) }),
+	}
 }
 
 // add wakes w when ctx ends (never for a context that cannot end).
@@ -148,8 +166,10 @@ func (p *parkedRuns) wakeAll(done <-chan struct{}) {
 	waits := p.byDone[done]
 	delete(p.byDone, done)
 	p.mu.Unlock()
+	// wake only hands each run to a worker (never blocking), so no
+	// goroutine per run is needed here.
 	for w := range waits {
-		go w.wake()
+		w.wake()
 	}
 }
 

@@ -31,6 +31,45 @@ var benchBody = []byte(`{"concurrency":"queue","saveMode":"merge","types":["Pati
 // heartbeat registration, a handler that acks at once, DoubleAck. The
 // messages are published before the timer starts.
 func BenchmarkConsumerAck(b *testing.B) {
+	benchConsumer(b, func(*testing.B, jetstream.JetStream) handlers.HandlerFunc {
+		return func(context.Context, handlers.Delivery) handlers.Disposition {
+			return handlers.Disposition{Action: handlers.Ack}
+		}
+	})
+}
+
+// BenchmarkConsumerRefuse is the consumer's per-message path with a
+// handler that does what a refusal does (decode the request, publish an
+// outcome with the stream's ack, ack): the handler's goroutine grows its
+// stack decoding JSON and in the publish round trip.
+func BenchmarkConsumerRefuse(b *testing.B) {
+	benchConsumer(b, func(b *testing.B, js jetstream.JetStream) handlers.HandlerFunc {
+		p, err := NewPublisher(js.Conn())
+		if err != nil {
+			b.Fatal(err)
+		}
+		body := []byte(`{"requestId":"0193a1f2-7c1e-7b8a-9f3e-2b1c4d5e6f70","target":"t1","reason":"busy","saveMode":"merge","types":["Patient","Observation"]}`)
+		return func(ctx context.Context, d handlers.Delivery) handlers.Disposition {
+			if _, err := messages.DecodeRequested(d.Data); err != nil {
+				b.Error(err)
+			}
+			e := handlers.Event{
+				Subject: messages.Subjects{}.Failed("t1"),
+				Envelope: messages.Envelope{ID: fmt.Sprintf("r%d/failed", d.StreamSeq), Source: "pathling-sync",
+					Type: messages.TypeFailed, Subject: "t1", Time: time.Now()},
+				Body: body,
+			}
+			if err := p.Publish(ctx, e); err != nil {
+				b.Error(err)
+			}
+			return handlers.Disposition{Action: handlers.Ack}
+		}
+	})
+}
+
+// benchConsumer runs b.N messages, published before the timer starts,
+// through a consumer with the handler h returns.
+func benchConsumer(b *testing.B, h func(*testing.B, jetstream.JetStream) handlers.HandlerFunc) {
 	js := benchBus(b)
 	ctx := context.Background()
 	for i := range b.N {
@@ -52,11 +91,13 @@ func BenchmarkConsumerAck(b *testing.B) {
 	var handled atomic.Int64
 	done := make(chan struct{})
 	n := int64(b.N)
-	c, err := NewConsumer(js, ConsumerConfig{FetchWait: time.Second}, func(context.Context, handlers.Delivery) handlers.Disposition {
+	handle := h(b, js)
+	c, err := NewConsumer(js, ConsumerConfig{FetchWait: time.Second}, func(ctx context.Context, d handlers.Delivery) handlers.Disposition {
+		disp := handle(ctx, d)
 		if handled.Add(1) == n {
 			close(done)
 		}
-		return handlers.Disposition{Action: handlers.Ack}
+		return disp
 	})
 	if err != nil {
 		b.Fatal(err)

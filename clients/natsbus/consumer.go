@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/pathling-sync/pathling-sync/handlers"
+	"github.com/pathling-sync/pathling-sync/internal/workers"
 )
 
 const (
@@ -35,6 +36,9 @@ const (
 	// Backoff between failed fetches (connection lost, consumer deleted, JetStream down).
 	minRetryWait = 250 * time.Millisecond
 	maxRetryWait = 10 * time.Second
+	// workerIdle is how long a handler's worker waits for the next message
+	// before it exits (between one and two of it).
+	workerIdle = 2 * time.Second
 )
 
 // ConsumerConfig configures the durable pull consumer of SyncRequested messages. Zero fields take
@@ -151,6 +155,17 @@ type Consumer struct {
 	freed chan struct{}
 	// beats keeps every running handler's message alive with InProgress.
 	beats *heartbeats
+	// workers run the handlers, at most MaxActive of them long-lived, so
+	// that a message's handler starts on a stack grown by the ones before.
+	workers *workers.Pool[job]
+}
+
+// job is a message for a worker: what work takes.
+type job struct {
+	ctx context.Context
+	msg jetstream.Msg
+	md  *jetstream.MsgMetadata
+	wg  *sync.WaitGroup
 }
 
 // NewConsumer checks cfg and returns a consumer that calls h for each message. It does not talk
@@ -163,14 +178,19 @@ func NewConsumer(js jetstream.JetStream, cfg ConsumerConfig, h handlers.HandlerF
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	return &Consumer{
+	c := &Consumer{
 		js:     js,
 		cfg:    cfg,
 		handle: h,
 		log:    cfg.Logger.With("stream", cfg.Stream, "consumer", cfg.Durable),
 		freed:  make(chan struct{}, 1),
 		beats:  newHeartbeats(cfg.AckWait/3, cfg.Logger),
-	}, nil
+	}
+	// MaxActive: no more handlers run at once, but a worker also settles
+	// after its handler has given its active slot back, so a burst may
+	// briefly need more; those run on goroutines of their own.
+	c.workers = workers.New(cfg.MaxActive, workerIdle, func(j job) { c.work(j.ctx, j.msg, j.md, j.wg) })
+	return c, nil
 }
 
 // Bound reports whether the consumer exists on the server, the fetch loop is running and its last
@@ -380,7 +400,7 @@ func (c *Consumer) fetch(ctx context.Context, cons jetstream.Consumer, n int, wg
 	return err
 }
 
-// start runs the handler for msg in its own goroutine.
+// start runs the handler for msg on a worker.
 func (c *Consumer) start(ctx context.Context, msg jetstream.Msg, wg *sync.WaitGroup) {
 	md, err := msg.Metadata()
 	if err != nil {
@@ -391,7 +411,7 @@ func (c *Consumer) start(ctx context.Context, msg jetstream.Msg, wg *sync.WaitGr
 	c.inFlight.Add(1)
 	c.active.Add(1)
 	wg.Add(1)
-	go c.work(ctx, msg, md, wg)
+	c.workers.Go(job{ctx: ctx, msg: msg, md: md, wg: wg})
 }
 
 // work handles one message: heartbeat while the handler runs, then settle.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync/atomic"
 	"testing"
@@ -513,4 +514,26 @@ func TestConsumerMaxActiveCountsRunningHandlersOnly(t *testing.T) {
 		(<-settles)(handlers.Disposition{Action: handlers.Ack})
 	}
 	testenv.Eventually(t, 5*time.Second, func() bool { return c.InFlight() == 0 }, "all settled")
+}
+
+// Handlers run on at most MaxActive long-lived workers, which exit once the
+// consumer has been idle for a while: a burst leaves no goroutines behind.
+func TestConsumerWorkersAreBoundedAndExitWhenIdle(t *testing.T) {
+	b := newBus(t)
+	const msgs, maxActive = 40, 3
+	rec := &recorder{decide: func(context.Context, handlers.Delivery) handlers.Disposition {
+		time.Sleep(5 * time.Millisecond)
+		return handlers.Disposition{Action: handlers.Ack}
+	}}
+	c := b.start(t, ConsumerConfig{MaxWorkers: 8, MaxActive: maxActive, FetchWait: 100 * time.Millisecond}, rec.handle)
+	for i := range msgs {
+		b.request(t, "t1", fmt.Sprintf("r%d", i))
+	}
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		if n := c.workers.Live(); n > maxActive {
+			t.Fatalf("%d workers, want at most MaxActive %d", n, maxActive)
+		}
+		return rec.count() == msgs && c.InFlight() == 0
+	}, "all %d handled and settled", msgs)
+	testenv.Eventually(t, 10*workerIdle, func() bool { return c.workers.Live() == 0 }, "the idle workers exited")
 }
