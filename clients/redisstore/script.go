@@ -57,9 +57,11 @@ func (s *luaScript) run(ctx context.Context, b *scriptBatcher, cmd []any) *redis
 // syncs that is one write and one read syscall per batch instead of per
 // call, in the service and in Redis; an idle call waits for nothing.
 const (
-	// maxScriptFlushes bounds the batches in flight at once, so that one slow
-	// round trip does not hold every other call (each holds a connection).
-	maxScriptFlushes = 2
+	// maxScriptFlushes bounds the batches in flight at once (each holds a
+	// connection). One did better than two or four under a flood of syncs
+	// (BenchmarkFastSyncConcurrent): bigger batches, fewer syscalls, and
+	// Redis runs the scripts one at a time anyway.
+	maxScriptFlushes = 1
 	// maxScriptBatch bounds one pipeline.
 	maxScriptBatch = 256
 	// scriptFlushTimeout bounds one batch's round trip, which serves many
