@@ -114,6 +114,11 @@ func (b *scriptBatcher) do(ctx context.Context, cmd []any) *redis.Cmd {
 			go b.flush(context.WithoutCancel(ctx), b.take())
 		} else {
 			b.flushes--
+			if b.pending == nil {
+				// The next lone call appends to batch's array, no longer
+				// used: idle calls allocate no list.
+				b.pending = batch[:0]
+			}
 		}
 		b.mu.Unlock()
 		b.release(call)
