@@ -72,7 +72,7 @@ func (s *Store) RecordDuration(ctx context.Context, target, shape string, d time
 	}
 	cmd := scriptRecordDuration.call(1, 3)
 	cmd = appendKeys(cmd, s.keys(target).base, keyDurations+shape)
-	err := scriptRecordDuration.run(ctx, s.client, append(cmd, ms, DurationSamples, durationRetentionMs)).Err()
+	err := scriptRecordDuration.run(ctx, s.scripts, append(cmd, ms, DurationSamples, durationRetentionMs)).Err()
 	if err != nil {
 		return fmt.Errorf("redisstore: record duration: %w", err)
 	}

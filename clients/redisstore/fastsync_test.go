@@ -30,41 +30,47 @@ func fastSync(tb testing.TB, s *redisstore.Store, request string) {
 // fastSyncOf is fastSync with a queue ticket (nil: concurrency forbid).
 func fastSyncOf(tb testing.TB, s *redisstore.Store, request string, queue *handlers.QueueTicket) {
 	tb.Helper()
+	if err := fastSyncOn(s, "tgt", request, queue); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// fastSyncOn is fastSyncOf on target, returning the first error (for
+// goroutines other than the test's).
+func fastSyncOn(s *redisstore.Store, target, request string, queue *handlers.QueueTicket) error {
 	ctx := context.Background()
 	now := time.Now().UTC()
 	key := "wm-key"
 	r := &handlers.Run{
-		RunID: "run-" + request, RequestID: request, Target: "tgt", Driver: "host-1234",
+		RunID: "run-" + request, RequestID: request, Target: target, Driver: "host-1234",
 		Request:      messages.SyncRequested{ExportURL: "https://source.example/fhir", SaveMode: "merge", Types: []string{"Patient", "Observation"}},
 		Params:       handlers.ImportParams{ExportURL: "https://source.example/fhir", SaveMode: "merge", Types: []string{"Patient", "Observation"}},
 		WatermarkKey: key, State: handlers.RunKicking, Attempts: 1,
 		StartedAt: now, FirstKickOff: now, UpdatedAt: now, Deadline: now.Add(2 * time.Hour),
 	}
 	b, err := s.Begin(ctx, handlers.BeginRequest{
-		AcquireRequest: handlers.AcquireRequest{Target: "tgt", RequestID: request, TTL: time.Minute, Queue: queue},
+		AcquireRequest: handlers.AcquireRequest{Target: target, RequestID: request, TTL: time.Minute, Queue: queue},
 		WatermarkKey:   key, UndeletedJobs: 10, NewRun: r,
 	})
 	if err != nil {
-		tb.Fatal(err)
+		return err
 	}
 	r.State, r.StatusURL = handlers.RunPolling, "https://pathling.example/fhir/$job?id="+request
 	if _, err := s.RecordKickOff(ctx, b.Lease, r); err != nil {
-		tb.Fatal(err)
+		return err
 	}
 	end := time.Now().UTC()
-	body, _ := json.Marshal(map[string]any{"requestId": request, "runId": r.RunID, "target": "tgt", "watermark": end.Format(time.RFC3339Nano)})
+	body, _ := json.Marshal(map[string]any{"requestId": request, "runId": r.RunID, "target": target, "watermark": end.Format(time.RFC3339Nano)})
 	r.State, r.Polls, r.FinishedAt, r.UpdatedAt = handlers.RunCompleted, 1, end, end
-	r.Outcome = &handlers.Event{Subject: "pathling.sync.completed.tgt", Body: body,
-		Envelope: messages.Envelope{ID: "evt-" + request, Source: "pathling-sync/host-1234", Type: "pathling.sync.completed", Subject: "tgt", Time: end,
+	r.Outcome = &handlers.Event{Subject: "pathling.sync.completed." + target, Body: body,
+		Envelope: messages.Envelope{ID: "evt-" + request, Source: "pathling-sync/host-1234", Type: "pathling.sync.completed", Subject: target, Time: end,
 			TraceParent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}
 	f := &handlers.Finish{Run: r, Duration: &handlers.DurationSample{Shape: "merge/2", D: time.Second},
 		Watermark: &handlers.WatermarkUpdate{Key: key, Stored: b.Watermark, HasStored: b.HasWatermark, Commit: now}}
 	if err := s.Finish(ctx, b.Lease, f); err != nil {
-		tb.Fatal(err)
+		return err
 	}
-	if err := s.Finish(ctx, b.Lease, &handlers.Finish{Release: true, ForgetJob: r.StatusURL}); err != nil {
-		tb.Fatal(err)
-	}
+	return s.Finish(ctx, b.Lease, &handlers.Finish{Release: true, ForgetJob: r.StatusURL})
 }
 
 // commandStats are Redis' per-command call counters (INFO commandstats),

@@ -38,7 +38,7 @@ func (s *Store) RecordJob(ctx context.Context, target, statusURL string, kickedO
 	cutoff := s.clock.Now().Add(-s.jobRetention()).UnixMilli()
 	cmd := scriptRecordJob.call(1, 4)
 	cmd = appendKeys(cmd, s.keys(target).base, keyJobs)
-	ms, err := scriptRecordJob.run(ctx, s.client, append(cmd, statusURL, kickedOffAt.UnixMilli(), cutoff, maxJobs)).Int64()
+	ms, err := scriptRecordJob.run(ctx, s.scripts, append(cmd, statusURL, kickedOffAt.UnixMilli(), cutoff, maxJobs)).Int64()
 	if err != nil {
 		return time.Time{}, fmt.Errorf("redisstore: record job: %w", err)
 	}
@@ -64,8 +64,8 @@ func (s *Store) RecordKickOff(ctx context.Context, l handlers.Lease, r *handlers
 	cmd = appendKeys(cmd, s.keys(l.Target).base, keyJobs, keyLock, keyRun+l.RequestID, keyRuns)
 	cmd = append(cmd, r.StatusURL, r.FirstKickOff.UnixMilli(), cutoff, maxJobs,
 		l.RequestID, l.Token, rec.data, rec.retention, rec.score, rec.now, rec.done)
-	v, err := scriptKickedOff.run(ctx, s.client, cmd).Result()
-	s.recycle(rec)
+	v, err := scriptKickedOff.run(ctx, s.scripts, cmd).Result()
+	s.recycle(rec, err)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("redisstore: record kick-off: %w", err)
 	}

@@ -32,7 +32,7 @@ func (s *Store) Acquire(ctx context.Context, req handlers.AcquireRequest) (handl
 	cmd := scriptAcquire.call(4, 7)
 	cmd = appendKeys(cmd, s.keys(req.Target).base, keyLock, keyFence, keyQueue, keyQueueDeadlines)
 	cmd = s.appendAcquireArgs(cmd, req, ttl)
-	v, err := scriptAcquire.run(ctx, s.client, cmd).Result()
+	v, err := scriptAcquire.run(ctx, s.scripts, cmd).Result()
 	if err != nil {
 		return handlers.Lease{}, fmt.Errorf("redisstore: acquire: %w", err)
 	}
@@ -134,8 +134,8 @@ func (s *Store) Begin(ctx context.Context, req handlers.BeginRequest) (handlers.
 		keyRun+req.RequestID, keyWatermarks, keyUndeletedJobs, keyRuns)
 	cmd = s.appendAcquireArgs(cmd, req.AcquireRequest, ttl)
 	cmd = append(cmd, req.WatermarkKey, max(req.UndeletedJobs, 0), rec.data, rec.retention, rec.score, rec.now, autoArg)
-	v, err := scriptBegin.run(ctx, s.client, cmd).Result()
-	s.recycle(rec)
+	v, err := scriptBegin.run(ctx, s.scripts, cmd).Result()
+	s.recycle(rec, err)
 	if err != nil {
 		return handlers.Begun{}, fmt.Errorf("redisstore: begin: %w", err)
 	}
@@ -204,7 +204,7 @@ func (s *Store) Renew(ctx context.Context, l handlers.Lease, ttl time.Duration) 
 	k := s.keys(l.Target)
 	cmd := scriptRenew.call(2, 3)
 	cmd = appendKeys(cmd, k.base, keyLock, keyRun+l.RequestID)
-	n, err := scriptRenew.run(ctx, s.client, append(cmd, l.RequestID, l.Token, ms)).Int64()
+	n, err := scriptRenew.run(ctx, s.scripts, append(cmd, l.RequestID, l.Token, ms)).Int64()
 	if err != nil {
 		return fmt.Errorf("redisstore: renew: %w", err)
 	}
@@ -240,7 +240,7 @@ func (s *Store) Reacquire(ctx context.Context, l handlers.Lease, ttl time.Durati
 	k := s.keys(l.Target)
 	cmd := scriptReacquire.call(5, 3)
 	cmd = appendKeys(cmd, k.base, keyLock, keyFence, keyRun+l.RequestID, keyQueue, keyQueueDeadlines)
-	v, err := scriptReacquire.run(ctx, s.client, append(cmd, l.RequestID, l.Token, ms)).Result()
+	v, err := scriptReacquire.run(ctx, s.scripts, append(cmd, l.RequestID, l.Token, ms)).Result()
 	if err != nil {
 		return handlers.Lease{}, fmt.Errorf("redisstore: reacquire: %w", err)
 	}
@@ -275,7 +275,7 @@ func (s *Store) Release(ctx context.Context, l handlers.Lease) error {
 	k := s.keys(l.Target)
 	cmd := scriptRelease.call(3, 4)
 	cmd = appendKeys(cmd, k.base, keyLock, keyQueue, keyQueueDeadlines)
-	err := scriptRelease.run(ctx, s.client, append(cmd, l.RequestID, l.Token, s.releasedChannel(), l.Target)).Err()
+	err := scriptRelease.run(ctx, s.scripts, append(cmd, l.RequestID, l.Token, s.releasedChannel(), l.Target)).Err()
 	if err != nil {
 		return fmt.Errorf("redisstore: release: %w", err)
 	}
@@ -297,7 +297,7 @@ func (s *Store) ReleaseFinished(ctx context.Context, target, requestID string) e
 	k := s.keys(target)
 	cmd := scriptReleaseFinished.call(3, 3)
 	cmd = appendKeys(cmd, k.base, keyLock, keyQueue, keyQueueDeadlines)
-	err := scriptReleaseFinished.run(ctx, s.client, append(cmd, requestID, s.releasedChannel(), target)).Err()
+	err := scriptReleaseFinished.run(ctx, s.scripts, append(cmd, requestID, s.releasedChannel(), target)).Err()
 	if err != nil {
 		return fmt.Errorf("redisstore: release finished: %w", err)
 	}

@@ -9,7 +9,10 @@ import (
 
 // RoundTrips counts the client's round trips to Redis: each command sent on
 // its own (a script's EVALSHA, and the EVAL after a NOSCRIPT, are one each)
-// and each pipeline or MULTI/EXEC batch is one. Commands run inside scripts
+// and each pipeline or MULTI/EXEC batch is one. The store's script calls
+// share pipelines when concurrent (scriptBatcher), so under load a round trip
+// carries many calls, of many syncs: it counts writes to Redis, not calls.
+// (A Cluster client's pipeline is one here however many nodes it reaches.) Commands run inside scripts
 // are not round trips and are not counted: that is what tells a cheap
 // one-script step from a chatty one, which Redis' own command counters do
 // not. Add it to a client with AddHook; one atomic add per round trip.

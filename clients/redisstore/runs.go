@@ -132,8 +132,14 @@ func (s *Store) record(l handlers.Lease, r *handlers.Run) (savedRecord, error) {
 const maxPooledRecord = 64 << 10
 
 // recycle hands rec's buffer back for reuse. Call it once the script that
-// took rec.data returned: go-redis has written the argument by then.
-func (s *Store) recycle(rec savedRecord) {
+// took rec.data returned with err: go-redis has written the argument by then,
+// unless the caller stopped waiting at its context's end (the batch carrying
+// it may not have been written yet: scriptBatcher.do), when the buffer is
+// left to the garbage collector.
+func (s *Store) recycle(rec savedRecord, err error) {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return
+	}
 	if rec.buf != nil && cap(*rec.buf) <= maxPooledRecord {
 		s.bufs.Put(rec.buf)
 	}
@@ -161,8 +167,8 @@ func (s *Store) SaveRun(ctx context.Context, l handlers.Lease, r *handlers.Run) 
 	cmd := scriptSaveRun.call(3, 7)
 	cmd = appendKeys(cmd, k.base, keyLock, keyRun+l.RequestID, keyRuns)
 	cmd = append(cmd, l.RequestID, l.Token, rec.data, rec.retention, rec.score, rec.now, rec.done)
-	n, err := scriptSaveRun.run(ctx, s.client, cmd).Int64()
-	s.recycle(rec)
+	n, err := scriptSaveRun.run(ctx, s.scripts, cmd).Int64()
+	s.recycle(rec, err)
 	if err != nil {
 		return fmt.Errorf("redisstore: save run: %w", err)
 	}
@@ -199,7 +205,6 @@ func (s *Store) Finish(ctx context.Context, l handlers.Lease, f *handlers.Finish
 	if err != nil {
 		return fmt.Errorf("redisstore: finish: %w", err)
 	}
-	defer s.recycle(rec)
 	// Numbers go as numbers: go-redis writes them in decimal, as the
 	// strings the script compares them with.
 	var wmKey, wmStored, wmCommit any = "", "", ""
@@ -245,7 +250,8 @@ func (s *Store) Finish(ctx context.Context, l handlers.Lease, f *handlers.Finish
 	if f.Duration != nil {
 		cmd = append(cmd, durationMs, DurationSamples, durationRetentionMs)
 	}
-	v, err := scriptFinish.run(ctx, s.client, cmd).Result()
+	v, err := scriptFinish.run(ctx, s.scripts, cmd).Result()
+	s.recycle(rec, err)
 	if err != nil {
 		return fmt.Errorf("redisstore: finish: %w", err)
 	}
@@ -286,7 +292,7 @@ func (s *Store) releaseRun(ctx context.Context, l handlers.Lease, forget string)
 	cmd := scriptReleaseRun.call(5, 5)
 	cmd = appendKeys(cmd, s.keys(l.Target).base, keyLock, keyQueue, keyQueueDeadlines, keyJobs, keyUndeletedJobs)
 	cmd = append(cmd, l.RequestID, l.Token, forget, s.releasedChannel(), l.Target)
-	err := scriptReleaseRun.run(ctx, s.client, cmd).Err()
+	err := scriptReleaseRun.run(ctx, s.scripts, cmd).Err()
 	if err != nil {
 		return fmt.Errorf("redisstore: release run: %w", err)
 	}
@@ -364,7 +370,7 @@ func (s *Store) CommitWatermark(ctx context.Context, l handlers.Lease, key strin
 	k := s.keys(l.Target)
 	cmd := scriptCommitWatermark.call(3, 4)
 	cmd = appendKeys(cmd, k.base, keyLock, keyWatermarks, keyRun+l.RequestID)
-	n, err := scriptCommitWatermark.run(ctx, s.client, append(cmd, l.RequestID, l.Token, key, ms)).Int64()
+	n, err := scriptCommitWatermark.run(ctx, s.scripts, append(cmd, l.RequestID, l.Token, key, ms)).Int64()
 	if err != nil {
 		return fmt.Errorf("redisstore: commit watermark: %w", err)
 	}

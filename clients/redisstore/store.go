@@ -84,6 +84,7 @@ type RedisClient interface {
 	Pipelined(ctx context.Context, fn func(redis.Pipeliner) error) ([]redis.Cmder, error)
 	TxPipelined(ctx context.Context, fn func(redis.Pipeliner) error) ([]redis.Cmder, error)
 	Do(ctx context.Context, args ...any) *redis.Cmd // a script's command built whole (luaScript)
+	Pipeline() redis.Pipeliner                      // script calls' batches (scriptBatcher)
 }
 
 var _ RedisClient = (redis.UniversalClient)(nil)
@@ -157,6 +158,7 @@ func asFunction(name, script string) string {
 // Watermarks; Jobs in jobs.go) on Redis. It is safe for concurrent use.
 type Store struct {
 	client      RedisClient
+	scripts     *scriptBatcher // every luaScript call goes through it (script.go)
 	prefix      string
 	retention   time.Duration
 	clock       clock.Clock
@@ -195,6 +197,7 @@ func New(c RedisClient, opts ...Option) *Store {
 	for _, o := range opts {
 		o(s)
 	}
+	s.scripts = &scriptBatcher{c: c}
 	s.released = ReleaseChannel(s.prefix)
 	s.retentionMs = int64(0)
 	if s.retention > 0 {
