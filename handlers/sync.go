@@ -439,8 +439,9 @@ func (s *Syncer) mustSettle(ctx context.Context, log *slog.Logger, d Delivery) b
 	if s.precedence == nil {
 		return true
 	}
-	// No longer than the settle itself would take.
-	pctx, cancel := context.WithTimeout(ctx, min(s.queueRetry, settleDelay))
+	// A quarter of the settle at most: a slow answer costs little more
+	// than settling would have.
+	pctx, cancel := context.WithTimeout(ctx, min(s.queueRetry, settleDelay)/4)
 	defer cancel()
 	earlier, err := s.precedence.EarlierUnsettled(pctx, d.Subject, d.StreamSeq)
 	if err != nil {

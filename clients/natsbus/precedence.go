@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -39,10 +40,18 @@ type Precedence struct {
 	// has it before itself too, without asking the stream again (a flood
 	// of requests for one target asks once, not once a request).
 	unsettled map[string]uint64
+	lookups   atomic.Int32 // stream look-ups in flight
 }
 
 // maxUnsettled bounds Precedence.unsettled: past it, it starts afresh.
 const maxUnsettled = 1 << 16
+
+// maxLookups bounds the stream look-ups in flight. A burst of queued
+// requests (hundreds delivered at once) would otherwise send as many
+// requests to the JetStream API at once, queue behind each other there, and
+// each wait longer than settling would have taken: past the bound a request
+// settles at once, as it did before this check existed.
+const maxLookups = 4
 
 // DefaultFloorMaxAge is how long Precedence uses an ack floor it read.
 const DefaultFloorMaxAge = 50 * time.Millisecond
@@ -72,7 +81,12 @@ func (p *Precedence) EarlierUnsettled(ctx context.Context, subject string, seq u
 	if p.knownBefore(subject, seq, floor) {
 		return true, nil
 	}
+	if p.lookups.Add(1) > maxLookups {
+		p.lookups.Add(-1)
+		return true, nil // busy: "maybe", and the request settles
+	}
 	m, err := st.GetMsg(ctx, floor+1, jetstream.WithGetMsgSubject(subject))
+	p.lookups.Add(-1)
 	switch {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
 		// No message on the subject from the floor on, not even the request

@@ -3,11 +3,14 @@ package natsbus
 import (
 	"context"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/pathling-sync/pathling-sync/internal/testenv"
 	"github.com/pathling-sync/pathling-sync/messages"
 )
 
@@ -149,4 +152,68 @@ func TestPrecedenceAsksTheStreamOncePerUnsettledMessage(t *testing.T) {
 	if cs.gets != 2 {
 		t.Fatalf("asked the stream %d times, want 2", cs.gets)
 	}
+}
+
+// gatedStream holds every GetMsg until gate is closed.
+type gatedStream struct {
+	jetstream.Stream
+	gate    chan struct{}
+	started atomic.Int32
+}
+
+func (s *gatedStream) GetMsg(ctx context.Context, seq uint64, opts ...jetstream.GetMsgOpt) (*jetstream.RawStreamMsg, error) {
+	s.started.Add(1)
+	select {
+	case <-s.gate:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return s.Stream.GetMsg(ctx, seq, opts...)
+}
+
+// With maxLookups look-ups in flight, a further question is answered
+// "maybe" at once, without asking the stream.
+func TestPrecedenceBoundsTheLookupsInFlight(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b := newBus(t)
+	if _, err := b.js.CreateConsumer(ctx, DefaultStreamName, jetstream.ConsumerConfig{
+		Durable: "prec", DeliverPolicy: jetstream.DeliverNewPolicy, AckPolicy: jetstream.AckExplicitPolicy,
+		FilterSubject: DefaultFilterSubject,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	b.request(t, "x", "x1") // keeps the floor below the requests asked about
+	var seqs []uint64
+	for i := range maxLookups + 1 {
+		seqs = append(seqs, b.request(t, fmt.Sprint("t", i), "r"))
+	}
+	p := NewPrecedence(b.js, DefaultStreamName, "prec", time.Hour)
+	if _, err := p.EarlierUnsettled(ctx, "warm-up", 1); err != nil { // looks the stream and consumer up
+		t.Fatal(err)
+	}
+	gs := &gatedStream{Stream: p.st, gate: make(chan struct{})}
+	p.st = gs
+	var wg sync.WaitGroup
+	for i := range maxLookups {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if earlier, err := p.EarlierUnsettled(ctx, messages.Subjects{}.Requested(fmt.Sprint("t", i)), seqs[i]); err != nil || earlier {
+				t.Errorf("look-up %d = %v, %v; want false", i, earlier, err)
+			}
+		}()
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool { return gs.started.Load() == maxLookups }, "%d look-ups in flight", maxLookups)
+	qctx, qcancel := context.WithTimeout(ctx, 2*time.Second)
+	defer qcancel()
+	earlier, err := p.EarlierUnsettled(qctx, messages.Subjects{}.Requested(fmt.Sprint("t", maxLookups)), seqs[maxLookups])
+	if err != nil || !earlier {
+		t.Fatalf("a look-up past the bound = %v, %v; want true (maybe) at once", earlier, err)
+	}
+	if n := gs.started.Load(); n != maxLookups {
+		t.Fatalf("%d look-ups started, want %d", n, maxLookups)
+	}
+	close(gs.gate)
+	wg.Wait()
 }
