@@ -2,6 +2,8 @@ package messages
 
 import (
 	"encoding/json"
+
+	"github.com/pathling-sync/pathling-sync/internal/jsonskip"
 )
 
 // scanValidRequest is scanRequestObject and the decoding of a SyncRequested in one pass over a
@@ -198,32 +200,5 @@ func (s *jsonScanner) stringValue() string {
 // skip skips one value.
 func (s *jsonScanner) skip() {
 	s.ws()
-	depth := 0
-	for s.i < len(s.b) {
-		switch s.b[s.i] {
-		case '"':
-			s.rawString()
-		case '{', '[':
-			depth++
-			s.i++
-			continue
-		case '}', ']':
-			depth--
-			s.i++
-		case ',', ':', ' ', '\t', '\n', '\r': // only inside a container
-			s.i++
-			continue
-		default: // a number, true, false or null
-			for s.i < len(s.b) && !isEndOfLiteral(s.b[s.i]) {
-				s.i++
-			}
-		}
-		if depth == 0 {
-			return
-		}
-	}
-}
-
-func isEndOfLiteral(c byte) bool {
-	return c == ',' || c == ']' || c == '}' || c == ' ' || c == '\t' || c == '\n' || c == '\r'
+	s.i = jsonskip.Value(s.b, s.i)
 }

@@ -3,6 +3,8 @@ package pathling
 import (
 	"encoding/json"
 	"unicode/utf8"
+
+	"github.com/pathling-sync/pathling-sync/internal/jsonskip"
 )
 
 // parseParametersFast reads a FHIR Parameters import result in one pass
@@ -197,41 +199,7 @@ func equalFoldASCII(k []byte, s string) bool {
 // skip skips one value (valid: json.Valid checked the body).
 func (s *scanner) skip() {
 	s.ws()
-	depth := 0
-	for s.i < len(s.b) {
-		switch s.b[s.i] {
-		case '"':
-			s.i++
-			for s.b[s.i] != '"' {
-				if s.b[s.i] == '\\' {
-					s.i++
-				}
-				s.i++
-			}
-			s.i++
-		case '{', '[':
-			depth++
-			s.i++
-			continue
-		case '}', ']':
-			depth--
-			s.i++
-		case ',', ':', ' ', '\t', '\n', '\r': // only inside a container
-			s.i++
-			continue
-		default: // a number, true, false or null
-			for s.i < len(s.b) && !isEndOfLiteral(s.b[s.i]) {
-				s.i++
-			}
-		}
-		if depth == 0 {
-			return
-		}
-	}
-}
-
-func isEndOfLiteral(c byte) bool {
-	return c == ',' || c == ']' || c == '}' || c == ' ' || c == '\t' || c == '\n' || c == '\r'
+	s.i = jsonskip.Value(s.b, s.i)
 }
 
 // collect reads the parameter array at offset params (checked by

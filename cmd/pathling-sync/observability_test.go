@@ -180,15 +180,17 @@ targets:
 		t.Fatalf("token endpoint issued %d tokens, want 2 (expired one, then a fresh one after the 401)", n)
 	}
 
-	// The outcome is published before the run's end is recorded: wait for it.
+	// The outcome is published before the run's end is recorded (the
+	// in-flight gauge goes down after it): wait for both.
 	var metrics string
 	testenv.Eventually(t, 10*time.Second, func() bool {
 		var code int
 		code, metrics = get(t, "http://"+adminAddr+"/metrics")
 		// (One scrape may see the counter and not yet the gauge: gauges are observed first.)
 		return code == 200 && strings.Contains(metrics, `pathling_sync_syncs_total{outcome="completed",target="main"} 1`) &&
-			strings.Contains(metrics, `pathling_sync_last_success_timestamp_seconds{target="main"}`)
-	}, "the completed sync in /metrics")
+			strings.Contains(metrics, `pathling_sync_last_success_timestamp_seconds{target="main"}`) &&
+			strings.Contains(metrics, `pathling_sync_syncs_in_flight{target="main"} 0`)
+	}, "the completed sync and its end in /metrics")
 	for _, want := range []string{
 		`pathling_sync_syncs_total{outcome="completed",target="main"} 1`,
 		`pathling_sync_pathling_requests_total{kind="kickoff",status_code="401",target="main"} 1`,

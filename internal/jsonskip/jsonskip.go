@@ -1,0 +1,46 @@
+// Package jsonskip skips over one value of a JSON text already known to be
+// valid (json.Valid), for the one-pass readers of the hot path
+// (clients/pathling's import result, messages' SyncRequested): they read the
+// fields they know and skip the rest without decoding it.
+package jsonskip
+
+// Value returns the index just past the JSON value that starts at b[i] (no
+// space before it). b must be valid JSON: Value checks nothing.
+func Value(b []byte, i int) int {
+	depth := 0
+	for i < len(b) {
+		switch b[i] {
+		case '"':
+			i++
+			for b[i] != '"' {
+				if b[i] == '\\' {
+					i++
+				}
+				i++
+			}
+			i++
+		case '{', '[':
+			depth++
+			i++
+			continue
+		case '}', ']':
+			depth--
+			i++
+		case ',', ':', ' ', '\t', '\n', '\r': // only inside a container
+			i++
+			continue
+		default: // a number, true, false or null
+			for i < len(b) && !endOfLiteral(b[i]) {
+				i++
+			}
+		}
+		if depth == 0 {
+			return i
+		}
+	}
+	return i
+}
+
+func endOfLiteral(c byte) bool {
+	return c == ',' || c == ']' || c == '}' || c == ' ' || c == '\t' || c == '\n' || c == '\r'
+}
