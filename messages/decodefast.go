@@ -3,7 +3,7 @@ package messages
 import (
 	"encoding/json"
 
-	"github.com/pathling-sync/pathling-sync/internal/jsonskip"
+	"github.com/pathling-sync/pathling-sync/internal/jsonscan"
 )
 
 // scanValidRequest is scanRequestObject and the decoding of a SyncRequested in one pass over a
@@ -12,30 +12,30 @@ import (
 // reports no errs. ok is false for a body with an escaped key, which it leaves to
 // scanRequestObject (that names it as decoded).
 func scanValidRequest(body []byte, req *SyncRequested) (present map[string]bool, errs ValidationErrors, ok bool) {
-	s := jsonScanner{b: body}
-	s.consume('{')
+	s := jsonScanner{jsonscan.Scanner{B: body}}
+	s.Consume('{')
 	present = make(map[string]bool, 4)
 	for first := true; ; first = false {
-		if s.consume('}') {
+		if s.Consume('}') {
 			return present, errs, true
 		}
 		if !first {
-			s.consume(',')
+			s.Consume(',')
 		}
 		key, escaped := s.rawString()
 		if escaped {
 			return nil, nil, false
 		}
-		s.consume(':')
+		s.Consume(':')
 		name, kind, known := requestField(key)
 		switch {
 		case !known:
 			name = string(key)
 			errs = append(errs, invalid(fieldLabel(name), "unknown field (the fields are %s)", requestFieldNames))
-			s.skip()
+			s.Skip()
 		case present[name]:
 			errs = append(errs, invalid(name, "appears more than once"))
-			s.skip()
+			s.Skip()
 		default:
 			errs = append(errs, s.readField(name, kind, req)...)
 		}
@@ -71,29 +71,29 @@ func (s *jsonScanner) readField(name string, kind fieldKind, req *SyncRequested)
 	switch kind {
 	case kindString:
 		if got != "string" {
-			s.skip()
+			s.Skip()
 			return ValidationErrors{invalid(name, "expected a string, got %s", got)}
 		}
 		*req.stringField(name) = s.stringValue()
 	case kindStringArray:
 		if got != "array" {
-			s.skip()
+			s.Skip()
 			return ValidationErrors{invalid(name, "expected an array of strings, got %s", got)}
 		}
 		var errs ValidationErrors
 		var buf [8]string
 		values := buf[:0] // copied out below: one allocation for a short list
-		s.consume('[')
+		s.Consume('[')
 		for i := 0; ; i++ {
-			if s.consume(']') {
+			if s.Consume(']') {
 				break
 			}
 			if i > 0 {
-				s.consume(',')
+				s.Consume(',')
 			}
 			if k := s.kind(); k != "string" {
 				errs = append(errs, invalid(indexed(name, i), "expected a string, got %s", k))
-				s.skip()
+				s.Skip()
 				continue
 			}
 			values = append(values, s.stringValue())
@@ -142,63 +142,38 @@ func (r *SyncRequested) listField(name string) *[]string {
 }
 
 // jsonScanner walks JSON that json.Valid accepted.
-type jsonScanner struct {
-	b []byte
-	i int
-}
-
-func (s *jsonScanner) ws() {
-	for s.i < len(s.b) && (s.b[s.i] == ' ' || s.b[s.i] == '\t' || s.b[s.i] == '\n' || s.b[s.i] == '\r') {
-		s.i++
-	}
-}
-
-// consume skips white space and c if c is next.
-func (s *jsonScanner) consume(c byte) bool {
-	s.ws()
-	if s.i < len(s.b) && s.b[s.i] == c {
-		s.i++
-		return true
-	}
-	return false
-}
+type jsonScanner struct{ jsonscan.Scanner }
 
 // kind names the JSON type of the next value, as jsonKind does.
 func (s *jsonScanner) kind() string {
-	s.ws()
-	return jsonKind(s.b[s.i:])
+	s.WS()
+	return jsonKind(s.B[s.I:])
 }
 
 // rawString reads a string's bytes as they are in the body (escapes not decoded); escaped tells
 // whether it has any.
 func (s *jsonScanner) rawString() (raw []byte, escaped bool) {
-	s.consume('"')
-	start := s.i
-	for s.b[s.i] != '"' {
-		if s.b[s.i] == '\\' {
+	s.Consume('"')
+	start := s.I
+	for s.B[s.I] != '"' {
+		if s.B[s.I] == '\\' {
 			escaped = true
-			s.i++
+			s.I++
 		}
-		s.i++
+		s.I++
 	}
-	s.i++
-	return s.b[start : s.i-1], escaped
+	s.I++
+	return s.B[start : s.I-1], escaped
 }
 
 // stringValue reads a string as encoding/json decodes it.
 func (s *jsonScanner) stringValue() string {
-	start := s.i
+	start := s.I
 	raw, escaped := s.rawString()
 	if !escaped {
 		return string(raw) // the body is valid UTF-8 (checkBody)
 	}
 	var v string
-	_ = json.Unmarshal(s.b[start:s.i], &v) // valid: json.Valid accepted the body
+	_ = json.Unmarshal(s.B[start:s.I], &v) // valid: json.Valid accepted the body
 	return v
-}
-
-// skip skips one value.
-func (s *jsonScanner) skip() {
-	s.ws()
-	s.i = jsonskip.Value(s.b, s.i)
 }

@@ -4,7 +4,7 @@ import (
 	"encoding/json"
 	"unicode/utf8"
 
-	"github.com/pathling-sync/pathling-sync/internal/jsonskip"
+	"github.com/pathling-sync/pathling-sync/internal/jsonscan"
 )
 
 // parseParametersFast reads a FHIR Parameters import result in one pass
@@ -20,8 +20,8 @@ func parseParametersFast(b []byte) (*ImportResult, bool) {
 	if !json.Valid(b) { // what Unmarshal checks first; unknown values are skipped unchecked below
 		return nil, false
 	}
-	s := scanner{b: b}
-	if !s.consume('{') {
+	s := scanner{jsonscan.Scanner{B: b}}
+	if !s.Consume('{') {
 		return nil, false
 	}
 	var (
@@ -30,10 +30,10 @@ func parseParametersFast(b []byte) (*ImportResult, bool) {
 		params       = -1 // offset of the parameter array
 	)
 	for first := true; ; first = false {
-		if s.consume('}') {
+		if s.Consume('}') {
 			break
 		}
-		if !first && !s.consume(',') {
+		if !first && !s.Consume(',') {
 			return nil, false
 		}
 		key, ok := s.key(topKeys[:])
@@ -42,7 +42,7 @@ func parseParametersFast(b []byte) (*ImportResult, bool) {
 		}
 		switch key {
 		case -1:
-			s.skip()
+			s.Skip()
 			continue
 		case 0: // resourceType
 			v, ok := s.str()
@@ -51,8 +51,8 @@ func parseParametersFast(b []byte) (*ImportResult, bool) {
 			}
 			isParameters = true
 		case 1: // parameter
-			s.ws()
-			params = s.i
+			s.WS()
+			params = s.I
 			if !s.paramArray(0) {
 				return nil, false
 			}
@@ -113,45 +113,26 @@ func (p *fastParam) first(idx ...int) ([]byte, bool) {
 }
 
 // scanner reads JSON that json.Valid accepted.
-type scanner struct {
-	b []byte
-	i int
-}
-
-func (s *scanner) ws() {
-	for s.i < len(s.b) && (s.b[s.i] == ' ' || s.b[s.i] == '\t' || s.b[s.i] == '\n' || s.b[s.i] == '\r') {
-		s.i++
-	}
-}
-
-// consume skips white space and c if c is next.
-func (s *scanner) consume(c byte) bool {
-	s.ws()
-	if s.i < len(s.b) && s.b[s.i] == c {
-		s.i++
-		return true
-	}
-	return false
-}
+type scanner struct{ jsonscan.Scanner }
 
 // str reads a string without escapes in valid UTF-8 (what encoding/json
 // would decode to the same bytes). The result points into the body.
 func (s *scanner) str() ([]byte, bool) {
-	if !s.consume('"') {
+	if !s.Consume('"') {
 		return nil, false
 	}
-	start := s.i
-	for s.i < len(s.b) && s.b[s.i] != '"' {
-		if s.b[s.i] == '\\' {
+	start := s.I
+	for s.I < len(s.B) && s.B[s.I] != '"' {
+		if s.B[s.I] == '\\' {
 			return nil, false
 		}
-		s.i++
+		s.I++
 	}
-	if s.i == len(s.b) {
+	if s.I == len(s.B) {
 		return nil, false
 	}
-	v := s.b[start:s.i]
-	s.i++
+	v := s.B[start:s.I]
+	s.I++
 	if !utf8.Valid(v) {
 		return nil, false
 	}
@@ -163,7 +144,7 @@ func (s *scanner) str() ([]byte, bool) {
 // judge (escaped, non-ASCII, or a case-insensitive match).
 func (s *scanner) key(keys []string) (int, bool) {
 	k, ok := s.str()
-	if !ok || !s.consume(':') {
+	if !ok || !s.Consume(':') {
 		return 0, false
 	}
 	for i := 0; i < len(k); i++ {
@@ -196,16 +177,10 @@ func equalFoldASCII(k []byte, s string) bool {
 	return true
 }
 
-// skip skips one value (valid: json.Valid checked the body).
-func (s *scanner) skip() {
-	s.ws()
-	s.i = jsonskip.Value(s.b, s.i)
-}
-
 // collect reads the parameter array at offset params (checked by
 // paramArray) into r as parseParametersResult does.
 func (s *scanner) collect(params int, r *ImportResult) bool {
-	s.i = params
+	s.I = params
 	var haveTime, haveRequest bool
 	if !s.arrayStart() {
 		return false
@@ -242,9 +217,9 @@ func (s *scanner) collect(params int, r *ImportResult) bool {
 // collectOutputs reads an output's part array at offset part, appending
 // each inputUrl to r.Outputs, and leaves s where it was.
 func (s *scanner) collectOutputs(part int, r *ImportResult) bool {
-	end := s.i
-	defer func() { s.i = end }()
-	s.i = part
+	end := s.I
+	defer func() { s.I = end }()
+	s.I = part
 	if !s.arrayStart() {
 		return false
 	}
@@ -272,15 +247,15 @@ func (s *scanner) collectOutputs(part int, r *ImportResult) bool {
 // arrayStart reads the '[' of an array; false for anything else, null
 // included (encoding/json's nil slice, but also null into a repeated key's
 // earlier value: left to it).
-func (s *scanner) arrayStart() bool { return s.consume('[') }
+func (s *scanner) arrayStart() bool { return s.Consume('[') }
 
 // arrayNext reads the ']' that ends an array (done) or, after the first
 // element, the ',' before the next one.
 func (s *scanner) arrayNext(first bool) (done, ok bool) {
-	if s.consume(']') {
+	if s.Consume(']') {
 		return true, true
 	}
-	return false, first || s.consume(',')
+	return false, first || s.Consume(',')
 }
 
 // paramArray checks an array of parameters, recursively, and leaves s
@@ -307,15 +282,15 @@ func (s *scanner) paramArray(depth int) bool {
 // param reads one parameter object, checking its parts (recursively).
 func (s *scanner) param(depth int, p *fastParam) bool {
 	p.part = -1
-	if !s.consume('{') {
+	if !s.Consume('{') {
 		return false
 	}
 	var seen uint8
 	for first := true; ; first = false {
-		if s.consume('}') {
+		if s.Consume('}') {
 			return true
 		}
-		if !first && !s.consume(',') {
+		if !first && !s.Consume(',') {
 			return false
 		}
 		key, ok := s.key(paramKeys[:])
@@ -324,15 +299,15 @@ func (s *scanner) param(depth int, p *fastParam) bool {
 		}
 		switch {
 		case key == -1:
-			s.skip()
+			s.Skip()
 			continue
 		case key == 0:
 			if p.name, ok = s.str(); !ok {
 				return false
 			}
 		case key == len(paramKeys)-1:
-			s.ws()
-			p.part = s.i
+			s.WS()
+			p.part = s.I
 			if !s.paramArray(depth + 1) {
 				return false
 			}

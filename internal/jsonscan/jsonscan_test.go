@@ -1,4 +1,4 @@
-package jsonskip
+package jsonscan
 
 import (
 	"encoding/json"
