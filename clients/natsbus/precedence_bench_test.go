@@ -5,8 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/pathling-sync/pathling-sync/messages"
 )
 
@@ -16,12 +14,7 @@ import (
 func BenchmarkPrecedence(b *testing.B) {
 	ctx := context.Background()
 	bus := newBus(b)
-	if _, err := bus.js.CreateConsumer(ctx, DefaultStreamName, jetstream.ConsumerConfig{
-		Durable: "prec", DeliverPolicy: jetstream.DeliverNewPolicy, AckPolicy: jetstream.AckExplicitPolicy,
-		FilterSubject: DefaultFilterSubject,
-	}); err != nil {
-		b.Fatal(err)
-	}
+	bus.precedenceConsumer(b)
 	bus.request(b, "a", "a1") // delivered to no one: the floor stays below it
 	seq := bus.request(b, "b", "b1")
 	p := NewPrecedence(bus.js, DefaultStreamName, "prec", time.Hour)

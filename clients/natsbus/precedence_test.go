@@ -21,13 +21,7 @@ func TestPrecedenceSeesEarlierUnsettledRequestsOfTheSameSubject(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	b := newBus(t)
-	cons, err := b.js.CreateConsumer(ctx, DefaultStreamName, jetstream.ConsumerConfig{
-		Durable: "prec", DeliverPolicy: jetstream.DeliverNewPolicy, AckPolicy: jetstream.AckExplicitPolicy,
-		FilterSubject: DefaultFilterSubject,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cons := b.precedenceConsumer(t)
 	a1 := b.request(t, "a", "a1")
 	b1 := b.request(t, "b", "b1")
 	a2 := b.request(t, "a", "a2")
@@ -106,13 +100,7 @@ func TestPrecedenceAsksTheStreamOncePerUnsettledMessage(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	b := newBus(t)
-	cons, err := b.js.CreateConsumer(ctx, DefaultStreamName, jetstream.ConsumerConfig{
-		Durable: "prec", DeliverPolicy: jetstream.DeliverNewPolicy, AckPolicy: jetstream.AckExplicitPolicy,
-		FilterSubject: DefaultFilterSubject,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cons := b.precedenceConsumer(t)
 	var seqs []uint64
 	for i := range 4 {
 		seqs = append(seqs, b.request(t, "a", fmt.Sprint("a", i)))
@@ -177,12 +165,7 @@ func TestPrecedenceBoundsTheLookupsInFlight(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	b := newBus(t)
-	if _, err := b.js.CreateConsumer(ctx, DefaultStreamName, jetstream.ConsumerConfig{
-		Durable: "prec", DeliverPolicy: jetstream.DeliverNewPolicy, AckPolicy: jetstream.AckExplicitPolicy,
-		FilterSubject: DefaultFilterSubject,
-	}); err != nil {
-		t.Fatal(err)
-	}
+	b.precedenceConsumer(t)
 	b.request(t, "x", "x1") // keeps the floor below the requests asked about
 	var seqs []uint64
 	for i := range maxLookups + 1 {
@@ -216,4 +199,18 @@ func TestPrecedenceBoundsTheLookupsInFlight(t *testing.T) {
 	}
 	close(gs.gate)
 	wg.Wait()
+}
+
+// precedenceConsumer creates the durable consumer "prec" on the requests, at
+// new messages, that the tests ask Precedence about.
+func (b *bus) precedenceConsumer(t testing.TB) jetstream.Consumer {
+	t.Helper()
+	cons, err := b.js.CreateConsumer(context.Background(), DefaultStreamName, jetstream.ConsumerConfig{
+		Durable: "prec", DeliverPolicy: jetstream.DeliverNewPolicy, AckPolicy: jetstream.AckExplicitPolicy,
+		FilterSubject: DefaultFilterSubject,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cons
 }
